@@ -1,0 +1,64 @@
+"""LMDM checkpoints: one safetensors file whose JSON config travels inside it and beside it.
+
+The config is stored twice on purpose: in the safetensors metadata, so a single file is self-describing,
+and as `<name>.json`, so a person (or a tool without safetensors) can read and edit it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+CONFIG_METADATA_KEY = "lmdm_config"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, Tensor], config: dict) -> None:
+    """Write `state_dict` to `path` (.safetensors) with `config` as metadata and as a sidecar .json."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"LMDM checkpoints are .safetensors files, got {path.name}")
+    text = json.dumps(config, indent=1, sort_keys=True)
+    seen: set[int] = set()
+    tensors: dict[str, Tensor] = {}
+    for k, v in state_dict.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:  # safetensors refuses tensors that share memory (e.g. slices of one weight)
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        tensors[k] = v.cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: text})
+    sidecar_path(path).write_text(text + "\n")
+
+
+def load_checkpoint_config(path: str | Path) -> dict:
+    """The config of a checkpoint: its embedded metadata, else the sidecar .json."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if CONFIG_METADATA_KEY in meta:
+        return json.loads(meta[CONFIG_METADATA_KEY])
+    side = sidecar_path(path)
+    if side.is_file():
+        return json.loads(side.read_text())
+    raise ValueError(f"{path.name} carries no LMDM config (no '{CONFIG_METADATA_KEY}' metadata, no {side.name})")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:
+    """Read an LMDM checkpoint: (state_dict, config)."""
+    path = Path(path)
+    config = load_checkpoint_config(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        names = f.keys()  # safe_open is not iterable
+        state = {k: f.get_tensor(k) for k in names}
+    return state, config
