@@ -50,6 +50,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def _read_config(config: str | Path | Mapping | None, checkpoint: str | Path) -> dict:
     if config is None:
+        if Path(checkpoint).suffix != ".safetensors":
+            raise ValueError(f"{Path(checkpoint).name}: pass its model_config.json (only LMDM checkpoints embed one)")
         return load_checkpoint_config(checkpoint)
     if isinstance(config, Mapping):
         return dict(config)

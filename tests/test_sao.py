@@ -299,6 +299,12 @@ def test_unsupported_config_rejected(small):
         load_dit(ckpt, small_model_config(qk_norm="l2"))
 
 
+def test_ckpt_needs_a_config(reference, tmp_path):
+    ckpt, _ = write_reference_checkpoint(reference, tmp_path, ".ckpt")
+    with pytest.raises(ValueError, match="model_config.json"):
+        load_dit(ckpt)
+
+
 def test_unknown_file_type(tmp_path):
     (tmp_path / "model.bin2").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown checkpoint type"):
