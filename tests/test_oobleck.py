@@ -80,6 +80,9 @@ def test_config_hop_presets_and_validation():
                                        "strides": [2, 4, 4, 8, 8], "latent_dim": 64, "use_snake": True,
                                        "final_tanh": False}}}
     assert OobleckConfig.from_sao_pretransform(sao_json) == saos
+    sao_json["encoder"]["config"]["latent_dim"] = 64
+    with pytest.raises(ValueError):
+        OobleckConfig.from_sao_pretransform(sao_json)
     with pytest.raises(ValueError):
         OobleckConfig(strides=(2, 3), c_mults=(1, 2))  # odd stride breaks the symmetric transposed conv
     assert OobleckConfig(strides=(2, 3), c_mults=(1, 2), causal=True).hop == 6

@@ -110,6 +110,8 @@ class OobleckConfig:
     def from_sao_pretransform(cls, pt: dict) -> OobleckConfig:
         """Read the ``pretransform.config`` block of a stable-audio-tools model config."""
         enc, dec = pt["encoder"]["config"], pt["decoder"]["config"]
+        if enc.get("latent_dim", 2 * dec["latent_dim"]) != 2 * dec["latent_dim"]:
+            raise ValueError("a VAE encoder emits 2 x the decoder's latent_dim (mean and scale)")
         return cls(in_channels=enc["in_channels"], out_channels=dec["out_channels"], channels=dec["channels"],
                    c_mults=dec["c_mults"], strides=dec["strides"], latent_dim=dec["latent_dim"],
                    use_snake=dec.get("use_snake", False), final_tanh=dec.get("final_tanh", True))
