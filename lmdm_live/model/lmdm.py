@@ -1,0 +1,323 @@
+"""Live Music Diffusion Model: a DiT made streaming, one block of latent frames at a time.
+
+Window = C clean context frames + T target frames + the global (timestep) token G. RoPE positions are
+explicit: frame j of the window sits at j+1, G at 0, as in SAOS pre-training.
+
+Modes
+- "bidirectional": SAOS block-AR outpainting. Re-noised context and target share full attention, so nothing
+  can be cached: every step is a pass over C+T+1 tokens. The uncached baseline.
+- "encdec": clean context enters through `to_input_add_embed` and attends only to itself; target and G see
+  everything. Context K/V are computed once per block and reused by every denoising step (T+1 query tokens).
+- "causal": Block-Causal. Frames form chunks of T; each chunk attends to itself and the w-1 chunks before it
+  (w = C/T). The cache of the last w-1 clean chunks persists across blocks; the previous block enters the
+  cache in the first denoising step of the next one (the fused first step), so a block costs 2T+1 query
+  tokens for step 0 and T+1 for the rest. Cached keys are re-rotated by -T as the window slides.
+
+Each cached mode has an uncached reference (`cached=False`) that recomputes the same masked attention from
+scratch; the tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .cache import KVCache
+from .dit import CrossKV, DiT
+from .samplers import SamplerSettings, sample_block
+
+Mode = Literal["bidirectional", "encdec", "causal"]
+MODES: tuple[Mode, ...] = ("bidirectional", "encdec", "causal")
+
+
+@dataclass(frozen=True)
+class LMDMConfig:
+    mode: Mode = "encdec"
+    context_frames: int = 192
+    block_frames: int = 48
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.context_frames < 1 or self.block_frames < 1:
+            raise ValueError("context_frames and block_frames must be >= 1")
+        if self.mode == "causal" and (self.context_frames % self.block_frames or self.window_chunks < 2):
+            raise ValueError(
+                f"causal mode needs context_frames ({self.context_frames}) = w * block_frames "
+                f"({self.block_frames}) with w >= 2"
+            )
+
+    @property
+    def window_chunks(self) -> int:
+        return self.context_frames // self.block_frames
+
+
+@dataclass
+class Conditioning:
+    """Per-block conditioning, one row per CFG branch: (conditional[, unconditional])."""
+
+    cross: CrossKV
+    global_cond: Tensor | None
+
+    @property
+    def rows(self) -> int:
+        return self.cross[0][0].shape[0]
+
+
+@dataclass
+class BlockState:
+    """Everything that carries from one block to the next. Passed in and mutated by `LMDM.generate`."""
+
+    context: Tensor  # (1, io, C) clean latents of the window's context
+    extras: Tensor | None = None  # (1, E, C) extra input_add channels aligned with the context
+    cache: KVCache | None = None
+    pending: Tensor | None = None  # causal: the last block, clean, not yet in the cache
+    pending_extras: Tensor | None = None
+    history: list[Tensor] = field(default_factory=list)  # causal reference: [clean; extras] since bootstrap
+    blocks: int = 0
+
+    def rebootstrap(self) -> None:
+        """Forget cached context (it is recomputed from `context` at the next block)."""
+        if self.cache is not None:
+            self.cache.reset()
+        self.pending = self.pending_extras = None
+        self.history = []
+
+
+def chunk_mask(q_chunks: Tensor, k_chunks: Tensor, w: int) -> Tensor:
+    """Block-Causal attention: a chunk sees itself and the w-1 chunks before it. True = attend."""
+    d = q_chunks[:, None] - k_chunks[None, :]
+    return (d >= 0) & (d < w)
+
+
+def encdec_mask(c: int, n: int) -> Tensor:
+    """Enc-Dec over n tokens whose first c are context: context sees only context, the rest see all."""
+    q = torch.arange(n)[:, None]
+    k = torch.arange(n)[None, :]
+    return (k < c) | (q >= c)
+
+
+class LMDM:
+    """Block generator over a DiT. Holds no stream state: that lives in `BlockState`."""
+
+    def __init__(self, dit: DiT, cfg: LMDMConfig) -> None:
+        if cfg.mode != "bidirectional" and not dit.cfg.input_add_dim:
+            raise ValueError(f"mode {cfg.mode!r} needs a DiT with to_input_add_embed (input_add_dim > 0)")
+        self.dit, self.cfg = dit, cfg
+        p = next(dit.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        c, t = cfg.context_frames, cfg.block_frames
+        ar = torch.arange
+        self._pos_ctx = ar(1, c + 1)
+        self._pos_tg = torch.cat([ar(c + 1, c + t + 1), torch.zeros(1, dtype=torch.long)])
+        self._rope_ctx = dit.rope(self._pos_ctx.to(self.device))
+        self._rope_tg = dit.rope(self._pos_tg.to(self.device))
+        self._rope_window = dit.rope(torch.cat([self._pos_ctx, self._pos_tg]).to(self.device))
+        if cfg.mode == "causal":
+            w = cfg.window_chunks
+            self._rope_back = dit.rope(torch.tensor([-t], device=self.device))
+            self._rope_fused = dit.rope(torch.cat([ar(c - t + 1, c + 1), self._pos_tg]).to(self.device))
+            ctx_chunks = ar(c) // t
+            self._mask_boot = chunk_mask(ctx_chunks, ctx_chunks, w).to(self.device)
+            q = torch.cat([torch.full((t,), w - 1), torch.full((t + 1,), w)])
+            k = torch.cat([ar(c - t) // t, q])
+            self._mask_fused = chunk_mask(q, k, w).to(self.device)
+        elif cfg.mode == "encdec":
+            self._mask_encdec = encdec_mask(c, c + t + 1).to(self.device)
+
+    # --- state ------------------------------------------------------------------------------------------
+
+    def new_state(self, rows: int, context: Tensor | None = None, extras: Tensor | None = None) -> BlockState:
+        """A fresh stream state. The cache is sized once here: C frames (Enc-Dec) or C-T (Block-Causal)."""
+        io, c = self.dit.cfg.io_channels, self.cfg.context_frames
+        if context is None:
+            context = torch.zeros(1, io, c, device=self.device, dtype=self.dtype)
+        cap = {"bidirectional": 0, "encdec": c, "causal": c - self.cfg.block_frames}[self.cfg.mode]
+        d = self.dit.cfg
+        cache = KVCache.allocate(d.depth, rows, d.num_heads, cap, d.head_dim, self.device, self.dtype) if cap else None
+        return BlockState(context=context.to(self.device, self.dtype), extras=extras, cache=cache)
+
+    # --- token builders ---------------------------------------------------------------------------------
+
+    def _ctx_tokens(self, c: Tensor, extras: Tensor | None, rows: int) -> Tensor:
+        """Clean frames (1, io, n) -> tokens through to_input_add_embed: [mask=1 ; c ; extras]."""
+        parts = [torch.ones_like(c[:, :1]), c] + ([extras] if extras is not None else [])
+        add = torch.cat(parts, dim=1).transpose(1, 2)
+        return self._pad_add(add).expand(rows, -1, -1)
+
+    def _pad_add(self, add: Tensor) -> Tensor:
+        missing = self.dit.cfg.input_add_dim - add.shape[-1]
+        if missing:
+            add = torch.cat([add, add.new_zeros(*add.shape[:-1], missing)], dim=-1)
+        return self.dit.add_tokens(add)
+
+    def _target_tokens(self, x: Tensor, t: float, cond: Conditioning, extras: Tensor | None) -> Tensor:
+        """Noisy target (rows, io, T) -> [target tokens ; G] (rows, T+1, D)."""
+        h = self.dit.noisy_tokens(x)
+        if extras is not None and self.dit.cfg.input_add_dim:
+            io = self.dit.cfg.io_channels
+            zeros = extras.new_zeros(extras.shape[0], 1 + io, extras.shape[-1])
+            h = h + self._pad_add(torch.cat([zeros, extras], dim=1).transpose(1, 2))
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+        return torch.cat([h, self.dit.global_token(tt, cond.global_cond)], dim=1)
+
+    def _with_extras(self, clean: Tensor, extras: Tensor | None) -> Tensor:
+        """[clean; extras] stacked on channels, zeros standing in for absent extras."""
+        e = self.dit.cfg.extra_add_channels
+        if not e:
+            return clean
+        if extras is None:
+            extras = clean.new_zeros(clean.shape[0], e, clean.shape[-1])
+        return torch.cat([clean, extras], dim=1)
+
+    # --- one block --------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        state: BlockState,
+        cond: Conditioning,
+        settings: SamplerSettings,
+        gen: torch.Generator,
+        target_extras: Tensor | None = None,
+        cached: bool = True,
+    ) -> Tensor:
+        """Generate the next block (1, io, T) of clean latents and slide the state's window over it."""
+        rows, t_len = cond.rows, self.cfg.block_frames
+        if settings.guided != (rows == 2):
+            raise ValueError("conditioning rows must be 2 exactly when the sampler settings use guidance")
+        io = self.dit.cfg.io_channels
+        noise = torch.randn((1, io, t_len), generator=gen, dtype=torch.float32).to(self.device, self.dtype)
+        mode = self.cfg.mode
+        if state.cache is not None and state.cache.batch != rows:
+            raise ValueError("the stream's cache was built for another CFG batch; rebuild the state")
+        if mode == "bidirectional":
+            denoise = self._bidirectional(state, cond, gen)
+        elif mode == "encdec":
+            denoise = (self._encdec if cached else self._encdec_reference)(state, cond, target_extras)
+        else:
+            denoise = (self._causal if cached else self._causal_reference)(state, cond, target_extras)
+
+        def expand(x: Tensor, t: float, i: int) -> Tensor:
+            return denoise(x.expand(rows, -1, -1), t, i)
+
+        block = sample_block(expand, noise, settings, gen)
+        self._advance(state, block, target_extras, cached)
+        return block
+
+    def _advance(self, state: BlockState, block: Tensor, extras: Tensor | None, cached: bool) -> None:
+        t = self.cfg.block_frames
+        state.context = torch.cat([state.context[:, :, t:], block], dim=2)[:, :, -self.cfg.context_frames :]
+        if state.extras is not None:
+            new = extras if extras is not None else state.extras.new_zeros(1, state.extras.shape[1], t)
+            state.extras = torch.cat([state.extras[:, :, t:], new], dim=2)[:, :, -self.cfg.context_frames :]
+        if self.cfg.mode == "causal":
+            if cached:
+                state.pending, state.pending_extras = block, extras
+            else:
+                state.history.append(self._with_extras(block, extras))
+        state.blocks += 1
+
+    def _bidirectional(self, state: BlockState, cond: Conditioning, gen: torch.Generator):
+        c = state.context
+        eps_ctx = torch.randn(c.shape, generator=gen, dtype=torch.float32).to(c)
+        t_len = self.cfg.block_frames
+
+        def denoise(x: Tensor, t: float, i: int) -> Tensor:
+            window = torch.cat([((1 - t) * c + t * eps_ctx).expand(x.shape[0], -1, -1), x], dim=2)
+            h = torch.cat([self.dit.noisy_tokens(window), self._target_tokens(x, t, cond, None)[:, -1:]], dim=1)
+            h, _ = self.dit.run(h, self._rope_window, cond.cross)
+            return self.dit.output(h[:, window.shape[-1] - t_len : window.shape[-1]])
+
+        return denoise
+
+    def _encdec(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
+        cache = state.cache
+        assert cache is not None
+        cache.reset()
+        ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+        _, kvs = self.dit.run(ctx, self._rope_ctx, cond.cross, keep=slice(None))
+        cache.write(kvs)
+        t_len = self.cfg.block_frames
+
+        def denoise(x: Tensor, t: float, i: int) -> Tensor:
+            h, _ = self.dit.run(self._target_tokens(x, t, cond, extras), self._rope_tg, cond.cross, cache.prefix())
+            return self.dit.output(h[:, :t_len])
+
+        return denoise
+
+    def _encdec_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
+        ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+        c, t_len = self.cfg.context_frames, self.cfg.block_frames
+
+        def denoise(x: Tensor, t: float, i: int) -> Tensor:
+            h = torch.cat([ctx, self._target_tokens(x, t, cond, extras)], dim=1)
+            h, _ = self.dit.run(h, self._rope_window, cond.cross, mask=self._mask_encdec)
+            return self.dit.output(h[:, c : c + t_len])
+
+        return denoise
+
+    def _causal(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
+        cache = state.cache
+        assert cache is not None
+        c, t_len = self.cfg.context_frames, self.cfg.block_frames
+        pending = state.pending
+        if pending is None or cache.length == 0:
+            # bootstrap: the whole context, chunk-causal; keep chunks 1..w-1 for the target to see
+            cache.reset()
+            ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+            _, kvs = self.dit.run(ctx, self._rope_ctx, cond.cross, mask=self._mask_boot, keep=slice(t_len, c))
+            cache.write(kvs)
+            fused = False
+        else:
+            cache.rotate(*self._rope_back)  # window slid by T: cached chunks move to positions 1..C-T
+            p_tokens = self._ctx_tokens(pending, state.pending_extras, cond.rows)
+            fused = True
+        state.pending = state.pending_extras = None
+
+        def denoise(x: Tensor, t: float, i: int) -> Tensor:
+            tg = self._target_tokens(x, t, cond, extras)
+            if fused and i == 0:
+                h = torch.cat([p_tokens, tg], dim=1)
+                h, kvs = self.dit.run(
+                    h, self._rope_fused, cond.cross, cache.prefix(), self._mask_fused, keep=slice(0, t_len)
+                )
+                cache.slide(t_len)
+                cache.write(kvs, start=cache.length)
+                return self.dit.output(h[:, t_len : 2 * t_len])
+            h, _ = self.dit.run(tg, self._rope_tg, cond.cross, cache.prefix())
+            return self.dit.output(h[:, :t_len])
+
+        return denoise
+
+    def _causal_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
+        """Recompute every clean frame since the last bootstrap, chunk-causal, at each step (slow, exact)."""
+        if not state.history:
+            state.history = [self._with_extras(state.context, state.extras)]
+        hist = torch.cat(state.history, dim=2)
+        n, t_len, c, w = hist.shape[-1], self.cfg.block_frames, self.cfg.context_frames, self.cfg.window_chunks
+        io = self.dit.cfg.io_channels
+        h_ctx = self._ctx_tokens(hist[:, :io], hist[:, io:] if hist.shape[1] > io else None, cond.rows)
+        pos = torch.cat([torch.arange(c + 1 - n, c + 1), self._pos_tg]).to(self.device)
+        rope = self.dit.rope(pos)
+        chunks = torch.cat([torch.arange(n) // t_len, torch.full((t_len + 1,), n // t_len)])
+        mask = chunk_mask(chunks, chunks, w).to(self.device)
+
+        def denoise(x: Tensor, t: float, i: int) -> Tensor:
+            h = torch.cat([h_ctx, self._target_tokens(x, t, cond, extras)], dim=1)
+            h, _ = self.dit.run(h, rope, cond.cross, mask=mask)
+            return self.dit.output(h[:, n : n + t_len])
+
+        return denoise
+
+
+def query_tokens_per_block(cfg: LMDMConfig, steps: int, fused: bool = True) -> int:
+    """Query tokens one block costs (per CFG row): the number the cache is there to shrink."""
+    c, t = cfg.context_frames, cfg.block_frames
+    if cfg.mode == "bidirectional":
+        return (c + t + 1) * steps
+    if cfg.mode == "encdec":
+        return c + (t + 1) * steps
+    return (t + (t + 1) * steps) if fused else c + (t + 1) * steps

@@ -1,0 +1,78 @@
+"""Few-step rectified-flow samplers for one block: Euler and ping-pong, with CFG or CFG++.
+
+The model predicts the velocity v = eps - x0 at noise level t (x_t = (1-t) x0 + t eps). `denoise(x, t, i)`
+returns v for a batch of one row (no guidance) or two rows (conditional, unconditional); everything else
+about the model (caches, fused first steps) stays behind that callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Sampler = Literal["euler", "pingpong"]
+Denoise = Callable[[Tensor, float, int], Tensor]
+
+
+def logsnr_schedule(steps: int, lo: float = -6.0, hi: float = 2.0) -> list[float]:
+    """t_i = sigmoid(-lambda_i), lambda = linspace(lo, hi, steps+1), with the ends pinned to 1 and 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    lam = torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
+    ts = torch.sigmoid(-lam).tolist()
+    ts[0], ts[-1] = 1.0, 0.0
+    return ts
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    sampler: Sampler = "pingpong"
+    steps: int = 8
+    cfg: float = 1.0  # classic CFG scale; 1 = no guidance
+    cfg_pp: float | None = None  # CFG++ lambda (used instead of cfg when set)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("euler", "pingpong"):
+            raise ValueError(f"sampler must be 'euler' or 'pingpong', got {self.sampler!r}")
+        if not 1 <= self.steps <= 100:
+            raise ValueError(f"steps must be in 1..100, got {self.steps}")
+        if not 0.0 <= self.cfg <= 20.0:
+            raise ValueError(f"cfg must be in 0..20, got {self.cfg}")
+        if self.cfg_pp is not None and not 0.0 <= self.cfg_pp <= 2.0:
+            raise ValueError(f"cfg_pp must be in 0..2, got {self.cfg_pp}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether the unconditional branch is needed (batch of two)."""
+        return self.cfg_pp is not None or self.cfg != 1.0
+
+
+def sample_block(denoise: Denoise, x: Tensor, s: SamplerSettings, gen: torch.Generator) -> Tensor:
+    """Denoise x (pure noise at t=1) to a clean block with s.steps model calls."""
+    ts = logsnr_schedule(s.steps)
+    for i in range(s.steps):
+        t, t_next = ts[i], ts[i + 1]
+        v = denoise(x, t, i)
+        if v.shape[0] == 2:
+            v_c, v_u = v[:1], v[1:]
+            scale = s.cfg_pp if s.cfg_pp is not None else s.cfg
+            v_g = v_u + scale * (v_c - v_u)
+        else:
+            v_g = v_u = v
+        x0 = x - t * v_g
+        if t_next == 0.0:
+            x = x0
+        elif s.sampler == "pingpong":
+            eps = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.device, x.dtype)
+            x = (1 - t_next) * x0 + t_next * eps
+        elif s.cfg_pp is not None:
+            # CFG++: renoise along the unconditional noise estimate, not the guided one
+            eps_u = x + (1 - t) * v_u
+            x = (1 - t_next) * x0 + t_next * eps_u
+        else:
+            x = x0 + t_next * v_g  # plain Euler: x + (t_next - t) v
+    return x

@@ -1,0 +1,259 @@
+"""The streaming LMDM: cached block generation must equal the uncached masked reference, block after block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmdm_live.model.cache import KVCache
+from lmdm_live.model.dit import DiT, DiTConfig, apply_rope
+from lmdm_live.model.lmdm import (
+    LMDM,
+    Conditioning,
+    LMDMConfig,
+    chunk_mask,
+    encdec_mask,
+    query_tokens_per_block,
+)
+from lmdm_live.model.samplers import SamplerSettings, logsnr_schedule, sample_block
+
+IO, EXTRA = 8, 2
+
+
+def tiny_dit(seed: int = 0, extra: int = EXTRA, embed: int = 64, heads: int = 2, depth: int = 2) -> DiT:
+    cfg = DiTConfig(
+        io_channels=IO, embed_dim=embed, depth=depth, num_heads=heads, cond_token_dim=16, global_cond_dim=16,
+        ff_mult=2, input_add_dim=1 + IO + extra,
+    )
+    torch.manual_seed(seed)
+    dit = DiT(cfg)
+    with torch.no_grad():  # zero-initialised layers (conv skips, input_add) must take part in the check
+        for name, p in dit.named_parameters():
+            if p.dim() > 1 and "gamma" not in name:
+                p.normal_(0.0, 1.0 / p.shape[-1] ** 0.5 * 1.5)
+            elif "norm" in name or "gamma" in name:
+                p.uniform_(0.7, 1.3)
+    return dit.eval()
+
+
+def conditioning(dit: DiT, rows: int, seed: int = 1) -> Conditioning:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(rows, 5, dit.cfg.cond_token_dim, generator=g)
+    glob = torch.randn(rows, dit.cfg.global_cond_dim, generator=g)
+    return Conditioning(dit.cross_kv(tokens), glob)
+
+
+def run_blocks(lmdm: LMDM, cond, settings, n: int, cached: bool, extras: bool = False, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(1, IO, lmdm.cfg.context_frames, generator=g)
+    ex = torch.randn(1, EXTRA, lmdm.cfg.context_frames, generator=g) if extras else None
+    state = lmdm.new_state(cond.rows, ctx, ex)
+    out = []
+    for b in range(n):
+        te = torch.randn(1, EXTRA, lmdm.cfg.block_frames, generator=g) if extras else None
+        gen = torch.Generator().manual_seed(1000 + b)
+        out.append(lmdm.generate(state, cond, settings, gen, target_extras=te, cached=cached))
+    return torch.cat(out, dim=2), state
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["encdec", "causal"])
+@pytest.mark.parametrize("sampler", ["euler", "pingpong"])
+def test_cached_equals_uncached(mode, sampler):
+    dit = tiny_dit()
+    lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=12, block_frames=4))
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(sampler=sampler, steps=3)
+    fast, st = run_blocks(lmdm, cond, s, 6, cached=True)
+    slow, _ = run_blocks(lmdm, cond, s, 6, cached=False)
+    assert fast.shape == (1, IO, 24)
+    assert rel_err(fast, slow) < 1e-4
+    assert fast.abs().max() > 0.1  # the model really produced something
+    assert st.blocks == 6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["encdec", "causal"])
+def test_cached_equals_uncached_guided_with_extras(mode):
+    dit = tiny_dit(seed=3, embed=96, heads=3, depth=3)
+    lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=10, block_frames=5))
+    cond = conditioning(dit, 2)
+    s = SamplerSettings(sampler="pingpong", steps=4, cfg=3.0)
+    fast, _ = run_blocks(lmdm, cond, s, 5, cached=True, extras=True)
+    slow, _ = run_blocks(lmdm, cond, s, 5, cached=False, extras=True)
+    assert rel_err(fast, slow) < 1e-4
+
+
+@torch.no_grad()
+def test_causal_rebootstrap_matches_reference():
+    dit = tiny_dit(seed=7)
+    lmdm = LMDM(dit, LMDMConfig(mode="causal", context_frames=8, block_frames=4))
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(sampler="euler", steps=2)
+    outs = []
+    for cached in (True, False):
+        state = lmdm.new_state(1, torch.randn(1, IO, 8, generator=torch.Generator().manual_seed(0)))
+        blocks = []
+        for b in range(6):
+            if b == 3:
+                state.rebootstrap()
+            blocks.append(lmdm.generate(state, cond, s, torch.Generator().manual_seed(b), cached=cached))
+        outs.append(torch.cat(blocks, dim=2))
+    assert rel_err(outs[0], outs[1]) < 1e-4
+
+
+@torch.no_grad()
+def test_context_changes_the_output_and_mode_matters():
+    """Guards against a cache that is silently ignored: the context must steer the block."""
+    dit = tiny_dit()
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(sampler="euler", steps=2)
+    for mode in ("encdec", "causal"):
+        lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=8, block_frames=4))
+        a = lmdm.generate(lmdm.new_state(1, torch.zeros(1, IO, 8)), cond, s, torch.Generator().manual_seed(0))
+        b = lmdm.generate(lmdm.new_state(1, torch.ones(1, IO, 8)), cond, s, torch.Generator().manual_seed(0))
+        assert (a - b).abs().max() > 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["bidirectional", "encdec", "causal"])
+def test_deterministic_per_seed(mode):
+    dit = tiny_dit()
+    lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=8, block_frames=4))
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(steps=3)
+    a, _ = run_blocks(lmdm, cond, s, 3, cached=True)
+    b, _ = run_blocks(lmdm, cond, s, 3, cached=True)
+    c, _ = run_blocks(lmdm, cond, s, 3, cached=True, seed=6)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@torch.no_grad()
+def test_bidirectional_is_saos_outpainting():
+    """Bidirectional mode's velocity is the plain SAOS forward over [renoised context ; target]."""
+    dit = tiny_dit(extra=0)
+    lmdm = LMDM(dit, LMDMConfig(mode="bidirectional", context_frames=6, block_frames=3))
+    cond_tokens = torch.randn(1, 5, 16)
+    glob = torch.randn(1, 16)
+    cond = Conditioning(dit.cross_kv(cond_tokens), glob)
+    state = lmdm.new_state(1, torch.randn(1, IO, 6))
+    gen = torch.Generator().manual_seed(0)
+    denoise = lmdm._bidirectional(state, cond, gen)
+    eps = torch.randn(state.context.shape, generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(1, IO, 3), 0.6
+    window = torch.cat([(1 - t) * state.context + t * eps, x], dim=2)
+    ref = dit(window, torch.tensor([t]), cond_tokens, glob)[:, :, 6:]
+    assert rel_err(denoise(x, t, 0), ref) < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["encdec", "causal"])
+def test_cache_memory_constant_over_500_blocks(mode):
+    dit = tiny_dit(embed=32, heads=1, depth=1)
+    lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=4, block_frames=2))
+    cond = conditioning(dit, 1)
+    state = lmdm.new_state(1)
+    cache = state.cache
+    ptr, nbytes = cache.k.data_ptr(), cache.nbytes()
+    s = SamplerSettings(sampler="euler", steps=1)
+    for b in range(500):
+        block = lmdm.generate(state, cond, s, torch.Generator().manual_seed(b))
+    assert state.cache is cache and cache.k.data_ptr() == ptr and cache.nbytes() == nbytes
+    assert state.context.shape == (1, IO, 4) and state.history == []
+    assert torch.isfinite(block).all()
+    # rotated keys stay at bounded positions: the cached keys' norms do not drift over a long stream
+    assert cache.length == {"encdec": 4, "causal": 2}[mode]
+
+
+@torch.no_grad()
+def test_guidance_needs_two_rows_and_cache_batch_is_checked():
+    dit = tiny_dit()
+    lmdm = LMDM(dit, LMDMConfig(mode="causal", context_frames=8, block_frames=4))
+    state = lmdm.new_state(1)
+    with pytest.raises(ValueError, match="guidance"):
+        lmdm.generate(state, conditioning(dit, 1), SamplerSettings(cfg=2.0), torch.Generator())
+    with pytest.raises(ValueError, match="another CFG batch"):
+        lmdm.generate(state, conditioning(dit, 2), SamplerSettings(cfg=2.0), torch.Generator())
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="causal mode"):
+        LMDMConfig(mode="causal", context_frames=10, block_frames=4)
+    with pytest.raises(ValueError, match="mode must be"):
+        LMDMConfig(mode="wat")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="input_add_embed"):
+        LMDM(tiny_dit(extra=0).__class__(DiTConfig(io_channels=IO, embed_dim=64, num_heads=2, depth=1)),
+             LMDMConfig(mode="encdec"))
+
+
+def test_query_tokens_per_block():
+    assert query_tokens_per_block(LMDMConfig("bidirectional", 192, 48), 8) == 241 * 8
+    assert query_tokens_per_block(LMDMConfig("encdec", 192, 48), 8) == 192 + 49 * 8
+    assert query_tokens_per_block(LMDMConfig("causal", 192, 48), 8) == 48 + 49 * 8
+
+
+def test_masks():
+    m = encdec_mask(2, 4)
+    assert m.tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4, [True] * 4]
+    c = torch.arange(4)
+    assert chunk_mask(c, c, 2).tolist() == [
+        [True, False, False, False], [True, True, False, False], [False, True, True, False], [False, False, True, True]
+    ]
+
+
+def test_cache_rotate_is_a_position_shift():
+    dit = tiny_dit()
+    rope = dit.rope
+    k = torch.randn(1, 1, 2, 6, dit.cfg.head_dim)
+    at10 = apply_rope(k, *rope(torch.arange(10, 16)))
+    cache = KVCache.allocate(1, 1, 2, 8, dit.cfg.head_dim)
+    cache.write([(at10[0], at10[0])])
+    cache.rotate(*rope(torch.tensor([-7])))
+    assert torch.allclose(cache.k[0, :, :, :6], apply_rope(k, *rope(torch.arange(3, 9)))[0], atol=1e-5)
+    cache.slide(2)
+    assert cache.length == 4
+    assert torch.allclose(cache.k[0, :, :, :4], apply_rope(k, *rope(torch.arange(3, 9)))[0, :, :, 2:], atol=1e-5)
+    with pytest.raises(ValueError, match="overflow"):
+        cache.write([(torch.zeros(1, 2, 5, dit.cfg.head_dim),) * 2], start=4)
+
+
+def velocity_to(target: torch.Tensor):
+    """The exact rectified-flow velocity field whose every trajectory ends at `target`."""
+    return lambda x, t, i: (x - target) / t
+
+
+@pytest.mark.parametrize("sampler", ["euler", "pingpong"])
+def test_samplers_reach_the_target(sampler):
+    target = torch.randn(1, 4, 6)
+    x = torch.randn(1, 4, 6)
+    out = sample_block(velocity_to(target), x, SamplerSettings(sampler=sampler, steps=5), torch.Generator())
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "pingpong"])
+@pytest.mark.parametrize("cfg_pp", [None, 0.8])
+def test_guidance_extrapolates(sampler, cfg_pp):
+    a, b = torch.randn(1, 4, 6), torch.randn(1, 4, 6)
+    scale = 3.0
+
+    def denoise(x, t, i):
+        return torch.cat([(x[:1] - a) / t, (x[1:] - b) / t])
+
+    s = SamplerSettings(sampler=sampler, steps=4, cfg=scale, cfg_pp=cfg_pp)
+    out = sample_block(lambda x, t, i: denoise(x.expand(2, -1, -1), t, i), torch.randn(1, 4, 6), s,
+                       torch.Generator())
+    lam = cfg_pp if cfg_pp is not None else scale
+    assert torch.allclose(out, b + lam * (a - b), atol=1e-4)
+
+
+def test_logsnr_schedule():
+    ts = logsnr_schedule(8)
+    assert ts[0] == 1.0 and ts[-1] == 0.0 and len(ts) == 9
+    assert all(x > y for x, y in zip(ts, ts[1:]))
+    with pytest.raises(ValueError):
+        logsnr_schedule(0)
