@@ -22,8 +22,14 @@ IO, EXTRA = 8, 2
 
 def tiny_dit(seed: int = 0, extra: int = EXTRA, embed: int = 64, heads: int = 2, depth: int = 2) -> DiT:
     cfg = DiTConfig(
-        io_channels=IO, embed_dim=embed, depth=depth, num_heads=heads, cond_token_dim=16, global_cond_dim=16,
-        ff_mult=2, input_add_dim=1 + IO + extra,
+        io_channels=IO,
+        embed_dim=embed,
+        depth=depth,
+        num_heads=heads,
+        cond_token_dim=16,
+        global_cond_dim=16,
+        ff_mult=2,
+        input_add_dim=1 + IO + extra,
     )
     torch.manual_seed(seed)
     dit = DiT(cfg)
@@ -187,8 +193,10 @@ def test_config_validation():
     with pytest.raises(ValueError, match="mode must be"):
         LMDMConfig(mode="wat")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="input_add_embed"):
-        LMDM(tiny_dit(extra=0).__class__(DiTConfig(io_channels=IO, embed_dim=64, num_heads=2, depth=1)),
-             LMDMConfig(mode="encdec"))
+        LMDM(
+            tiny_dit(extra=0).__class__(DiTConfig(io_channels=IO, embed_dim=64, num_heads=2, depth=1)),
+            LMDMConfig(mode="encdec"),
+        )
 
 
 def test_query_tokens_per_block():
@@ -202,7 +210,10 @@ def test_masks():
     assert m.tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4, [True] * 4]
     c = torch.arange(4)
     assert chunk_mask(c, c, 2).tolist() == [
-        [True, False, False, False], [True, True, False, False], [False, True, True, False], [False, False, True, True]
+        [True, False, False, False],
+        [True, True, False, False],
+        [False, True, True, False],
+        [False, False, True, True],
     ]
 
 
@@ -217,7 +228,9 @@ def test_cache_rotate_is_a_position_shift():
     assert torch.allclose(cache.k[0, :, :, :6], apply_rope(k, *rope(torch.arange(3, 9)))[0], atol=1e-5)
     cache.slide(2)
     assert cache.length == 4
-    assert torch.allclose(cache.k[0, :, :, :4], apply_rope(k, *rope(torch.arange(3, 9)))[0, :, :, 2:], atol=1e-5)
+    assert torch.allclose(
+        cache.k[0, :, :, :4], apply_rope(k, *rope(torch.arange(3, 9)))[0, :, :, 2:], atol=1e-5
+    )
     with pytest.raises(ValueError, match="overflow"):
         cache.write([(torch.zeros(1, 2, 5, dit.cfg.head_dim),) * 2], start=4)
 
@@ -245,8 +258,9 @@ def test_guidance_extrapolates(sampler, cfg_pp):
         return torch.cat([(x[:1] - a) / t, (x[1:] - b) / t])
 
     s = SamplerSettings(sampler=sampler, steps=4, cfg=scale, cfg_pp=cfg_pp)
-    out = sample_block(lambda x, t, i: denoise(x.expand(2, -1, -1), t, i), torch.randn(1, 4, 6), s,
-                       torch.Generator())
+    out = sample_block(
+        lambda x, t, i: denoise(x.expand(2, -1, -1), t, i), torch.randn(1, 4, 6), s, torch.Generator()
+    )
     lam = cfg_pp if cfg_pp is not None else scale
     assert torch.allclose(out, b + lam * (a - b), atol=1e-4)
 
@@ -254,6 +268,6 @@ def test_guidance_extrapolates(sampler, cfg_pp):
 def test_logsnr_schedule():
     ts = logsnr_schedule(8)
     assert ts[0] == 1.0 and ts[-1] == 0.0 and len(ts) == 9
-    assert all(x > y for x, y in zip(ts, ts[1:]))
+    assert all(x > y for x, y in zip(ts[:-1], ts[1:], strict=True))
     with pytest.raises(ValueError):
         logsnr_schedule(0)

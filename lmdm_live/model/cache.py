@@ -27,7 +27,9 @@ class KVCache:
         cls, depth: int, batch: int, heads: int, capacity: int, head_dim: int, device=None, dtype=None
     ) -> KVCache:
         shape = (depth, batch, heads, capacity, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return cls(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
 
     @property
     def capacity(self) -> int:
@@ -42,7 +44,10 @@ class KVCache:
 
     def prefix(self, start: int = 0) -> list[tuple[Tensor, Tensor]]:
         """Per-layer (k, v) views of frames [start, length)."""
-        return [(self.k[i, :, :, start : self.length], self.v[i, :, :, start : self.length]) for i in range(len(self.k))]
+        return [
+            (self.k[i, :, :, start : self.length], self.v[i, :, :, start : self.length])
+            for i in range(len(self.k))
+        ]
 
     def write(self, kvs: list[tuple[Tensor, Tensor]], start: int = 0) -> None:
         """Copy per-layer (k, v) of n frames into [start, start+n) and extend `length` to cover them."""

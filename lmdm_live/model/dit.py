@@ -32,7 +32,9 @@ class DiTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
         if self.head_dim < self.rope_dim:
-            raise ValueError(f"head dim {self.head_dim} must be >= the rotary dim {self.rope_dim} (SAOS rule)")
+            raise ValueError(
+                f"head dim {self.head_dim} must be >= the rotary dim {self.rope_dim} (SAOS rule)"
+            )
         if self.input_add_dim and self.input_add_dim < 1 + self.io_channels:
             raise ValueError(f"input_add_dim must be 0 or >= 1 + io_channels ({1 + self.io_channels})")
 
@@ -115,7 +117,7 @@ class SelfAttention(nn.Module):
         prefix: tuple[Tensor, Tensor] | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend x's queries to [prefix | x] keys. Returns (out, k, v) with x's own post-norm, post-RoPE k, v."""
+        """Attend x's queries to [prefix | x] keys; also return x's own post-norm, post-RoPE k and v."""
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B,H,N,Dh)
         q = apply_rope(self.q_norm(q), cos, sin)
@@ -292,7 +294,9 @@ class DiT(nn.Module):
 
     # --- SAOS forward ---------------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, t: Tensor, cross_attn_cond: Tensor, global_cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cross_attn_cond: Tensor, global_cond: Tensor | None = None
+    ) -> Tensor:
         """stable-audio-tools' DiT: x (B,io,L), t (B,), cross_attn_cond (B,S,cond), global_cond (B,g) -> v."""
         n = x.shape[-1]
         h = torch.cat([self.noisy_tokens(x), self.global_token(t, global_cond)], dim=1)

@@ -137,7 +137,11 @@ class LMDM:
             context = torch.zeros(1, io, c, device=self.device, dtype=self.dtype)
         cap = {"bidirectional": 0, "encdec": c, "causal": c - self.cfg.block_frames}[self.cfg.mode]
         d = self.dit.cfg
-        cache = KVCache.allocate(d.depth, rows, d.num_heads, cap, d.head_dim, self.device, self.dtype) if cap else None
+        cache = (
+            KVCache.allocate(d.depth, rows, d.num_heads, cap, d.head_dim, self.device, self.dtype)
+            if cap
+            else None
+        )
         return BlockState(context=context.to(self.device, self.dtype), extras=extras, cache=cache)
 
     # --- token builders ---------------------------------------------------------------------------------
@@ -227,7 +231,9 @@ class LMDM:
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
             window = torch.cat([((1 - t) * c + t * eps_ctx).expand(x.shape[0], -1, -1), x], dim=2)
-            h = torch.cat([self.dit.noisy_tokens(window), self._target_tokens(x, t, cond, None)[:, -1:]], dim=1)
+            h = torch.cat(
+                [self.dit.noisy_tokens(window), self._target_tokens(x, t, cond, None)[:, -1:]], dim=1
+            )
             h, _ = self.dit.run(h, self._rope_window, cond.cross)
             return self.dit.output(h[:, window.shape[-1] - t_len : window.shape[-1]])
 
@@ -243,7 +249,9 @@ class LMDM:
         t_len = self.cfg.block_frames
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
-            h, _ = self.dit.run(self._target_tokens(x, t, cond, extras), self._rope_tg, cond.cross, cache.prefix())
+            h, _ = self.dit.run(
+                self._target_tokens(x, t, cond, extras), self._rope_tg, cond.cross, cache.prefix()
+            )
             return self.dit.output(h[:, :t_len])
 
         return denoise
@@ -297,7 +305,12 @@ class LMDM:
         if not state.history:
             state.history = [self._with_extras(state.context, state.extras)]
         hist = torch.cat(state.history, dim=2)
-        n, t_len, c, w = hist.shape[-1], self.cfg.block_frames, self.cfg.context_frames, self.cfg.window_chunks
+        n, t_len, c, w = (
+            hist.shape[-1],
+            self.cfg.block_frames,
+            self.cfg.context_frames,
+            self.cfg.window_chunks,
+        )
         io = self.dit.cfg.io_channels
         h_ctx = self._ctx_tokens(hist[:, :io], hist[:, io:] if hist.shape[1] > io else None, cond.rows)
         pos = torch.cat([torch.arange(c + 1 - n, c + 1), self._pos_tg]).to(self.device)
