@@ -271,3 +271,21 @@ def test_logsnr_schedule():
     assert all(x > y for x, y in zip(ts[:-1], ts[1:], strict=True))
     with pytest.raises(ValueError):
         logsnr_schedule(0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "pingpong"])
+def test_cfg_pp_reanchors_on_the_unconditional_branch(sampler):
+    """One CFG++ step: x1 = x0_guided + t1 * (next - x0_uncond), with next = x (Euler) or fresh noise."""
+    a, b, x = torch.randn(1, 4, 6), torch.randn(1, 4, 6), torch.randn(1, 4, 6)
+    seen = []
+
+    def denoise(xx, t, i):
+        seen.append(xx[:1].clone())
+        return torch.cat([(xx[:1] - a) / t, (xx[1:] - b) / t])
+
+    lam = 0.9
+    s = SamplerSettings(sampler=sampler, steps=2, cfg_pp=lam)
+    sample_block(lambda xx, t, i: denoise(xx.expand(2, -1, -1), t, i), x, s, torch.Generator().manual_seed(3))
+    t1 = logsnr_schedule(2)[1]
+    nxt = x if sampler == "euler" else torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(seen[1], b + lam * (a - b) + t1 * (nxt - b), atol=1e-5)

@@ -66,13 +66,12 @@ def sample_block(denoise: Denoise, x: Tensor, s: SamplerSettings, gen: torch.Gen
         x0 = x - t * v_g
         if t_next == 0.0:
             x = x0
-        elif s.sampler == "pingpong":
+            continue
+        # CFG++ (LMDM's rectified-flow form): re-anchor on the unconditional branch instead of the guided one
+        anchor = x - t * v_u if s.cfg_pp is not None else x0
+        if s.sampler == "pingpong":
             eps = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.device, x.dtype)
-            x = (1 - t_next) * x0 + t_next * eps
-        elif s.cfg_pp is not None:
-            # CFG++: renoise along the unconditional noise estimate, not the guided one
-            eps_u = x + (1 - t) * v_u
-            x = (1 - t_next) * x0 + t_next * eps_u
+            x = x0 + t_next * (eps - anchor)
         else:
-            x = x0 + t_next * v_g  # plain Euler: x + (t_next - t) v
+            x = x0 + t_next * (v_u if s.cfg_pp is not None else v_g)  # plain Euler: x + (t_next - t) v
     return x
