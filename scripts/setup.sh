@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what lmdm_live needs: system packages (JACK, PortAudio, sox, espeak-ng) and a local
+# virtual environment in .venv with the package installed in editable mode.
+# Idempotent and fast on a re-run: pip is skipped while pyproject.toml is unchanged.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+TORCH_VERSION="2.13.0"
+APT_PACKAGES=(jackd2 libjack-jackd2-0 libportaudio2 sox espeak-ng)
+VENV="$ROOT/.venv"
+STAMP="$VENV/.lmdm-stamp"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- system packages ---------------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+        missing+=("$pkg")
+    fi
+done
+# Debian/Ubuntu ship venv's pip bootstrap separately.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if ((${#missing[@]})); then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing system packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "lmdm_live needs these system packages, which are not installed: ${missing[*]}" >&2
+        echo "Install them with:  sudo apt-get install -y ${missing[*]}" >&2
+        echo "then run this script again." >&2
+        exit 1
+    fi
+fi
+
+# --- virtual environment -----------------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+fi
+
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want" != "$have" || ! -x "$VENV/bin/lmdm-live" ]]; then
+    log "installing torch==$TORCH_VERSION and lmdm_live[dev] into .venv"
+    # torch first and pinned, so the resolver never swaps it for another build.
+    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    printf '%s\n' "$want" >"$STAMP"
+    log "done"
+fi
