@@ -289,3 +289,50 @@ def test_cfg_pp_reanchors_on_the_unconditional_branch(sampler):
     t1 = logsnr_schedule(2)[1]
     nxt = x if sampler == "euler" else torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(seen[1], b + lam * (a - b) + t1 * (nxt - b), atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["encdec", "causal"])
+def test_ejection_and_empty_start_match_reference(mode):
+    """A stream that starts with no context and later ejects old frames stays equal to its reference."""
+    dit = tiny_dit(seed=11)
+    lmdm = LMDM(dit, LMDMConfig(mode=mode, context_frames=8, block_frames=4))
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(sampler="pingpong", steps=2)
+    outs = []
+    for cached in (True, False):
+        state = lmdm.new_state(1)
+        assert state.mask.sum() == 0
+        blocks = []
+        for b in range(6):
+            if b == 4:
+                state.eject(6)
+                assert state.mask[0, 0].tolist() == [0.0] * 6 + [1.0] * 2
+            blocks.append(lmdm.generate(state, cond, s, torch.Generator().manual_seed(b), cached=cached))
+        outs.append(torch.cat(blocks, dim=2))
+    assert rel_err(outs[0], outs[1]) < 1e-4
+
+
+@torch.no_grad()
+def test_ejection_changes_what_follows():
+    dit = tiny_dit(seed=11)
+    lmdm = LMDM(dit, LMDMConfig(mode="encdec", context_frames=8, block_frames=4))
+    cond = conditioning(dit, 1)
+    s = SamplerSettings(sampler="euler", steps=2)
+    ctx = torch.randn(1, IO, 8, generator=torch.Generator().manual_seed(0))
+    kept, ejected = lmdm.new_state(1, ctx), lmdm.new_state(1, ctx)
+    ejected.eject(4)
+    a = lmdm.generate(kept, cond, s, torch.Generator().manual_seed(0))
+    b = lmdm.generate(ejected, cond, s, torch.Generator().manual_seed(0))
+    assert (a - b).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_resize_switches_guidance_mid_stream():
+    dit = tiny_dit()
+    lmdm = LMDM(dit, LMDMConfig(mode="causal", context_frames=8, block_frames=4))
+    state = lmdm.new_state(1)
+    lmdm.generate(state, conditioning(dit, 1), SamplerSettings(steps=2), torch.Generator())
+    lmdm.resize(state, 2)
+    out = lmdm.generate(state, conditioning(dit, 2), SamplerSettings(steps=2, cfg=2.0), torch.Generator())
+    assert state.cache.batch == 2 and torch.isfinite(out).all()

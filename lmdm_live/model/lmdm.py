@@ -71,20 +71,36 @@ class Conditioning:
 class BlockState:
     """Everything that carries from one block to the next. Passed in and mutated by `LMDM.generate`."""
 
-    context: Tensor  # (1, io, C) clean latents of the window's context
-    extras: Tensor | None = None  # (1, E, C) extra input_add channels aligned with the context
+    frames: Tensor  # (1, 1 + io + E, C): the context window as input_add channels [mask; clean; extras]
+    io: int
     cache: KVCache | None = None
-    pending: Tensor | None = None  # causal: the last block, clean, not yet in the cache
-    pending_extras: Tensor | None = None
-    history: list[Tensor] = field(default_factory=list)  # causal reference: [clean; extras] since bootstrap
+    pending: Tensor | None = None  # causal: the last block's frames, not yet in the cache
+    history: list[Tensor] = field(default_factory=list)  # causal reference: all frames since bootstrap
     blocks: int = 0
 
+    @property
+    def context(self) -> Tensor:
+        """(1, io, C) clean latents of the context (zeros where the mask is 0)."""
+        return self.frames[:, 1 : 1 + self.io]
+
+    @property
+    def mask(self) -> Tensor:
+        return self.frames[:, :1]
+
     def rebootstrap(self) -> None:
-        """Forget cached context (it is recomputed from `context` at the next block)."""
+        """Forget cached context (it is recomputed from `frames` at the next block)."""
         if self.cache is not None:
             self.cache.reset()
-        self.pending = self.pending_extras = None
+        self.pending = None
         self.history = []
+
+    def eject(self, n: int) -> None:
+        """Drop the oldest n context frames (mask 0, zeros) so a new prompt is not held back by old music."""
+        n = min(max(n, 0), self.frames.shape[-1])
+        if n:
+            self.frames = self.frames.clone()
+            self.frames[:, :, :n] = 0
+            self.rebootstrap()
 
 
 def chunk_mask(q_chunks: Tensor, k_chunks: Tensor, w: int) -> Tensor:
@@ -133,8 +149,14 @@ class LMDM:
     def new_state(self, rows: int, context: Tensor | None = None, extras: Tensor | None = None) -> BlockState:
         """A fresh stream state. The cache is sized once here: C frames (Enc-Dec) or C-T (Block-Causal)."""
         io, c = self.dit.cfg.io_channels, self.cfg.context_frames
-        if context is None:
-            context = torch.zeros(1, io, c, device=self.device, dtype=self.dtype)
+        if context is None:  # no music yet: an empty (masked-out) context
+            mask = torch.zeros(1, 1, c)
+            context = torch.zeros(1, io, c)
+        else:
+            if context.shape != (1, io, c):
+                raise ValueError(f"context must be (1, {io}, {c}), got {tuple(context.shape)}")
+            mask = torch.ones(1, 1, c)
+        frames = self._frames(mask.to(context), context, extras)
         cap = {"bidirectional": 0, "encdec": c, "causal": c - self.cfg.block_frames}[self.cfg.mode]
         d = self.dit.cfg
         cache = (
@@ -142,15 +164,22 @@ class LMDM:
             if cap
             else None
         )
-        return BlockState(context=context.to(self.device, self.dtype), extras=extras, cache=cache)
+        return BlockState(frames=frames, io=io, cache=cache)
+
+    def resize(self, state: BlockState, rows: int) -> None:
+        """Switch a state to another CFG batch (guidance on/off): a new cache, rebuilt from the context."""
+        if state.cache is not None and state.cache.batch != rows:
+            old = state.cache
+            state.cache = KVCache.allocate(
+                old.k.shape[0], rows, old.k.shape[2], old.capacity, old.k.shape[4], self.device, self.dtype
+            )
+            state.rebootstrap()
 
     # --- token builders ---------------------------------------------------------------------------------
 
-    def _ctx_tokens(self, c: Tensor, extras: Tensor | None, rows: int) -> Tensor:
-        """Clean frames (1, io, n) -> tokens through to_input_add_embed: [mask=1 ; c ; extras]."""
-        parts = [torch.ones_like(c[:, :1]), c] + ([extras] if extras is not None else [])
-        add = torch.cat(parts, dim=1).transpose(1, 2)
-        return self._pad_add(add).expand(rows, -1, -1)
+    def _ctx_tokens(self, frames: Tensor, rows: int) -> Tensor:
+        """Context frames (1, 1+io+E, n) -> tokens through to_input_add_embed."""
+        return self._pad_add(frames.transpose(1, 2)).expand(rows, -1, -1)
 
     def _pad_add(self, add: Tensor) -> Tensor:
         missing = self.dit.cfg.input_add_dim - add.shape[-1]
@@ -168,14 +197,15 @@ class LMDM:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
         return torch.cat([h, self.dit.global_token(tt, cond.global_cond)], dim=1)
 
-    def _with_extras(self, clean: Tensor, extras: Tensor | None) -> Tensor:
-        """[clean; extras] stacked on channels, zeros standing in for absent extras."""
+    def _frames(self, mask: Tensor, clean: Tensor, extras: Tensor | None) -> Tensor:
+        """[mask; clean; extras] on channels, on the model's device; zeros stand in for absent extras."""
         e = self.dit.cfg.extra_add_channels
-        if not e:
-            return clean
+        n = clean.shape[-1]
         if extras is None:
-            extras = clean.new_zeros(clean.shape[0], e, clean.shape[-1])
-        return torch.cat([clean, extras], dim=1)
+            extras = clean.new_zeros(1, e, n)
+        elif extras.shape != (1, e, n):
+            raise ValueError(f"extras must be (1, {e}, {n}), got {tuple(extras.shape)}")
+        return torch.cat([mask, clean, extras], dim=1).to(self.device, self.dtype)
 
     # --- one block --------------------------------------------------------------------------------------
 
@@ -213,15 +243,13 @@ class LMDM:
 
     def _advance(self, state: BlockState, block: Tensor, extras: Tensor | None, cached: bool) -> None:
         t = self.cfg.block_frames
-        state.context = torch.cat([state.context[:, :, t:], block], dim=2)[:, :, -self.cfg.context_frames :]
-        if state.extras is not None:
-            new = extras if extras is not None else state.extras.new_zeros(1, state.extras.shape[1], t)
-            state.extras = torch.cat([state.extras[:, :, t:], new], dim=2)[:, :, -self.cfg.context_frames :]
+        new = self._frames(torch.ones_like(block[:, :1]), block, extras)
+        state.frames = torch.cat([state.frames[:, :, t:], new], dim=2)[:, :, -self.cfg.context_frames :]
         if self.cfg.mode == "causal":
             if cached:
-                state.pending, state.pending_extras = block, extras
+                state.pending = new
             else:
-                state.history.append(self._with_extras(block, extras))
+                state.history.append(new)
         state.blocks += 1
 
     def _bidirectional(self, state: BlockState, cond: Conditioning, gen: torch.Generator):
@@ -243,7 +271,7 @@ class LMDM:
         cache = state.cache
         assert cache is not None
         cache.reset()
-        ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+        ctx = self._ctx_tokens(state.frames, cond.rows)
         _, kvs = self.dit.run(ctx, self._rope_ctx, cond.cross, keep=slice(None))
         cache.write(kvs)
         t_len = self.cfg.block_frames
@@ -257,7 +285,7 @@ class LMDM:
         return denoise
 
     def _encdec_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
-        ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+        ctx = self._ctx_tokens(state.frames, cond.rows)
         c, t_len = self.cfg.context_frames, self.cfg.block_frames
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
@@ -275,15 +303,15 @@ class LMDM:
         if pending is None or cache.length == 0:
             # bootstrap: the whole context, chunk-causal; keep chunks 1..w-1 for the target to see
             cache.reset()
-            ctx = self._ctx_tokens(state.context, state.extras, cond.rows)
+            ctx = self._ctx_tokens(state.frames, cond.rows)
             _, kvs = self.dit.run(ctx, self._rope_ctx, cond.cross, mask=self._mask_boot, keep=slice(t_len, c))
             cache.write(kvs)
             fused = False
         else:
             cache.rotate(*self._rope_back)  # window slid by T: cached chunks move to positions 1..C-T
-            p_tokens = self._ctx_tokens(pending, state.pending_extras, cond.rows)
+            p_tokens = self._ctx_tokens(pending, cond.rows)
             fused = True
-        state.pending = state.pending_extras = None
+        state.pending = None
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
             tg = self._target_tokens(x, t, cond, extras)
@@ -303,7 +331,7 @@ class LMDM:
     def _causal_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
         """Recompute every clean frame since the last bootstrap, chunk-causal, at each step (slow, exact)."""
         if not state.history:
-            state.history = [self._with_extras(state.context, state.extras)]
+            state.history = [state.frames]
         hist = torch.cat(state.history, dim=2)
         n, t_len, c, w = (
             hist.shape[-1],
@@ -311,8 +339,7 @@ class LMDM:
             self.cfg.context_frames,
             self.cfg.window_chunks,
         )
-        io = self.dit.cfg.io_channels
-        h_ctx = self._ctx_tokens(hist[:, :io], hist[:, io:] if hist.shape[1] > io else None, cond.rows)
+        h_ctx = self._ctx_tokens(hist, cond.rows)
         pos = torch.cat([torch.arange(c + 1 - n, c + 1), self._pos_tg]).to(self.device)
         rope = self.dit.rope(pos)
         chunks = torch.cat([torch.arange(n) // t_len, torch.full((t_len + 1,), n // t_len)])
