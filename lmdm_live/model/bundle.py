@@ -1,0 +1,205 @@
+"""One LMDM checkpoint as objects: the SAOS-layout DiT with its seconds conditioner, the window, the VAE.
+
+An LMDM checkpoint is SAOS's state-dict layout (`model.model.*`, `conditioner.conditioners.seconds_total.*`,
+`pretransform.model.*`) in one safetensors file with its JSON config embedded (see `checkpoint.py`). The
+same loader reads checkpoints converted from SAOS (`sao.convert_sao`) and the project's own models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..sao import (
+    LMDM_FORMAT,
+    VAE_PREFIX,
+    SAODiT,
+    load_vae_state_dict,
+    normalise_sao_keys,
+    vae_config_from_sao,
+)
+from .checkpoint import load_checkpoint, save_checkpoint
+from .conditioners import MiniLMTextEncoder, T5TextEncoder, TextEncoder
+from .dit import DiT, DiTConfig
+from .lmdm import LMDMConfig
+from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
+
+PRESETS = ("tiny", "saos-random")
+
+
+@dataclass
+class LMDMModel:
+    net: SAODiT
+    lmdm: LMDMConfig
+    vae: OobleckVAE
+    sample_rate: int
+    text: dict  # {"type": "minilm"} or {"type": "t5", "max_length": 64, ...}
+    seconds_total: float  # the seconds value the model conditions on (SAOS: length of the window)
+    name: str = "model"
+
+    @property
+    def dit(self) -> DiT:
+        return self.net.dit
+
+    @property
+    def hop(self) -> int:
+        return self.vae.cfg.hop
+
+    @property
+    def block_seconds(self) -> float:
+        return self.lmdm.block_frames * self.hop / self.sample_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.vae.cfg.out_channels
+
+    def text_encoder(self, t5_path: str | Path | None = None) -> TextEncoder:
+        """The text encoder this model was trained with. T5 weights are never fetched: give their directory."""
+        kind = self.text.get("type")
+        if kind == "minilm":
+            enc: TextEncoder = MiniLMTextEncoder(max_length=int(self.text.get("max_length", 64)))
+        elif kind == "t5":
+            if t5_path is None:
+                raise ValueError(
+                    "this model conditions on T5 text: pass the local t5-base directory (--t5 PATH)"
+                )
+            enc = T5TextEncoder(t5_path, max_length=int(self.text.get("max_length", 64)), dtype=torch.float32)
+        else:
+            raise ValueError(f"unknown text encoder type {kind!r} in the model config")
+        if enc.dim != self.dit.cfg.cond_token_dim:
+            raise ValueError(
+                f"text encoder gives {enc.dim}-d tokens, the DiT expects {self.dit.cfg.cond_token_dim}"
+            )
+        return enc
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LMDMModel:
+        self.net.to(device=device, dtype=dtype)
+        self.vae.to(device=device)
+        return self
+
+    # --- files ------------------------------------------------------------------------------------------
+
+    def config(self) -> dict:
+        d = asdict(self.dit.cfg)
+        return {
+            "format": LMDM_FORMAT,
+            "version": 1,
+            "name": self.name,
+            "dit": {f.name: d[f.name] for f in fields(DiTConfig)},
+            "seconds_total": {
+                "output_dim": self.net.seconds.output_dim,
+                "min_val": self.net.seconds.min_val,
+                "max_val": self.net.seconds.max_val,
+            },
+            "seconds_value": self.seconds_total,
+            "text": dict(self.text),
+            "sample_rate": self.sample_rate,
+            "audio_channels": self.audio_channels,
+            "self_attention": "fused",
+            "lmdm": asdict(self.lmdm),
+            "vae": self.vae.cfg.to_dict(),
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        sd = self.net.sao_state_dict()
+        sd.update({VAE_PREFIX + k: v for k, v in self.vae.state_dict().items()})
+        return sd
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.state_dict(), self.config())
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        lmdm: LMDMConfig | None = None,
+    ) -> LMDMModel:
+        """Strictly load an LMDM checkpoint; `lmdm` overrides the window (mode, context, block) it was saved with."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        sd, config = load_checkpoint(path)
+        if config.get("format") != LMDM_FORMAT:
+            raise ValueError(
+                f"{path.name} is not an LMDM checkpoint (convert SAOS with `lmdm-live convert sao`)"
+            )
+        net = SAODiT.from_sao_config(config)
+        net.load_sao_state_dict(normalise_sao_keys(sd))
+        if "vae" in config:
+            vae = OobleckVAE(OobleckConfig.from_dict(config["vae"]))
+            sub = {k: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
+            load_oobleck_state_dict(vae, sub, strict=True, prefix=VAE_PREFIX)
+        else:
+            vae = load_vae_state_dict(sd, config, OobleckVAE(vae_config_from_sao(config)))
+        window = lmdm or LMDMConfig(**config.get("lmdm", {}))
+        secs = float(config.get("seconds_value", window.context_frames + window.block_frames))
+        model = cls(
+            net.eval().requires_grad_(False),
+            window,
+            vae.eval().requires_grad_(False),
+            int(config["sample_rate"]),
+            dict(config.get("text", {})),
+            secs,
+            config.get("name", path.stem),
+        )
+        if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
+            model.seconds_total = (
+                (window.context_frames + window.block_frames) * model.hop / model.sample_rate
+            )
+        return model.to(device, dtype)
+
+    # --- presets ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, lmdm: LMDMConfig | None = None, seed: int = 0) -> LMDMModel:
+        """Randomly initialised models of fixed shapes, for benchmarks and tests (they make noise, not music).
+
+        tiny: a small DiT over MiniLM text and a small mono VAE, cheap enough for two CPU cores.
+        saos-random: Stable Audio Open Small's exact shapes (DiT 1024x16, T5 768-d tokens, stereo VAE).
+        """
+        lmdm = lmdm or LMDMConfig()
+        g = torch.Generator().manual_seed(seed)
+        if name == "tiny":
+            dit_cfg = DiTConfig(
+                io_channels=64,
+                embed_dim=256,
+                depth=8,
+                num_heads=4,
+                cond_token_dim=384,
+                global_cond_dim=384,
+                input_add_dim=1 + 64,
+            )
+            vae_cfg, sr, text = (
+                OobleckConfig.small(audio_channels=1),
+                44100,
+                {"type": "minilm", "max_length": 64},
+            )
+        elif name == "saos-random":
+            dit_cfg = DiTConfig(input_add_dim=1 + 64)
+            vae_cfg, sr, text = OobleckConfig.saos(), 44100, {"type": "t5", "max_length": 64}
+        else:
+            raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            net = SAODiT(dit_cfg, seconds_dim=dit_cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
+            _randomise(net.dit)
+            vae = OobleckVAE(vae_cfg)
+        secs = (lmdm.context_frames + lmdm.block_frames) * vae_cfg.hop / sr
+        return cls(
+            net.eval().requires_grad_(False), lmdm, vae.eval().requires_grad_(False), sr, text, secs, name
+        )
+
+
+@torch.no_grad()
+def _randomise(dit: DiT) -> None:
+    """Give the zero-initialised layers (conv skips, input_add) weights, so a random model uses every path."""
+    for m in (dit.preprocess_conv, dit.postprocess_conv):
+        m.weight.normal_(0.0, 0.1 / m.weight.shape[1] ** 0.5)
+    if dit.cfg.input_add_dim:
+        w = dit.to_input_add_embed.weight
+        w.normal_(0.0, 1.0 / w.shape[1] ** 0.5)

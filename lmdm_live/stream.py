@@ -1,0 +1,201 @@
+"""`LMDMStream`: the stateful, deterministic block generator every front end (live engine, render) drives.
+
+Determinism: block b is sampled with a generator seeded from (seed, b) only, and parameter changes take
+effect at block boundaries, so the same checkpoint + seed + schedule of changes by block index gives
+bit-identical latents and audio, offline or live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model.bundle import LMDMModel
+from .model.conditioners import TextEncoder
+from .model.lmdm import LMDM, BlockState, Conditioning
+from .model.oobleck import StreamingDecoder
+from .model.samplers import SamplerSettings
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def block_seed(seed: int, block: int) -> int:
+    """A well-mixed 63-bit seed for block `block` of a stream seeded `seed` (splitmix64 finaliser)."""
+    z = (seed * _GOLDEN + block + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """An immutable snapshot of what the next block is generated from. Build new ones with `replace`."""
+
+    prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    eject_frames: int | None = None  # context frames dropped when the dominant prompt changes; None: half
+    seconds: float | None = None  # seconds_total conditioning; None: the model's own
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("at least one prompt is needed (use '' for none)")
+        norm = []
+        for p in self.prompts:
+            text, weight = (p, 1.0) if isinstance(p, str) else p
+            if not isinstance(text, str):
+                raise ValueError(f"prompt text must be a string, got {text!r}")
+            weight = float(weight)
+            if not np.isfinite(weight) or weight < 0:
+                raise ValueError(f"prompt weights must be finite and >= 0, got {weight} for {text!r}")
+            norm.append((text, weight))
+        if sum(w for _, w in norm) <= 0:
+            raise ValueError("prompt weights must not all be 0")
+        object.__setattr__(self, "prompts", tuple(norm))
+        if self.eject_frames is not None and self.eject_frames < 0:
+            raise ValueError(f"eject_frames must be >= 0, got {self.eject_frames}")
+
+    @classmethod
+    def of(cls, prompt: str | dict[str, float] | None = None, **kw) -> StreamParams:
+        """`StreamParams.of("techno")` or `StreamParams.of({"techno": 2, "ambient pads": 1}, ...)`."""
+        if prompt is None:
+            prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
+        elif isinstance(prompt, str):
+            prompts = ((prompt, 1.0),)
+        else:
+            prompts = tuple(prompt.items())
+        return cls(prompts=prompts, **kw)
+
+    @property
+    def dominant(self) -> str:
+        """The heaviest prompt (first one on ties): a change of it is a change of piece, so old context goes."""
+        return max(self.prompts, key=lambda p: p[1])[0]
+
+
+class LMDMStream:
+    """Generates one block at a time; holds the KV cache, context window, decoder state and schedule."""
+
+    def __init__(
+        self,
+        model: LMDMModel,
+        text: TextEncoder,
+        seed: int = 0,
+        params: StreamParams | None = None,
+        decode: bool = True,
+    ) -> None:
+        self.model, self.text, self.seed = model, text, int(seed)
+        self.lmdm = LMDM(model.dit, model.lmdm)
+        self.decoder = StreamingDecoder(model.vae.decoder) if decode else None
+        self.schedule: dict[int, StreamParams] = {}
+        self.nonfinite_blocks = 0
+        self._initial = params or StreamParams()
+        self._cond_cache: dict[tuple, Conditioning] = {}
+        self.reset()
+
+    # --- control ------------------------------------------------------------------------------------------
+
+    def reset(self, params: StreamParams | None = None) -> None:
+        """Back to block 0 with an empty context (the schedule is kept)."""
+        self.params = params or self._initial
+        self.block_index = 0
+        self.state: BlockState = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    def set(self, params: StreamParams) -> None:
+        """Use `params` from the next block on."""
+        self.schedule[self.block_index] = params
+
+    def at(self, block: int, params: StreamParams) -> None:
+        """Schedule `params` to take effect at block index `block` (deterministic, for renders and replays)."""
+        if block < self.block_index:
+            raise ValueError(f"block {block} has already been generated (now at {self.block_index})")
+        self.schedule[block] = params
+
+    # --- generation ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def next_latents(self, extras: Tensor | None = None) -> Tensor:
+        """The next block of clean latents (1, io, T)."""
+        new = self.schedule.pop(self.block_index, None)
+        if new is not None:
+            self._apply(new)
+        p = self.params
+        cond = self._conditioning(p)
+        self.lmdm.resize(self.state, cond.rows)
+        gen = torch.Generator().manual_seed(block_seed(self.seed, self.block_index))
+        block = self.lmdm.generate(self.state, cond, p.sampler, gen, target_extras=extras)
+        if not torch.isfinite(block).all():
+            # never let a bad block poison the context: forget it and play silence-in-latent-space
+            self.nonfinite_blocks += 1
+            self.state.frames[:, :, -block.shape[-1] :] = 0
+            self.state.rebootstrap()
+            block = torch.zeros_like(block)
+        self.block_index += 1
+        return block
+
+    @torch.no_grad()
+    def next_block(self, extras: Tensor | None = None) -> np.ndarray:
+        """The next block as audio, float32 (channels, samples). The first blocks are shorter by the decoder's
+        latency (`latency_samples`); afterwards every block is exactly `block_frames * hop` samples."""
+        if self.decoder is None:
+            raise RuntimeError("this stream was made with decode=False")
+        lat = self.next_latents(extras)
+        audio = self.decoder.push(lat.to(next(self.decoder.decoder.parameters()).dtype))
+        return audio[0].float().cpu().numpy()
+
+    def flush(self) -> np.ndarray:
+        """The decoder's last `latency_samples` (the tail of the final block)."""
+        if self.decoder is None:
+            raise RuntimeError("this stream was made with decode=False")
+        return self.decoder.flush()[0].float().cpu().numpy()
+
+    @property
+    def latency_samples(self) -> int:
+        return 0 if self.decoder is None else self.decoder.latency_samples
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _apply(self, new: StreamParams) -> None:
+        old = self.params
+        self.params = new
+        if new.dominant != old.dominant and self.state.mask.any():
+            d = new.eject_frames if new.eject_frames is not None else self.model.lmdm.context_frames // 2
+            self.state.eject(d)
+
+    def _conditioning(self, p: StreamParams) -> Conditioning:
+        key = (p.prompts, p.seconds, p.sampler.guided)
+        hit = self._cond_cache.get(key)
+        if hit is not None:
+            return hit
+        texts = [t for t, _ in p.prompts]
+        weights = torch.tensor([w for _, w in p.prompts], dtype=torch.float32)
+        weights = weights / weights.sum()
+        tokens, mask = self.text.encode(texts)
+        tokens = tokens.float() * mask[..., None].float()
+        blended = (weights[:, None, None] * tokens.cpu()).sum(0, keepdim=True)
+        net = self.model.net
+        dtype = next(net.parameters()).dtype
+        device = next(net.parameters()).device
+        seconds = self.model.seconds_total if p.seconds is None else p.seconds
+        cross, glob = net.conditioning(blended.to(device, dtype), [seconds])
+        if p.sampler.guided:  # CFG's null condition: the whole cross-attention context zeroed, global kept
+            cross = torch.cat([cross, torch.zeros_like(cross)])
+            glob = glob.expand(2, -1)
+        cond = Conditioning(self.model.dit.cross_kv(cross), glob)
+        if len(self._cond_cache) > 32:
+            self._cond_cache.clear()
+        self._cond_cache[key] = cond
+        return cond
+
+
+def render(stream: LMDMStream, blocks: int) -> np.ndarray:
+    """Generate `blocks` blocks and the decoder tail: (channels, blocks * block_frames * hop) float32."""
+    parts = [stream.next_block() for _ in range(blocks)]
+    parts.append(stream.flush())
+    return np.concatenate(parts, axis=1)
+
+
+__all__ = ["LMDMStream", "StreamParams", "block_seed", "render", "replace"]
