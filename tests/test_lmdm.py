@@ -221,15 +221,15 @@ def test_cache_rotate_is_a_position_shift():
     dit = tiny_dit()
     rope = dit.rope
     k = torch.randn(1, 1, 2, 6, dit.cfg.head_dim)
-    at10 = apply_rope(k, *rope(torch.arange(10, 16)))
+    at10 = apply_rope(k, rope(torch.arange(10, 16)))
     cache = KVCache.allocate(1, 1, 2, 8, dit.cfg.head_dim)
     cache.write([(at10[0], at10[0])])
-    cache.rotate(*rope(torch.tensor([-7])))
-    assert torch.allclose(cache.k[0, :, :, :6], apply_rope(k, *rope(torch.arange(3, 9)))[0], atol=1e-5)
+    cache.rotate(rope(torch.tensor([-7])))
+    assert torch.allclose(cache.k[0, :, :, :6], apply_rope(k, rope(torch.arange(3, 9)))[0], atol=1e-5)
     cache.slide(2)
     assert cache.length == 4
     assert torch.allclose(
-        cache.k[0, :, :, :4], apply_rope(k, *rope(torch.arange(3, 9)))[0, :, :, 2:], atol=1e-5
+        cache.k[0, :, :, :4], apply_rope(k, rope(torch.arange(3, 9)))[0, :, :, 2:], atol=1e-5
     )
     with pytest.raises(ValueError, match="overflow"):
         cache.write([(torch.zeros(1, 2, 5, dit.cfg.head_dim),) * 2], start=4)

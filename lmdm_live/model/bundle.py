@@ -27,7 +27,7 @@ from .dit import DiT, DiTConfig
 from .lmdm import LMDMConfig
 from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
 
-PRESETS = ("tiny", "saos-random")
+PRESETS = ("tiny", "small", "saos-random")
 
 
 @dataclass
@@ -170,6 +170,21 @@ class LMDMModel:
                 embed_dim=256,
                 depth=8,
                 num_heads=4,
+                cond_token_dim=384,
+                global_cond_dim=384,
+                input_add_dim=1 + 64,
+            )
+            vae_cfg, sr, text = (
+                OobleckConfig.small(audio_channels=1),
+                44100,
+                {"type": "minilm", "max_length": 64},
+            )
+        elif name == "small":
+            dit_cfg = DiTConfig(
+                io_channels=64,
+                embed_dim=512,
+                depth=12,
+                num_heads=8,
                 cond_token_dim=384,
                 global_cond_dim=384,
                 input_add_dim=1 + 64,

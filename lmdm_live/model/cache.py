@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .dit import apply_rope
+from .dit import Rope, apply_rope
 
 
 @dataclass
@@ -59,14 +59,14 @@ class KVCache:
             self.v[i, :, :, start : start + n].copy_(v)
         self.length = max(self.length, start + n)
 
-    def rotate(self, cos: Tensor, sin: Tensor) -> None:
+    def rotate(self, rope: Rope) -> None:
         """Re-rotate the valid keys in place (RoPE by a fixed offset).
 
         Sliding the window by n frames re-rotates cached keys by -n, so positions stay inside the fixed window
         however long the stream runs (float32 angles stay exact) while relative positions are unchanged.
         """
         k = self.k[:, :, :, : self.length]
-        k.copy_(apply_rope(k, cos, sin))
+        k.copy_(apply_rope(k, rope))
 
     def slide(self, n: int) -> None:
         """Drop the oldest n frames and shift the rest to the front."""
