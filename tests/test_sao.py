@@ -1,6 +1,5 @@
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from lmdm_live.sao import (
 DATA = Path(__file__).resolve().parent / "data"
 REF = DATA / "sat_dit_reference.safetensors"
 REF_META = DATA / "sat_dit_reference.json"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "sao-small"
+SHARED = DATA / "sao-small"  # SAOS's published model_config.json and the shape of each of its 750 tensors
 
 try:
     from lmdm_live.model import oobleck
@@ -194,10 +193,8 @@ def pool_state_dict(shapes: dict[str, list[int]], dtype: torch.dtype) -> dict[st
     return out
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="SAO Small shape/config files not available")
 def test_full_size_strict_round_trip(tmp_path):
     """Every one of the 750 tensors of the real checkpoint layout, at full size, is accepted and lands in place."""
-    t0 = time.perf_counter()
     shapes = json.loads((SHARED / "state_dict_shapes.json").read_text())
     assert len(shapes) == 750
     inv_freq_key = DIT_PREFIX + "transformer.rotary_pos_emb.inv_freq"
@@ -226,7 +223,6 @@ def test_full_size_strict_round_trip(tmp_path):
         assert {VAE_PREFIX + k for k in vae_sd} == {k for k in shapes if k.startswith("pretransform.")}
         for k, v in vae_sd.items():
             assert torch.equal(v, sd[VAE_PREFIX + k].float()), k
-    assert time.perf_counter() - t0 < 60
 
 
 # --- (c) errors ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -44,14 +44,19 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, Tensor], config: dic
 def load_checkpoint_config(path: str | Path) -> dict:
     """The config of a checkpoint: its embedded metadata, else the sidecar .json."""
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path.name} is not a readable safetensors file ({e})") from None
     if CONFIG_METADATA_KEY in meta:
         return json.loads(meta[CONFIG_METADATA_KEY])
     side = sidecar_path(path)
     if side.is_file():
         return json.loads(side.read_text())
-    raise ValueError(f"{path.name} carries no LMDM config (no '{CONFIG_METADATA_KEY}' metadata, no {side.name})")
+    raise ValueError(
+        f"{path.name} carries no LMDM config (no '{CONFIG_METADATA_KEY}' metadata, no {side.name})"
+    )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:

@@ -91,6 +91,7 @@ def _import_transformers(package_hint: str) -> Any:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"text encoding needs the 'transformers' package ({package_hint})") from e
+    transformers.utils.logging.disable_progress_bar()  # a progress bar per load clutters the REPL
     return transformers
 
 
