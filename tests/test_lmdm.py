@@ -336,3 +336,16 @@ def test_resize_switches_guidance_mid_stream():
     lmdm.resize(state, 2)
     out = lmdm.generate(state, conditioning(dit, 2), SamplerSettings(steps=2, cfg=2.0), torch.Generator())
     assert state.cache.batch == 2 and torch.isfinite(out).all()
+
+
+def test_cache_room_is_bounded():
+    """Queries write their own K/V into the cache's room; more queries than room is an error, not a realloc."""
+    dit = tiny_dit()
+    cache = KVCache.allocate(dit.cfg.depth, 1, dit.cfg.num_heads, 4, dit.cfg.head_dim, room=3)
+    assert cache.capacity == 4 and cache.k.shape[3] == 7
+    cond = conditioning(dit, 1)
+    rope = dit.rope(torch.arange(4))
+    with torch.no_grad(), pytest.raises(ValueError, match="room"):
+        dit.run(torch.randn(1, 4, dit.cfg.embed_dim), rope, cond.cross, cache.slots())
+    with pytest.raises(ValueError, match="overflow"):
+        cache.extend(8)

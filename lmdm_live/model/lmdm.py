@@ -159,10 +159,12 @@ class LMDM:
                 raise ValueError(f"context must be (1, {io}, {c}), got {tuple(context.shape)}")
             mask = torch.ones(1, 1, c)
         frames = self._frames(mask.to(context), context, extras)
-        cap = {"bidirectional": 0, "encdec": c, "causal": c - self.cfg.block_frames}[self.cfg.mode]
+        t = self.cfg.block_frames
+        cap = {"bidirectional": 0, "encdec": c, "causal": c - t}[self.cfg.mode]
+        room = {"bidirectional": 0, "encdec": t + 1, "causal": 2 * t + 1}[self.cfg.mode]
         d = self.dit.cfg
         cache = (
-            KVCache.allocate(d.depth, rows, d.num_heads, cap, d.head_dim, self.device, self.dtype)
+            KVCache.allocate(d.depth, rows, d.num_heads, cap, d.head_dim, self.device, self.dtype, room=room)
             if cap
             else None
         )
@@ -172,8 +174,9 @@ class LMDM:
         """Switch a state to another CFG batch (guidance on/off): a new cache, rebuilt from the context."""
         if state.cache is not None and state.cache.batch != rows:
             old = state.cache
+            depth, _, heads, _, head_dim = old.k.shape
             state.cache = KVCache.allocate(
-                old.k.shape[0], rows, old.k.shape[2], old.capacity, old.k.shape[4], self.device, self.dtype
+                depth, rows, heads, old.capacity, head_dim, self.device, self.dtype, room=old.room
             )
             state.rebootstrap()
 
@@ -280,7 +283,7 @@ class LMDM:
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
             h, _ = self.dit.run(
-                self._target_tokens(x, t, cond, extras), self._rope_tg, cond.cross, cache.prefix()
+                self._target_tokens(x, t, cond, extras), self._rope_tg, cond.cross, cache.slots()
             )
             return self.dit.output(h[:, :t_len])
 
@@ -321,13 +324,11 @@ class LMDM:
             tg = self._target_tokens(x, t, cond, extras)
             if fused and i == 0:
                 h = torch.cat([p_tokens, tg], dim=1)
-                h, kvs = self.dit.run(
-                    h, self._rope_fused, cond.cross, cache.prefix(), self._mask_fused, keep=slice(0, t_len)
-                )
+                h, _ = self.dit.run(h, self._rope_fused, cond.cross, cache.slots(), self._mask_fused)
+                cache.extend(t_len)  # the pending block's keys/values, written right after the cache
                 cache.slide(t_len)
-                cache.write(kvs, start=cache.length)
                 return self.dit.output(h[:, t_len : 2 * t_len])
-            h, _ = self.dit.run(tg, self._rope_tg, cond.cross, cache.prefix())
+            h, _ = self.dit.run(tg, self._rope_tg, cond.cross, cache.slots())
             return self.dit.output(h[:, :t_len])
 
         return denoise

@@ -99,8 +99,14 @@ class OobleckConfig:
     @classmethod
     def small(cls, audio_channels: int = 1, causal: bool = False, channels: int = 32) -> OobleckConfig:
         """A decoder that runs many times faster than real time on two CPU cores (hop 1024)."""
-        return cls(in_channels=audio_channels, out_channels=audio_channels, channels=channels,
-                   c_mults=(1, 2, 4, 8), strides=(4, 4, 8, 8), causal=causal)
+        return cls(
+            in_channels=audio_channels,
+            out_channels=audio_channels,
+            channels=channels,
+            c_mults=(1, 2, 4, 8),
+            strides=(4, 4, 8, 8),
+            causal=causal,
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> OobleckConfig:
@@ -112,9 +118,16 @@ class OobleckConfig:
         enc, dec = pt["encoder"]["config"], pt["decoder"]["config"]
         if enc.get("latent_dim", 2 * dec["latent_dim"]) != 2 * dec["latent_dim"]:
             raise ValueError("a VAE encoder emits 2 x the decoder's latent_dim (mean and scale)")
-        return cls(in_channels=enc["in_channels"], out_channels=dec["out_channels"], channels=dec["channels"],
-                   c_mults=dec["c_mults"], strides=dec["strides"], latent_dim=dec["latent_dim"],
-                   use_snake=dec.get("use_snake", False), final_tanh=dec.get("final_tanh", True))
+        return cls(
+            in_channels=enc["in_channels"],
+            out_channels=dec["out_channels"],
+            channels=dec["channels"],
+            c_mults=dec["c_mults"],
+            strides=dec["strides"],
+            latent_dim=dec["latent_dim"],
+            use_snake=dec.get("use_snake", False),
+            final_tanh=dec.get("final_tanh", True),
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -208,8 +221,16 @@ class WNConv1d(_WeightNorm):
     """Weight-normed Conv1d with explicit (left, right) padding so that one module serves both
     the symmetric SAOS layout and the causal one."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 dilation: int = 1, padding: tuple[int, int] = (0, 0), bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        padding: tuple[int, int] = (0, 0),
+        bias: bool = True,
+    ):
         super().__init__((out_channels, in_channels, kernel_size), out_channels, bias)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
@@ -222,15 +243,24 @@ class WNConv1d(_WeightNorm):
         return F.conv1d(F.pad(x, (left, right)), self.get_weight(), self.bias, self.stride, 0, self.dilation)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, "
-                f"d={self.dilation}, pad={self.padding}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, "
+            f"d={self.dilation}, pad={self.padding}"
+        )
 
 
 class WNConvTranspose1d(_WeightNorm):
     """Weight-normed ConvTranspose1d; ``crop`` (left, right) trims the full ``(n-1)s+k`` output."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 crop: tuple[int, int], bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        crop: tuple[int, int],
+        bias: bool = True,
+    ):
         super().__init__((in_channels, out_channels, kernel_size), out_channels, bias)
         if not stride <= kernel_size <= 2 * stride:
             raise ValueError("streaming needs stride <= kernel_size <= 2 * stride")
@@ -242,11 +272,13 @@ class WNConvTranspose1d(_WeightNorm):
         if left == right:
             return F.conv_transpose1d(x, self.get_weight(), self.bias, self.stride, left)
         y = F.conv_transpose1d(x, self.get_weight(), self.bias, self.stride)
-        return y[..., left:y.shape[-1] - right]
+        return y[..., left : y.shape[-1] - right]
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, "
-                f"crop={self.crop}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, s={self.stride}, "
+            f"crop={self.crop}"
+        )
 
 
 def _conv_pad(kernel_size: int, dilation: int, causal: bool) -> tuple[int, int]:
@@ -308,8 +340,10 @@ class OobleckEncoder(nn.Module):
         ch = [cfg.channels * m for m in (1, *cfg.c_mults)]
         self.layers = nn.Sequential(
             WNConv1d(cfg.in_channels, ch[0], 7, padding=_conv_pad(7, 1, cfg.causal)),
-            *(EncoderBlock(ch[i], ch[i + 1], s, cfg.use_snake, cfg.causal)
-              for i, s in enumerate(cfg.strides)),
+            *(
+                EncoderBlock(ch[i], ch[i + 1], s, cfg.use_snake, cfg.causal)
+                for i, s in enumerate(cfg.strides)
+            ),
             _activation(ch[-1], cfg.use_snake),
             WNConv1d(ch[-1], cfg.encoder_latent_dim, 3, padding=_conv_pad(3, 1, cfg.causal)),
         )
@@ -328,8 +362,10 @@ class OobleckDecoder(nn.Module):
         depth = len(cfg.strides)
         self.layers = nn.Sequential(
             WNConv1d(cfg.latent_dim, ch[-1], 7, padding=_conv_pad(7, 1, cfg.causal)),
-            *(DecoderBlock(ch[i], ch[i - 1], cfg.strides[i - 1], cfg.use_snake, cfg.causal)
-              for i in range(depth, 0, -1)),
+            *(
+                DecoderBlock(ch[i], ch[i - 1], cfg.strides[i - 1], cfg.use_snake, cfg.causal)
+                for i in range(depth, 0, -1)
+            ),
             _activation(ch[0], cfg.use_snake),
             WNConv1d(ch[0], cfg.out_channels, 7, padding=_conv_pad(7, 1, cfg.causal), bias=False),
             nn.Tanh() if cfg.final_tanh else nn.Identity(),
@@ -398,8 +434,9 @@ def fold_weight_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
 _PARAM_G, _PARAM_V = "parametrizations.weight.original0", "parametrizations.weight.original1"
 
 
-def load_oobleck_state_dict(model: nn.Module, sd: dict[str, Tensor], strict: bool = True, prefix: str = "",
-                            assign: bool = False):
+def load_oobleck_state_dict(
+    model: nn.Module, sd: dict[str, Tensor], strict: bool = True, prefix: str = "", assign: bool = False
+):
     """Load an Oobleck state dict saved with old-style ``weight_g``/``weight_v`` names, with
     ``torch.nn.utils.parametrizations`` names (``parametrizations.weight.original0/1``), or with plain
     folded ``weight``s, into an unfolded or folded ``model``.
@@ -407,7 +444,7 @@ def load_oobleck_state_dict(model: nn.Module, sd: dict[str, Tensor], strict: boo
     Only keys that start with ``prefix`` are used (e.g. ``"pretransform.model."`` for a SAO checkpoint).
     Returns torch's ``(missing_keys, unexpected_keys)``; ``strict`` raises on either.
     """
-    src = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    src = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     gv: dict[str, dict[str, Tensor]] = {}
     plain: dict[str, Tensor] = {}
     for k, v in src.items():
@@ -573,14 +610,14 @@ class _Conv(_Op):
         if self.context:
             buf = st.buffers[self.slot]
             x = torch.cat((buf, x), dim=-1)
-            buf.copy_(x[..., -self.context:])
+            buf.copy_(x[..., -self.context :])
         w, w2d = self._weights()
         k = w.shape[-1]
         if k > 1 and x[0].numel() > _SMALL_INPUT:
             y = F.conv1d(x, w, self.conv.bias, 1, 0, self.conv.dilation)
         else:  # im2col by hand: k shifted views stacked along channels, then one matmul
             d = self.conv.dilation
-            cols = x if k == 1 else torch.cat([x[..., j * d:j * d + m] for j in range(k)], 1)
+            cols = x if k == 1 else torch.cat([x[..., j * d : j * d + m] for j in range(k)], 1)
             y = torch.mm(w2d, cols[0]).unsqueeze(0) if cols.shape[0] == 1 else torch.matmul(w2d, cols)
             if self.conv.bias is not None:
                 y += self.conv.bias[:, None]
@@ -655,7 +692,7 @@ class _Residual(_Op):
             return x
         line = st.buffers[self.slot]
         x = torch.cat((line, x), dim=-1)
-        line.copy_(x[..., -self.delay:])
+        line.copy_(x[..., -self.delay :])
         return _drop(x[..., : -self.delay], st, self.slot)
 
     def push(self, x: Tensor, st: DecoderState) -> Tensor:
