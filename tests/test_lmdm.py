@@ -343,6 +343,7 @@ def test_cache_room_is_bounded():
     dit = tiny_dit()
     cache = KVCache.allocate(dit.cfg.depth, 1, dit.cfg.num_heads, 4, dit.cfg.head_dim, room=3)
     assert cache.capacity == 4 and cache.k.shape[3] == 7
+    cache.extend(4)
     cond = conditioning(dit, 1)
     rope = dit.rope(torch.arange(4))
     with torch.no_grad(), pytest.raises(ValueError, match="room"):
