@@ -51,7 +51,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def _read_config(config: str | Path | Mapping | None, checkpoint: str | Path) -> dict:
     if config is None:
         if Path(checkpoint).suffix != ".safetensors":
-            raise ValueError(f"{Path(checkpoint).name}: pass its model_config.json (only LMDM checkpoints embed one)")
+            raise ValueError(
+                f"{Path(checkpoint).name}: pass its model_config.json (only LMDM checkpoints embed one)"
+            )
         return load_checkpoint_config(checkpoint)
     if isinstance(config, Mapping):
         return dict(config)
@@ -112,14 +114,23 @@ def seconds_config_from_sao(model_config: Mapping) -> dict:
     cond = model_config["model"]["conditioning"]
     diffusion = model_config["model"]["diffusion"]
     by_id = {c["id"]: c for c in cond["configs"]}
-    _require("seconds_total" in by_id and by_id["seconds_total"]["type"] == "number", "no number seconds_total")
-    _require(list(diffusion.get("cross_attention_cond_ids", [])) == ["prompt", "seconds_total"],
-             f"cross_attention_cond_ids {diffusion.get('cross_attention_cond_ids')}")
-    _require(list(diffusion.get("global_cond_ids", [])) == ["seconds_total"],
-             f"global_cond_ids {diffusion.get('global_cond_ids')}")
+    _require(
+        "seconds_total" in by_id and by_id["seconds_total"]["type"] == "number", "no number seconds_total"
+    )
+    _require(
+        list(diffusion.get("cross_attention_cond_ids", [])) == ["prompt", "seconds_total"],
+        f"cross_attention_cond_ids {diffusion.get('cross_attention_cond_ids')}",
+    )
+    _require(
+        list(diffusion.get("global_cond_ids", [])) == ["seconds_total"],
+        f"global_cond_ids {diffusion.get('global_cond_ids')}",
+    )
     sc = by_id["seconds_total"]["config"]
-    return {"output_dim": int(cond["cond_dim"]), "min_val": float(sc.get("min_val", 0)),
-            "max_val": float(sc.get("max_val", 1))}
+    return {
+        "output_dim": int(cond["cond_dim"]),
+        "min_val": float(sc.get("min_val", 0)),
+        "max_val": float(sc.get("max_val", 1)),
+    }
 
 
 def text_config_from_sao(model_config: Mapping) -> dict:
@@ -136,8 +147,9 @@ def text_config_from_sao(model_config: Mapping) -> dict:
 class SAODiT(nn.Module):
     """SAOS's DiT plus its seconds conditioner: the parts of the checkpoint that run per denoising step."""
 
-    def __init__(self, cfg: DiTConfig, seconds_dim: int = 768, seconds_min: float = 0.0,
-                 seconds_max: float = 256.0) -> None:
+    def __init__(
+        self, cfg: DiTConfig, seconds_dim: int = 768, seconds_min: float = 0.0, seconds_max: float = 256.0
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.dit = DiT(cfg)
@@ -147,8 +159,14 @@ class SAODiT(nn.Module):
     def from_sao_config(cls, model_config: Mapping) -> SAODiT:
         return cls(dit_config_from_sao(model_config), **_seconds_kwargs(model_config))
 
-    def forward(self, x: Tensor, t: Tensor, cross_attn_cond: Tensor, global_cond: Tensor | None = None,
-                cross_attn_cond_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cross_attn_cond: Tensor,
+        global_cond: Tensor | None = None,
+        cross_attn_cond_mask: Tensor | None = None,
+    ) -> Tensor:
         """stable-audio-tools' `DiffusionTransformer.forward` at cfg_scale 1: velocity (B, io, L).
 
         `cross_attn_cond_mask` is accepted and ignored, as upstream does ("temporarily disabling conditioning
@@ -158,7 +176,9 @@ class SAODiT(nn.Module):
         g = None if global_cond is None else global_cond.to(dtype)
         return self.dit(x.to(dtype), t.to(dtype), cross_attn_cond.to(dtype), g)
 
-    def conditioning(self, text_tokens: Tensor, seconds_total: Tensor | Sequence[float]) -> tuple[Tensor, Tensor]:
+    def conditioning(
+        self, text_tokens: Tensor, seconds_total: Tensor | Sequence[float]
+    ) -> tuple[Tensor, Tensor]:
         """SAOS conditioning: cross = [text tokens ; seconds token] (B, S+1, C), global = seconds (B, C)."""
         secs = self.seconds(seconds_total)
         b = text_tokens.shape[0]
@@ -219,7 +239,9 @@ def normalise_sao_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
-def check_state_dict(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
+def check_state_dict(
+    state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], what: str
+) -> None:
     """Raise one ValueError listing every missing, unexpected and mis-shaped key."""
     wrong = [
         f"{k} {tuple(state_dict[k].shape)} != expected {tuple(expected[k])}"
@@ -227,12 +249,16 @@ def check_state_dict(state_dict: Mapping[str, Tensor], expected: Mapping[str, tu
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
     ]
     raise_mismatch(
-        what, [k for k in expected if k not in state_dict], [k for k in state_dict if k not in expected], wrong
+        what,
+        [k for k in expected if k not in state_dict],
+        [k for k in state_dict if k not in expected],
+        wrong,
     )
 
 
-def raise_mismatch(what: str, missing: Sequence[str], unexpected: Sequence[str], wrong: Sequence[str] = (),
-                   show: int = 5) -> None:
+def raise_mismatch(
+    what: str, missing: Sequence[str], unexpected: Sequence[str], wrong: Sequence[str] = (), show: int = 5
+) -> None:
     """One error for all problems: the first `show` of each kind, with counts."""
     problems = []
     for name, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
@@ -247,8 +273,12 @@ def raise_mismatch(what: str, missing: Sequence[str], unexpected: Sequence[str],
 # --- loading -------------------------------------------------------------------------------------------------
 
 
-def load_dit(checkpoint_path: str | Path, config_path: str | Path | Mapping | None = None,
-             dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SAODiT:
+def load_dit(
+    checkpoint_path: str | Path,
+    config_path: str | Path | Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> SAODiT:
     """Strictly load SAOS's (or a converted LMDM) DiT and seconds conditioner.
 
     `config_path` is SAOS's `model_config.json`, an LMDM checkpoint config, or None for the config embedded
@@ -265,8 +295,11 @@ def load_dit(checkpoint_path: str | Path, config_path: str | Path | Mapping | No
 def vae_config_from_sao(model_config: Mapping) -> Any:
     from lmdm_live.model.oobleck import OobleckConfig
 
-    pretransform = model_config.get("pretransform") if model_config.get("format") == LMDM_FORMAT else (
-        model_config["model"].get("pretransform"))
+    pretransform = (
+        model_config.get("pretransform")
+        if model_config.get("format") == LMDM_FORMAT
+        else (model_config["model"].get("pretransform"))
+    )
     if not pretransform:
         raise ValueError("config has no pretransform (VAE) section")
     _require(pretransform.get("type") == "autoencoder", f"pretransform type {pretransform.get('type')!r}")
@@ -276,8 +309,9 @@ def vae_config_from_sao(model_config: Mapping) -> Any:
     return OobleckConfig.from_sao_pretransform(pc)
 
 
-def load_vae_state_dict(state_dict: Mapping[str, Tensor], model_config: Mapping, vae: nn.Module | None = None
-                        ) -> nn.Module:
+def load_vae_state_dict(
+    state_dict: Mapping[str, Tensor], model_config: Mapping, vae: nn.Module | None = None
+) -> nn.Module:
     """Strictly load the checkpoint's `pretransform.model.*` tensors into an Oobleck VAE (built if not given).
 
     Weight-normed convs may come as `weight_g`/`weight_v` or as `parametrizations.weight.original0/1`.
@@ -300,7 +334,9 @@ def load_vae_state_dict(state_dict: Mapping[str, Tensor], model_config: Mapping,
 # --- conversion ----------------------------------------------------------------------------------------------
 
 
-def lmdm_config_from_sao(model_config: Mapping, input_add_dim: int | None = None, include_vae: bool = True) -> dict:
+def lmdm_config_from_sao(
+    model_config: Mapping, input_add_dim: int | None = None, include_vae: bool = True
+) -> dict:
     """The config of an LMDM checkpoint made from a SAOS one (see `convert_sao`)."""
     cfg = dit_config_from_sao(model_config)
     add = 1 + cfg.io_channels if input_add_dim is None else input_add_dim
@@ -321,8 +357,13 @@ def lmdm_config_from_sao(model_config: Mapping, input_add_dim: int | None = None
     return out
 
 
-def convert_sao(checkpoint_path: str | Path, config_path: str | Path, out_path: str | Path,
-                input_add_dim: int | None = None, include_vae: bool = True) -> dict:
+def convert_sao(
+    checkpoint_path: str | Path,
+    config_path: str | Path,
+    out_path: str | Path,
+    input_add_dim: int | None = None,
+    include_vae: bool = True,
+) -> dict:
     """SAOS checkpoint -> LMDM checkpoint (safetensors + config), keeping tensor dtypes.
 
     Adds a zero `to_input_add_embed` (embed_dim, 1 + io_channels by default) so the converted model still
@@ -345,7 +386,9 @@ def convert_sao(checkpoint_path: str | Path, config_path: str | Path, out_path: 
         else:
             out[k] = v
     ref = sd[DIT_PREFIX + "transformer.project_in.weight"]
-    out[DIT_PREFIX + "to_input_add_embed.weight"] = torch.zeros(d, config["dit"]["input_add_dim"], dtype=ref.dtype)
+    out[DIT_PREFIX + "to_input_add_embed.weight"] = torch.zeros(
+        d, config["dit"]["input_add_dim"], dtype=ref.dtype
+    )
     if include_vae:
         out.update({k: v for k, v in raw.items() if k.startswith("pretransform.")})
     save_checkpoint(out_path, out, config)

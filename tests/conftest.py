@@ -15,12 +15,16 @@ def jack_server():
     try:
         import jack
     except Exception as e:  # pragma: no cover - JACK-Client is a hard dependency
-        pytest.fail(f"cannot import the jack module (JACK-Client / libjack missing?): {e!r}. "
-                    "Run the tests through scripts/test.sh, which installs and starts what they need.")
+        pytest.fail(
+            f"cannot import the jack module (JACK-Client / libjack missing?): {e!r}. "
+            "Run the tests through scripts/test.sh, which installs and starts what they need."
+        )
     try:
         probe = jack.Client("lmdm-probe", no_start_server=True, servername=name)
     except jack.JackError as e:
-        pytest.fail(f"no JACK server named {name!r} is reachable ({e}). Run the tests through "
-                    "`bash scripts/test.sh`, which starts a private JACK server for them.")
+        pytest.fail(
+            f"no JACK server named {name!r} is reachable ({e}). Run the tests through "
+            "`bash scripts/test.sh`, which starts a private JACK server for them."
+        )
     probe.close()
     yield name

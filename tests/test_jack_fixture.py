@@ -44,7 +44,7 @@ class LoopbackClient:
             with self.lock:
                 n = min(frames, len(self.buf) - self.recorded_frames)
                 if n > 0:
-                    self.buf[self.recorded_frames:self.recorded_frames + n] = self.inp.get_array()[:n]
+                    self.buf[self.recorded_frames : self.recorded_frames + n] = self.inp.get_array()[:n]
                     self.recorded_frames += n
 
     def start_recording(self) -> None:
@@ -55,7 +55,7 @@ class LoopbackClient:
     def recorded(self) -> np.ndarray:
         with self.lock:
             self.recording = False
-            return self.buf[:self.recorded_frames].copy()
+            return self.buf[: self.recorded_frames].copy()
 
 
 def _rms(x: np.ndarray) -> float:

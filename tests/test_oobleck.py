@@ -21,9 +21,16 @@ SHAPES = Path(__file__).resolve().parents[1].parent / "shared" / "sao-small" / "
 
 
 def tiny(causal: bool, audio_channels: int = 2, use_snake: bool = True) -> OobleckConfig:
-    return OobleckConfig(in_channels=audio_channels, out_channels=audio_channels, channels=8,
-                         c_mults=(1, 2, 4), strides=(2, 4, 4), latent_dim=16, use_snake=use_snake,
-                         causal=causal)
+    return OobleckConfig(
+        in_channels=audio_channels,
+        out_channels=audio_channels,
+        channels=8,
+        c_mults=(1, 2, 4),
+        strides=(2, 4, 4),
+        latent_dim=16,
+        use_snake=use_snake,
+        causal=causal,
+    )
 
 
 def randomize(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Module:
@@ -57,7 +64,7 @@ def stream(sd: StreamingDecoder, z: torch.Tensor, sizes) -> tuple[torch.Tensor, 
     sd.reset()
     outs, frames, i = [], [], 0
     while i < z.shape[-1]:
-        block = z[..., i:i + sizes[len(frames) % len(sizes)]]
+        block = z[..., i : i + sizes[len(frames) % len(sizes)]]
         outs.append(sd.push(block))
         frames.append(block.shape[-1])
         i += block.shape[-1]
@@ -74,11 +81,29 @@ def test_config_hop_presets_and_validation():
     assert saos.hop == 2048 and saos.encoder_latent_dim == 128 and saos.in_channels == saos.out_channels == 2
     assert OobleckConfig.small().hop == 1024
     assert OobleckConfig.from_dict(saos.to_dict()) == saos
-    sao_json = {"encoder": {"config": {"in_channels": 2, "channels": 128, "c_mults": [1, 2, 4, 8, 16],
-                                       "strides": [2, 4, 4, 8, 8], "latent_dim": 128, "use_snake": True}},
-                "decoder": {"config": {"out_channels": 2, "channels": 128, "c_mults": [1, 2, 4, 8, 16],
-                                       "strides": [2, 4, 4, 8, 8], "latent_dim": 64, "use_snake": True,
-                                       "final_tanh": False}}}
+    sao_json = {
+        "encoder": {
+            "config": {
+                "in_channels": 2,
+                "channels": 128,
+                "c_mults": [1, 2, 4, 8, 16],
+                "strides": [2, 4, 4, 8, 8],
+                "latent_dim": 128,
+                "use_snake": True,
+            }
+        },
+        "decoder": {
+            "config": {
+                "out_channels": 2,
+                "channels": 128,
+                "c_mults": [1, 2, 4, 8, 16],
+                "strides": [2, 4, 4, 8, 8],
+                "latent_dim": 64,
+                "use_snake": True,
+                "final_tanh": False,
+            }
+        },
+    }
     assert OobleckConfig.from_sao_pretransform(sao_json) == saos
     sao_json["encoder"]["config"]["latent_dim"] = 64
     with pytest.raises(ValueError):
@@ -91,8 +116,11 @@ def test_config_hop_presets_and_validation():
 def test_saos_state_dict_matches_checkpoint_shapes():
     if not SHAPES.exists():
         pytest.skip("SAO-Small shapes file not available")
-    ref = {k[len("pretransform.model."):]: v for k, v in json.loads(SHAPES.read_text()).items()
-           if k.startswith("pretransform.model.")}
+    ref = {
+        k[len("pretransform.model.") :]: v
+        for k, v in json.loads(SHAPES.read_text()).items()
+        if k.startswith("pretransform.model.")
+    }
     with torch.device("meta"):
         vae = OobleckVAE(OobleckConfig.saos())
     ours = {k: list(v.shape) for k, v in vae.state_dict().items()}
@@ -195,11 +223,16 @@ def test_state_dict_round_trip_g_v_and_parametrization_names():
     with torch.no_grad():
         assert torch.equal(b.decode(z), ya)
 
-    renamed = {k.replace("weight_g", "parametrizations.weight.original0")
-                .replace("weight_v", "parametrizations.weight.original1"): v for k, v in sd.items()}
+    renamed = {
+        k.replace("weight_g", "parametrizations.weight.original0").replace(
+            "weight_v", "parametrizations.weight.original1"
+        ): v
+        for k, v in sd.items()
+    }
     c = randomize(OobleckVAE(cfg), seed=3)
-    load_oobleck_state_dict(c, {"pretransform.model." + k: v for k, v in renamed.items()},
-                            prefix="pretransform.model.")
+    load_oobleck_state_dict(
+        c, {"pretransform.model." + k: v for k, v in renamed.items()}, prefix="pretransform.model."
+    )
     with torch.no_grad():
         assert torch.equal(c.decode(z), ya)
 
@@ -235,8 +268,9 @@ def test_fold_weight_norm_gives_identical_outputs_and_loads():
 # ------------------------------------------------------------------------------------------------ streaming
 
 
-@pytest.mark.parametrize("causal,audio_channels,use_snake", [(True, 2, True), (False, 2, True),
-                                                              (True, 1, True), (False, 1, False)])
+@pytest.mark.parametrize(
+    "causal,audio_channels,use_snake", [(True, 2, True), (False, 2, True), (True, 1, True), (False, 1, False)]
+)
 def test_streaming_equals_full_decode(causal, audio_channels, use_snake):
     cfg = tiny(causal, audio_channels, use_snake)
     dec = randomize(OobleckDecoder(cfg))
@@ -313,7 +347,7 @@ def test_no_clicks_at_block_seams(causal):
 
     # the check has teeth: decoding blocks independently (no carried state) breaks the seams
     with torch.no_grad():
-        naive = torch.cat([dec(z[..., i:i + 3]) for i in range(0, 90, 3)], dim=-1)
+        naive = torch.cat([dec(z[..., i : i + 3]) for i in range(0, 90, 3)], dim=-1)
     seam_idx = torch.arange(3, 90, 3) * cfg.hop
     naive_err = (naive - full)[..., seam_idx].abs().max()
     ours_err = (y - full)[..., seam_idx].abs().max()

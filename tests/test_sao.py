@@ -45,24 +45,57 @@ def small_model_config(qk_norm: str = "ln") -> dict:
     """A SAOS-layout model_config.json for a tiny model (same structure as the real one)."""
     oob = {"in_channels": 2, "channels": 4, "c_mults": [1, 2], "strides": [2, 2], "use_snake": True}
     return {
-        "model_type": "diffusion_cond", "sample_size": 64, "sample_rate": 44100, "audio_channels": 2,
+        "model_type": "diffusion_cond",
+        "sample_size": 64,
+        "sample_rate": 44100,
+        "audio_channels": 2,
         "model": {
-            "pretransform": {"type": "autoencoder", "iterate_batch": False, "model_half": False, "config": {
-                "encoder": {"type": "oobleck", "requires_grad": False, "config": {**oob, "latent_dim": 8}},
-                "decoder": {"type": "oobleck", "config": {**oob, "out_channels": 2, "latent_dim": 4,
-                                                          "final_tanh": False}},
-                "bottleneck": {"type": "vae"}, "latent_dim": 4, "downsampling_ratio": 4, "io_channels": 2}},
-            "conditioning": {"configs": [
-                {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 6}},
-                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 256}}],
-                "cond_dim": 16},
+            "pretransform": {
+                "type": "autoencoder",
+                "iterate_batch": False,
+                "model_half": False,
+                "config": {
+                    "encoder": {
+                        "type": "oobleck",
+                        "requires_grad": False,
+                        "config": {**oob, "latent_dim": 8},
+                    },
+                    "decoder": {
+                        "type": "oobleck",
+                        "config": {**oob, "out_channels": 2, "latent_dim": 4, "final_tanh": False},
+                    },
+                    "bottleneck": {"type": "vae"},
+                    "latent_dim": 4,
+                    "downsampling_ratio": 4,
+                    "io_channels": 2,
+                },
+            },
+            "conditioning": {
+                "configs": [
+                    {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 6}},
+                    {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 256}},
+                ],
+                "cond_dim": 16,
+            },
             "diffusion": {
-                "cross_attention_cond_ids": ["prompt", "seconds_total"], "global_cond_ids": ["seconds_total"],
-                "diffusion_objective": "rectified_flow", "type": "dit",
-                "config": {"io_channels": 4, "embed_dim": 64, "depth": 2, "num_heads": 2, "cond_token_dim": 16,
-                           "global_cond_dim": 16, "transformer_type": "continuous_transformer",
-                           "attn_kwargs": {"qk_norm": qk_norm}}},
-            "io_channels": 4}}
+                "cross_attention_cond_ids": ["prompt", "seconds_total"],
+                "global_cond_ids": ["seconds_total"],
+                "diffusion_objective": "rectified_flow",
+                "type": "dit",
+                "config": {
+                    "io_channels": 4,
+                    "embed_dim": 64,
+                    "depth": 2,
+                    "num_heads": 2,
+                    "cond_token_dim": 16,
+                    "global_cond_dim": 16,
+                    "transformer_type": "continuous_transformer",
+                    "attn_kwargs": {"qk_norm": qk_norm},
+                },
+            },
+            "io_channels": 4,
+        },
+    }
 
 
 def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -71,7 +104,9 @@ def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, t in module.state_dict(keep_vars=True).items():
             if not name.endswith("inv_freq"):
-                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.2 + (1.0 if t.ndim == 1 else 0.0))
+                t.copy_(
+                    torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.2 + (1.0 if t.ndim == 1 else 0.0)
+                )
     return module
 
 
@@ -92,8 +127,12 @@ def small_checkpoint(tmp_path: Path, with_vae: bool = True) -> tuple[dict, Path,
 
 def small_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 4, 11, generator=g), torch.rand(2, generator=g), torch.randn(2, 7, 16, generator=g),
-            torch.randn(2, 16, generator=g))
+    return (
+        torch.randn(2, 4, 11, generator=g),
+        torch.rand(2, generator=g),
+        torch.randn(2, 7, 16, generator=g),
+        torch.randn(2, 16, generator=g),
+    )
 
 
 # --- (a) parity with stable-audio-tools ----------------------------------------------------------------------------
@@ -124,7 +163,12 @@ def test_dit_matches_stable_audio_tools(reference, tmp_path, suffix):
     model = load_dit(*write_reference_checkpoint(reference, tmp_path, suffix))
     assert model.dit.to_timestep_embed[0].weight.dtype == torch.float32
     with torch.no_grad():
-        v = model(tensors["input.x"], tensors["input.t"], tensors["input.cross_attn_cond"], tensors["input.global_cond"])
+        v = model(
+            tensors["input.x"],
+            tensors["input.t"],
+            tensors["input.cross_attn_cond"],
+            tensors["input.global_cond"],
+        )
     assert v.shape == tensors["output.v"].shape
     assert rel_err(v, tensors["output.v"]) <= 1e-5
 
@@ -133,7 +177,12 @@ def test_dit_matches_stable_audio_tools_float64(reference, tmp_path):
     tensors, _ = reference
     model = load_dit(*write_reference_checkpoint(reference, tmp_path), dtype=torch.float64)
     with torch.no_grad():
-        v = model(tensors["input.x"], tensors["input.t"], tensors["input.cross_attn_cond"], tensors["input.global_cond"])
+        v = model(
+            tensors["input.x"],
+            tensors["input.t"],
+            tensors["input.cross_attn_cond"],
+            tensors["input.global_cond"],
+        )
     assert v.dtype == torch.float64
     # both sides round q/k to float32 around RoPE, so float64 agrees to ~1e-8, not 1e-15
     assert rel_err(v, tensors["output.v"]) <= 1e-7
@@ -189,7 +238,7 @@ def pool_state_dict(shapes: dict[str, list[int]], dtype: torch.dtype) -> dict[st
     out = {}
     for i, (k, s) in enumerate(sorted(shapes.items())):
         n, off = torch.Size(s).numel(), (i * 7919) % pool.numel()
-        out[k] = big[off: off + n].reshape(s).clone()
+        out[k] = big[off : off + n].reshape(s).clone()
     return out
 
 
@@ -250,7 +299,9 @@ def test_unexpected_key_is_named(small):
     sd, ckpt, conf, _ = small
     sd[DIT_PREFIX + "transformer.layers.0.bogus.weight"] = torch.zeros(3)
     sd["model_ema.something"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"2 unexpected: model\.model\.transformer\.layers\.0\.bogus\.weight"):
+    with pytest.raises(
+        ValueError, match=r"2 unexpected: model\.model\.transformer\.layers\.0\.bogus\.weight"
+    ):
         load_dit(rewrite(ckpt, sd), conf)
 
 
@@ -313,7 +364,9 @@ def test_vae_weight_norm_layouts(small):
     config = json.loads(conf.read_text())
     old_style = load_vae_state_dict(sd, config)
     param = {
-        k.replace("weight_g", "parametrizations.weight.original0").replace("weight_v", "parametrizations.weight.original1"): v
+        k.replace("weight_g", "parametrizations.weight.original0").replace(
+            "weight_v", "parametrizations.weight.original1"
+        ): v
         for k, v in sd.items()
     }
     assert any("parametrizations" in k for k in param)
@@ -331,7 +384,9 @@ def test_vae_errors_are_named(small):
     bad = dict(sd)
     del bad[VAE_PREFIX + "decoder.layers.0.bias"]
     bad[VAE_PREFIX + "decoder.bogus"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"1 missing: decoder\.layers\.0\.bias; 1 unexpected: decoder\.bogus"):
+    with pytest.raises(
+        ValueError, match=r"1 missing: decoder\.layers\.0\.bias; 1 unexpected: decoder\.bogus"
+    ):
         load_vae_state_dict(bad, config)
     bad = dict(sd)
     bad[VAE_PREFIX + "decoder.layers.0.bias"] = torch.zeros(3)
@@ -354,7 +409,9 @@ def test_convert_sao(small, tmp_path):
         base = f"{DIT_PREFIX}transformer.layers.{i}.self_attn."
         assert base + "to_qkv.weight" not in conv
         assert conv[base + "to_q.weight"].shape == (64, 64) and conv[base + "to_kv.weight"].shape == (128, 64)
-        assert torch.equal(torch.cat([conv[base + "to_q.weight"], conv[base + "to_kv.weight"]]), sd[base + "to_qkv.weight"])
+        assert torch.equal(
+            torch.cat([conv[base + "to_q.weight"], conv[base + "to_kv.weight"]]), sd[base + "to_qkv.weight"]
+        )
     add = conv[DIT_PREFIX + "to_input_add_embed.weight"]
     assert add.shape == (64, 5) and add.dtype == sd[DIT_PREFIX + "transformer.project_in.weight"].dtype
     assert not add.any()
@@ -375,5 +432,10 @@ def test_convert_reference_keeps_parity(reference, tmp_path):
     convert_sao(*write_reference_checkpoint(reference, tmp_path), out, include_vae=False)
     model = load_dit(out)
     with torch.no_grad():
-        v = model(tensors["input.x"], tensors["input.t"], tensors["input.cross_attn_cond"], tensors["input.global_cond"])
+        v = model(
+            tensors["input.x"],
+            tensors["input.t"],
+            tensors["input.cross_attn_cond"],
+            tensors["input.global_cond"],
+        )
     assert rel_err(v, tensors["output.v"]) <= 1e-5
