@@ -7,7 +7,7 @@ bit-identical latents and audio, offline or live.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -68,6 +68,27 @@ class StreamParams:
             prompts = tuple(prompt.items())
         return cls(prompts=prompts, **kw)
 
+    def to_dict(self) -> dict:
+        """JSON-ready form, for event logs and patches (`from_dict` inverts it exactly)."""
+        return {
+            "prompts": [[t, w] for t, w in self.prompts],
+            "sampler": asdict(self.sampler),
+            "eject_frames": self.eject_frames,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamParams:
+        unknown = set(d) - {"prompts", "sampler", "eject_frames", "seconds"}
+        if unknown:
+            raise ValueError(f"unknown stream parameter(s): {', '.join(sorted(unknown))}")
+        return cls(
+            prompts=tuple((str(t), float(w)) for t, w in d.get("prompts", [["", 1.0]])),
+            sampler=SamplerSettings(**d.get("sampler", {})),
+            eject_frames=d.get("eject_frames"),
+            seconds=d.get("seconds"),
+        )
+
     @property
     def dominant(self) -> str:
         """The heaviest prompt (first one on ties): a change of it is a change of piece, so old context goes."""
@@ -103,6 +124,21 @@ class LMDMStream:
         self.state: BlockState = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
         if self.decoder is not None:
             self.decoder.reset()
+
+    def recover(self, next_block: int) -> None:
+        """After a failed block: forget the context and the decoder's state, continue at `next_block`.
+
+        The failed block's index is skipped, not retried, so a replay that skips it too stays in step.
+        """
+        rows = 2 if self.params.sampler.guided else 1
+        self.state = self.lmdm.new_state(rows)
+        self.block_index = max(self.block_index, next_block)
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    def drop_context(self, frames: int) -> None:
+        """Eject the oldest `frames` context frames now (between blocks)."""
+        self.state.eject(frames)
 
     def set(self, params: StreamParams) -> None:
         """Use `params` from the next block on."""
