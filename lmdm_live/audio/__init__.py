@@ -1,0 +1,34 @@
+"""Audio out (and in): the SPSC ring, rate conversion, and the JACK, sounddevice and WAV-file backends.
+
+Importing this package needs neither libjack nor PortAudio; a backend loads its library when opened.
+"""
+
+from .backend import (
+    BACKEND_KINDS,
+    AudioBackend,
+    BackendUnavailable,
+    CallbackStats,
+    NoAudioDevice,
+    open_backend,
+)
+from .file_backend import FileBackend
+from .resample import ResampleFilter, StreamResampler
+from .ring import AudioRing
+from .tone import ToneFeeder, dominant_hz, locate, sine_frames
+
+__all__ = [
+    "BACKEND_KINDS",
+    "AudioBackend",
+    "AudioRing",
+    "BackendUnavailable",
+    "CallbackStats",
+    "FileBackend",
+    "NoAudioDevice",
+    "ResampleFilter",
+    "StreamResampler",
+    "ToneFeeder",
+    "dominant_hz",
+    "locate",
+    "open_backend",
+    "sine_frames",
+]

@@ -1,0 +1,108 @@
+"""FileBackend: fast mode records exactly what was produced; real-time mode keeps wall-clock pace."""
+
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from lmdm_live.audio import AudioRing, FileBackend, ToneFeeder, open_backend, sine_frames
+
+RATE = 48000
+
+
+def _wait_for(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def test_fast_mode_writes_exactly_what_was_produced(tmp_path):
+    path = tmp_path / "fast.wav"
+    ring = AudioRing(2, 8192)
+    total = RATE * 3 + 777  # not a multiple of the block size: the last partial block must be drained
+    backend = FileBackend(path, RATE, channels=2, blocksize=1024, subtype="FLOAT")
+    backend.start(ring)
+    t0 = time.perf_counter()
+    pos = 0
+    while pos < total:  # the producer runs as fast as the backend drains
+        pos += ring.write(sine_frames(pos, min(2000, total - pos), RATE, [440.0, 660.0]))
+        time.sleep(0)
+    backend.stop()
+    elapsed = time.perf_counter() - t0
+    assert backend.frames_written == total
+    assert elapsed < 3.0 * 0.9, f"3 s of audio took {elapsed:.2f} s: fast mode should not pace itself"
+    data, sr = soundfile.read(path, dtype="float32", always_2d=True)
+    assert sr == RATE and data.shape == (total, 2)
+    assert np.array_equal(data, sine_frames(0, total, RATE, [440.0, 660.0])), "samples changed on the way"
+    assert ring.underruns == 0  # fast mode waits for data, it never pads
+
+
+def test_fast_mode_default_is_pcm16_and_stop_drains_a_partial_block(tmp_path):
+    path = tmp_path / "pcm.wav"
+    ring = AudioRing(1, 4096)
+    ring.write(np.full((1000, 1), 0.5, np.float32))  # less than a block: only stop()'s drain writes it
+    with FileBackend(path, RATE, channels=1) as backend:
+        backend.start(ring)
+    info = soundfile.info(str(path))
+    assert info.subtype == "PCM_16" and info.frames == 1000 and info.channels == 1
+    data, _ = soundfile.read(path, dtype="float32")
+    assert np.allclose(data, 0.5, atol=1 / 32768)
+
+
+def test_realtime_mode_takes_about_one_second_per_second(tmp_path):
+    path = tmp_path / "rt.wav"
+    ring = AudioRing(2, RATE // 2)
+    feeder = ToneFeeder(ring, RATE, [440.0, 660.0])
+    feeder.prime()
+    backend = FileBackend(path, RATE, channels=2, blocksize=1024, realtime=True)
+    feeder.start()
+    t0 = time.perf_counter()
+    backend.start(ring)
+    try:
+        assert _wait_for(lambda: backend.frames_written >= RATE, 10.0), "1 s of audio was not written in 10 s"
+        elapsed = time.perf_counter() - t0
+    finally:
+        backend.stop()
+        feeder.stop()
+    # Pacing by deadlines can only be late, never early: a lower bound that holds on any machine, and a
+    # loose upper one for a busy one.
+    assert 0.9 <= elapsed <= 2.5, f"1 s of audio took {elapsed:.2f} s in real-time mode"
+    assert backend.stats.callbacks >= RATE // 1024
+    assert ring.underruns == 0, "the feeder kept ahead, so nothing should have been padded"
+    data, _ = soundfile.read(path, dtype="float32", always_2d=True)
+    assert len(data) == backend.frames_written
+    assert np.sqrt(np.mean(data[:, 0] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_realtime_mode_pads_silence_when_starved_and_does_not_drift(tmp_path):
+    path = tmp_path / "starved.wav"
+    ring = AudioRing(1, RATE)
+    ring.write(np.full((RATE // 10, 1), 0.25, np.float32))  # 0.1 s of data, then nothing
+    backend = FileBackend(path, RATE, channels=1, blocksize=512, realtime=True, subtype="FLOAT")
+    t0 = time.perf_counter()
+    backend.start(ring)
+    time.sleep(0.6)
+    backend.stop()
+    elapsed = time.perf_counter() - t0
+    # a real device keeps playing (silence) when starved; the file grows with the wall clock
+    assert backend.frames_written / RATE == pytest.approx(elapsed, abs=0.25)
+    assert ring.underruns > 0
+    data, _ = soundfile.read(path, dtype="float32")
+    assert np.all(data[: RATE // 10] == 0.25)
+    assert np.all(data[RATE // 10 + 512 :] == 0.0)
+
+
+def test_open_backend_file_and_errors(tmp_path):
+    backend = open_backend("file", path=tmp_path / "x.wav", sample_rate=RATE, channels=2)
+    assert isinstance(backend, FileBackend) and backend.output_latency_s == 0.0
+    with pytest.raises(ValueError):
+        backend.start(AudioRing(1, 16))  # channel mismatch
+    backend.stop()
+    with pytest.raises(ValueError):
+        FileBackend(tmp_path / "y.wav", RATE, subtype="MP3")
+    with pytest.raises(ValueError, match="unknown audio backend"):
+        open_backend("alsa")
