@@ -1,0 +1,419 @@
+"""The real-time runner: an inference thread keeps a ring of audio ahead of the audio callback.
+
+Flow (one direction): controls submit `Change`s -> the inference thread applies the due ones at a block
+boundary, generates the block with `LMDMStream`, runs it through the `OutputChain` (fades, gain, channel
+map, resampling to the device rate) and writes it into the `AudioRing`; the backend's callback only copies
+out of the ring. Every applied change is written to an event log keyed by block index, so `replay` rebuilds
+the same samples offline.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+import statistics
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio.resample import StreamResampler
+from .audio.ring import AudioRing
+from .stream import LMDMStream, StreamParams
+
+HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
+CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One control change. `at`: "now"/"block" (next block), "beat"/"bar" (first block boundary at or
+    after the next beat/bar of the stream's clock), or a `time.monotonic()` instant it should be heard."""
+
+    kind: str
+    value: Any
+    at: str | float = "now"
+    submitted: float = field(default_factory=time.monotonic)
+    id: int = 0
+    target_s: float | None = None  # beat/bar: the stream time (s) of the grid line it waits for
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHANGE_KINDS:
+            raise ValueError(f"unknown change kind {self.kind!r}; kinds: {', '.join(CHANGE_KINDS)}")
+        if isinstance(self.at, str) and self.at not in ("now", "block", "beat", "bar"):
+            raise ValueError(f"at must be 'now', 'block', 'beat', 'bar' or a time, got {self.at!r}")
+
+
+class OutputChain:
+    """Model audio (channels, n) at the model rate -> device frames (m, out_channels) at the device rate.
+
+    Shared by the live engine and `replay`, so both produce the same samples. A short tail is held back
+    from every block, so a failed block can fade out what was already generated instead of clicking.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, out_channels: int, fade_ms: float = 10.0) -> None:
+        self.in_rate, self.out_rate, self.out_channels = in_rate, out_rate, out_channels
+        self.fade = max(1, int(round(fade_ms * in_rate / 1000)))
+        self.resampler = StreamResampler(in_rate, out_rate, out_channels)
+        self._tail: np.ndarray | None = None  # (fade, channels) held back, model rate
+        self._fade_in = False
+        self.gain = 1.0
+        self._gain_now = 1.0
+
+    def _channels(self, x: np.ndarray) -> np.ndarray:
+        """(n, c) -> (n, out_channels): duplicate mono, average down to mono, else take/tile channels."""
+        c, want = x.shape[1], self.out_channels
+        if c == want:
+            return x
+        if c == 1:
+            return np.repeat(x, want, axis=1)
+        if want == 1:
+            return x.mean(axis=1, keepdims=True)
+        return np.resize(x.T, (want, x.shape[0])).T.copy()
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        """Gain (a short ramp when it changed: audible at once, without a click), then the device rate."""
+        if x.shape[0]:
+            if self._gain_now != self.gain:
+                n = min(self.fade, x.shape[0])
+                g = np.full((x.shape[0], 1), self.gain, np.float32)
+                g[:n, 0] = np.linspace(self._gain_now, self.gain, n, dtype=np.float32)
+                x = x * g
+                self._gain_now = self.gain
+            elif self.gain != 1.0:
+                x = x * np.float32(self.gain)
+        return self.resampler.process(np.ascontiguousarray(x, dtype=np.float32))
+
+    def push(self, audio: np.ndarray) -> np.ndarray:
+        """A good block: emit the held tail and all but the last `fade` samples of this one."""
+        x = self._channels(np.ascontiguousarray(audio.T, dtype=np.float32))
+        if self._tail is None:
+            self._tail = np.zeros((0, x.shape[1]), np.float32)
+        if self._fade_in and x.shape[0]:
+            n = min(self.fade, x.shape[0])
+            x = x.copy()
+            x[:n] *= np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
+            self._fade_in = False
+        joined = np.concatenate([self._tail, x])
+        keep = min(self.fade, joined.shape[0])
+        out, self._tail = joined[: joined.shape[0] - keep], joined[joined.shape[0] - keep :]
+        return self._finish(out)
+
+    def fail(self, samples: int) -> np.ndarray:
+        """A failed block of `samples` model-rate samples: fade the held tail to silence, then silence."""
+        ch = self.out_channels
+        tail = self._tail if self._tail is not None else np.zeros((0, ch), np.float32)
+        faded = (
+            tail * np.linspace(1.0, 0.0, tail.shape[0], dtype=np.float32)[:, None] if tail.shape[0] else tail
+        )
+        out = np.concatenate([faded, np.zeros((max(samples - tail.shape[0], 0), ch), np.float32)])
+        self._tail = np.zeros((0, ch), np.float32)
+        self._fade_in = True
+        return self._finish(out)
+
+
+@dataclass
+class EngineStats:
+    blocks: int = 0
+    faults: int = 0
+    last_error: str = ""
+    block_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+
+
+def _json_safe(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, StreamParams) else value
+
+
+class Engine:
+    """Runs one `LMDMStream` in real time into an `AudioBackend` (or into nothing, for offline use)."""
+
+    def __init__(
+        self,
+        stream: LMDMStream,
+        backend=None,
+        headroom_ms: float = HEADROOM_PRESETS_MS["normal"],
+        out_rate: int | None = None,
+        out_channels: int | None = None,
+        log_path: str | Path | None = None,
+        bpm: float = 120.0,
+        model_ref: str = "",
+    ) -> None:
+        self.stream, self.backend = stream, backend
+        self.out_rate = int(
+            backend.sample_rate if backend is not None else out_rate or stream.model.sample_rate
+        )
+        self.out_channels = int(backend.channels if backend is not None else out_channels or 2)
+        if headroom_ms <= 0:
+            raise ValueError(f"headroom must be > 0 ms, got {headroom_ms}")
+        self.headroom_ms = float(headroom_ms)
+        self.bpm = float(bpm)
+        self.model_ref = model_ref
+        self.chain = OutputChain(stream.model.sample_rate, self.out_rate, self.out_channels)
+        block_out = math.ceil(
+            stream.model.lmdm.block_frames * stream.model.hop * self.out_rate / self.chain.in_rate
+        )
+        self.block_out_frames = block_out
+        self.headroom_frames = int(self.headroom_ms * self.out_rate / 1000)
+        # the ring holds the headroom plus two blocks (a block is written whole)
+        self.ring = AudioRing(self.out_channels, self.headroom_frames + 2 * block_out + 4096)
+        self.stats = EngineStats()
+        self._pending: collections.deque[Change] = collections.deque()
+        self._ids = itertools.count(1)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log_path = Path(log_path) if log_path else None
+        self._log = None
+        self._record = None
+        self._record_lock = threading.Lock()  # inference thread vs control thread; never the audio callback
+        self.errors: collections.deque[str] = collections.deque(maxlen=32)
+        self.fault_injector = None  # tests: a callable(block_index) that may raise, run before a block
+        self.running = False
+
+    # --- control side -------------------------------------------------------------------------------------
+
+    def submit(self, kind: str, value: Any = None, at: str | float = "now") -> Change:
+        """Queue a change; the inference thread applies it at the block boundary `at` resolves to."""
+        target = None
+        if at in ("beat", "bar"):
+            grid = 60.0 / self.bpm * (4 if at == "bar" else 1)
+            next_start = self.stream.block_index * self.stream.model.block_seconds
+            target = math.ceil(next_start / grid - 1e-9) * grid
+        change = Change(kind, value, at, time.monotonic(), next(self._ids), target)
+        self._pending.append(change)
+        self._wake.set()
+        return change
+
+    def cancel_pending(self) -> None:
+        """Drop every change not applied yet (hush)."""
+        self._pending.clear()
+
+    def record(self, path: str | Path) -> None:
+        import soundfile as sf
+
+        with self._record_lock:
+            if self._record is not None:
+                self._record.close()
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._record = sf.SoundFile(str(path), "w", self.out_rate, self.out_channels, subtype="FLOAT")
+
+    def stop_recording(self) -> None:
+        with self._record_lock:
+            if self._record is not None:
+                self._record.close()
+                self._record = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._open_log()
+        while self.ring.fill < self.headroom_frames:  # prime before the first callback
+            self._generate_one()
+        self.ring.reset_stats()
+        if self.backend is not None:
+            self.backend.start(self.ring)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="lmdm-inference", daemon=True)
+        self.running = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.backend is not None:
+            self.backend.stop()
+        self.stop_recording()
+        self._event({"type": "stop", "block": self.stream.block_index})
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.running = False
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- inference thread ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.ring.fill >= self.headroom_frames or self.ring.free < self.block_out_frames + 64:
+                # sleep until roughly a tenth of the headroom has played, or a change arrives
+                self._wake.wait(timeout=max(self.headroom_ms / 10000, 0.002))
+                self._wake.clear()
+                continue
+            self._generate_one()
+
+    def _due(self, block: int) -> list[Change]:
+        """Changes that apply to `block`: those asked for now, or whose beat/bar/time has come."""
+        if not self._pending:
+            return []
+        model = self.stream.model
+        block_s = model.block_seconds
+        start_s = block * block_s  # stream time of this block's first sample
+        audible_at = time.monotonic() + self.ring.fill / self.out_rate
+        due, keep = [], []
+        while self._pending:
+            c = self._pending.popleft()
+            if isinstance(c.at, str) and c.at in ("now", "block"):
+                due.append(c)
+            elif isinstance(c.at, str):  # beat / bar: the first block starting on or after the grid line
+                (due if start_s + 1e-9 >= (c.target_s or 0.0) else keep).append(c)
+            else:
+                (due if audible_at + block_s > float(c.at) else keep).append(c)
+        self._pending.extend(keep)
+        return due
+
+    def _apply(self, c: Change, block: int) -> None:
+        s = self.stream
+        if c.kind == "params":
+            s.set(c.value)
+        elif c.kind == "gain":
+            self.chain.gain = float(c.value)
+        elif c.kind == "drop":
+            s.drop_context(int(c.value))
+        elif c.kind == "seed":
+            s.seed = int(c.value)
+        elif c.kind == "reset":
+            s.recover(next_block=block)
+        self._event({"type": c.kind, "block": block, "value": _json_safe(c.value)})
+
+    def _generate_one(self) -> None:
+        s = self.stream
+        block = s.block_index
+        due = self._due(block)
+        for c in due:
+            self._apply(c, block)
+        t0 = time.perf_counter()
+        bad_before = s.nonfinite_blocks
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector(block)
+            audio = s.next_block()
+            if s.nonfinite_blocks != bad_before or not np.isfinite(audio).all():
+                raise FloatingPointError(f"block {block}: the model produced NaN/Inf")
+            out = self.chain.push(audio)
+        except Exception as e:  # a failed block must never stop the sound
+            self.stats.faults += 1
+            self.stats.last_error = f"{type(e).__name__}: {e}"
+            self.errors.append(f"block {block}: {self.stats.last_error}")
+            self._event(
+                {
+                    "type": "fault",
+                    "block": block,
+                    "error": self.stats.last_error,
+                    "trace": traceback.format_exc(limit=3),
+                }
+            )
+            s.recover(next_block=block + 1)
+            out = self.chain.fail(s.model.lmdm.block_frames * s.model.hop)
+        ms = (time.perf_counter() - t0) * 1e3
+        fill_before = self.ring.fill
+        written = self.ring.write(out)
+        if written < out.shape[0]:  # cannot happen when the loop waits for room; never drop silently
+            self.errors.append(f"block {block}: ring full, {out.shape[0] - written} frames dropped")
+        now = time.monotonic()
+        heard = (fill_before / self.out_rate + self._device_latency()) * 1e3
+        for c in due:
+            self.stats.latency_ms.append((now - c.submitted) * 1e3 + heard)
+        self.stats.blocks += 1
+        self.stats.block_ms.append(ms)
+        with self._record_lock:
+            if self._record is not None:
+                self._record.write(out)
+
+    def _device_latency(self) -> float:
+        return (
+            float(getattr(self.backend, "output_latency_s", 0.0) or 0.0) if self.backend is not None else 0.0
+        )
+
+    # --- event log ----------------------------------------------------------------------------------------
+
+    def _open_log(self) -> None:
+        if self._log_path is None:
+            return
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self._log_path, "w")  # noqa: SIM115 - closed in stop()
+        s = self.stream
+        self._event(
+            {
+                "type": "start",
+                "version": 1,
+                "model": self.model_ref or s.model.name,
+                "window": {
+                    "mode": s.model.lmdm.mode,
+                    "context_frames": s.model.lmdm.context_frames,
+                    "block_frames": s.model.lmdm.block_frames,
+                },
+                "seed": s.seed,
+                "params": s.params.to_dict(),
+                "block": s.block_index,
+                "out_rate": self.out_rate,
+                "out_channels": self.out_channels,
+                "fade": self.chain.fade,
+                "gain": self.chain.gain,
+            }
+        )
+
+    def _event(self, event: dict) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps(event) + "\n")
+            self._log.flush()
+
+    # --- figures ------------------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        ms = list(self.stats.block_ms)
+        med = statistics.median(ms) if ms else 0.0
+        block_s = self.stream.model.block_seconds
+        cb = getattr(self.backend, "stats", None)
+        lat = list(self.stats.latency_ms)
+        return {
+            "running": self.running,
+            "blocks": self.stats.blocks,
+            "block_index": self.stream.block_index,
+            "ms_per_block": round(med, 2),
+            "rtf": round(med / 1e3 / block_s, 4) if block_s else None,
+            "x_realtime": round(block_s / (med / 1e3), 2) if med else None,
+            "underruns": self.ring.underruns,
+            "ring_ms": round(self.ring.fill / self.out_rate * 1e3, 1),
+            "ring_min_ms": round(self.ring.fill_min / self.out_rate * 1e3, 1),
+            "headroom_ms": self.headroom_ms,
+            "faults": self.stats.faults,
+            "last_error": self.stats.last_error,
+            "latency_ms_last": round(lat[-1], 1) if lat else None,
+            "latency_ms_max": round(max(lat), 1) if lat else None,
+            "callback_ms_mean": round(cb.mean_ms, 4) if cb is not None and cb.callbacks else None,
+            "callback_ms_max": round(cb.max_ms, 4) if cb is not None and cb.callbacks else None,
+            "out_rate": self.out_rate,
+        }
+
+    def latency(self) -> dict:
+        """Worst-case control -> sound: the ring and device buffers, waiting for a block boundary, compute."""
+        ms = list(self.stats.block_ms)
+        compute = statistics.median(ms) if ms else 0.0
+        buffer_ms = (
+            self.headroom_ms + self._device_latency() * 1e3 + self.chain.fade / self.chain.in_rate * 1e3
+        )
+        block_ms = self.stream.model.block_seconds * 1e3
+        return {
+            "buffer_ms": round(buffer_ms, 1),
+            "block_ms": round(block_ms, 1),
+            "compute_ms": round(compute, 1),
+            "total_ms": round(buffer_ms + block_ms + compute, 1),
+        }

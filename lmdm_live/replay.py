@@ -1,0 +1,89 @@
+"""Rebuild a live performance offline from the engine's event log, sample for sample.
+
+The log holds everything that is not a pure function of the model and the seed: the starting parameters,
+every change with the block index it took effect at, and every failed block. Re-running the same stream and
+output chain through those events gives the same device-rate samples the engine wrote into its ring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .engine import OutputChain
+from .model.lmdm import LMDMConfig
+from .stream import LMDMStream, StreamParams
+
+
+def read_log(path: str | Path) -> list[dict]:
+    events = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{Path(path).name}:{n}: not a JSON event ({e.msg})") from None
+    if not events or events[0].get("type") != "start":
+        raise ValueError(f"{Path(path).name} is not an lmdm-live event log (no start event first)")
+    return events
+
+
+def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -> tuple[np.ndarray, int]:
+    """Render the logged performance: (frames, channels) float32 at the logged device rate, and that rate.
+
+    `model`/`text` may be given (already loaded) to skip loading; otherwise the log's model reference (a
+    preset name or a checkpoint path) is loaded with the logged window.
+    """
+    from .bench import load_model
+
+    events = read_log(log)
+    head = events[0]
+    if model is None:
+        import torch
+
+        model = load_model(head["model"], LMDMConfig(**head["window"]), "cpu", torch.float32)
+    if text is None:
+        text = model.text_encoder(t5_path)
+    stream = LMDMStream(model, text, seed=int(head["seed"]), params=StreamParams.from_dict(head["params"]))
+    stream.block_index = int(head.get("block", 0))
+    chain = OutputChain(model.sample_rate, int(head["out_rate"]), int(head["out_channels"]))
+    chain.fade = int(head["fade"])
+    chain.gain = chain._gain_now = float(head.get("gain", 1.0))
+    end = next((e["block"] for e in reversed(events) if e.get("type") == "stop"), None)
+    if end is None:
+        end = max((e.get("block", 0) for e in events), default=0) + 1
+    by_block: dict[int, list[dict]] = {}
+    for e in events[1:]:
+        if e.get("type") != "stop":
+            by_block.setdefault(int(e["block"]), []).append(e)
+    out = []
+    samples = model.lmdm.block_frames * model.hop
+    while stream.block_index < end:
+        b = stream.block_index
+        failed = False
+        for e in by_block.get(b, []):
+            kind, value = e["type"], e.get("value")
+            if kind == "params":
+                stream.set(StreamParams.from_dict(value))
+            elif kind == "gain":
+                chain.gain = float(value)
+            elif kind == "drop":
+                stream.drop_context(int(value))
+            elif kind == "seed":
+                stream.seed = int(value)
+            elif kind == "reset":
+                stream.recover(next_block=b)
+            elif kind == "fault":
+                failed = True
+            else:
+                raise ValueError(f"unknown event type {kind!r} at block {b}")
+        if failed:
+            stream.recover(next_block=b + 1)
+            out.append(chain.fail(samples))
+        else:
+            out.append(chain.push(stream.next_block()))
+    audio = np.concatenate(out) if out else np.zeros((0, chain.out_channels), np.float32)
+    return audio, chain.out_rate

@@ -1,0 +1,182 @@
+"""The engine: changes at block boundaries, faults that never stop the sound, and bit-exact replay.
+
+Here the test itself is the ring's consumer (the audio callback's side); tests/test_play_jack.py does the
+same through a real JACK server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lmdm_live.engine import Engine, OutputChain
+from lmdm_live.model.bundle import LMDMModel
+from lmdm_live.model.conditioners import MiniLMTextEncoder
+from lmdm_live.model.lmdm import LMDMConfig
+from lmdm_live.model.samplers import SamplerSettings
+from lmdm_live.replay import read_log, replay
+from lmdm_live.stream import LMDMStream, StreamParams
+
+WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return MiniLMTextEncoder()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LMDMModel.preset("tiny", lmdm=WINDOW, seed=0)
+
+
+def make_engine(model, text, tmp_path, **kw):
+    stream = LMDMStream(
+        model, text, seed=3, params=StreamParams.of("techno", sampler=SamplerSettings(steps=2))
+    )
+    return Engine(
+        stream,
+        None,
+        headroom_ms=100,
+        out_rate=48000,
+        out_channels=2,
+        log_path=tmp_path / "ev.jsonl",
+        model_ref="tiny",
+        **kw,
+    )
+
+
+def consume(engine: Engine, blocks: int, actions: dict | None = None, chunk: int = 256) -> np.ndarray:
+    """Read the ring like an audio callback until `blocks` blocks were generated; run actions[block] once."""
+    out, buf = (
+        [np.zeros((0, engine.out_channels), np.float32)],
+        np.zeros((chunk, engine.out_channels), np.float32),
+    )
+    actions = dict(actions or {})
+    deadline = time.monotonic() + 120
+    while engine.stats.blocks < blocks:
+        for b in [b for b in actions if engine.stats.blocks >= b]:
+            actions.pop(b)(engine)
+        n = engine.ring.read_into(buf)
+        out.append(buf[:n].copy())
+        if n < chunk:
+            time.sleep(0.002)
+        assert time.monotonic() < deadline, "engine stalled"
+    return np.concatenate(out)
+
+
+def drain(engine: Engine) -> np.ndarray:
+    buf = np.zeros((engine.ring.fill, engine.out_channels), np.float32)
+    engine.ring.read_into(buf)
+    return buf
+
+
+def test_live_equals_replay_with_changes_and_faults(model, text, tmp_path):
+    engine = make_engine(model, text, tmp_path)
+    w = model.dit.transformer.project_out.weight
+    saved = w.detach().clone()
+
+    def faults(block):
+        if block == 5:
+            raise RuntimeError("injected failure")
+        with torch.no_grad():  # block 8: the model itself returns NaN
+            w.copy_(saved)
+            if block == 8:
+                w[0, 0] = float("nan")
+
+    engine.fault_injector = faults
+    actions = {
+        2: lambda e: e.submit(
+            "params",
+            StreamParams.of({"ambient": 1.0, "techno": 0.3}, sampler=SamplerSettings(steps=2, cfg=2.0)),
+        ),
+        4: lambda e: e.submit("gain", 0.5),
+        7: lambda e: e.submit("seed", 11),
+        10: lambda e: e.submit("drop", 4),
+        11: lambda e: e.submit("reset"),
+    }
+    engine.start()
+    live = consume(engine, 14, actions)
+    engine.stop()
+    live = np.concatenate([live, drain(engine)])
+    with torch.no_grad():
+        w.copy_(saved)
+
+    assert engine.stats.faults == 2
+    assert "injected failure" in engine.errors[0] and "NaN" in engine.errors[1]
+    assert np.isfinite(live).all() and np.abs(live).max() > 0
+    events = read_log(tmp_path / "ev.jsonl")
+    kinds = [e["type"] for e in events]
+    for k in ("start", "params", "gain", "seed", "drop", "reset", "fault", "stop"):
+        assert k in kinds, k
+    again, rate = replay(tmp_path / "ev.jsonl", model=model, text=text)
+    assert rate == 48000 and again.shape == live.shape
+    assert np.array_equal(again, live)  # sample for sample
+
+
+def test_faulty_block_fades_instead_of_clicking(model, text, tmp_path):
+    engine = make_engine(model, text, tmp_path)
+    engine.fault_injector = lambda b: (_ for _ in ()).throw(RuntimeError("boom")) if b == 4 else None
+    engine.start()
+    audio = consume(engine, 7)
+    engine.stop()
+    audio = np.concatenate([audio, drain(engine)])
+    x = audio[:, 0]
+    silent = np.flatnonzero(np.abs(x) < 1e-6)
+    runs = np.split(silent, np.flatnonzero(np.diff(silent) > 1) + 1)
+    gap = max(runs, key=len)  # the failed block: silence...
+    assert len(gap) > 0.5 * WINDOW.block_frames * model.hop * 48000 / 44100
+    fade = int(engine.chain.fade * 48000 / 44100)
+    peak = np.abs(x).max()
+    before = np.abs(x[gap[0] - fade : gap[0]])  # ...entered by a fade-out...
+    after = np.abs(x[gap[-1] + 1 : gap[-1] + 1 + fade])  # ...and left by a fade-in
+    ramp = np.linspace(1.0, 0.0, fade)
+    assert (before <= ramp * peak + 0.1 * peak).all()
+    assert (after <= ramp[::-1] * peak + 0.1 * peak).all()
+    assert np.abs(x[gap[-1] + 1 + fade :]).max() > 0.1 * peak  # and the music comes back
+    assert engine.stats.faults == 1 and engine.status()["faults"] == 1
+
+
+def test_changes_wait_for_their_beat(model, text, tmp_path):
+    engine = make_engine(model, text, tmp_path, bpm=60.0)  # a beat every second, a bar every 4 s
+    engine.start()
+    consume(engine, 3)
+    bar = engine.submit("gain", 0.25, at="bar")
+    consume(engine, engine.stats.blocks + int(5 / model.block_seconds) + 2)
+    engine.stop()
+    gain_events = [e for e in read_log(tmp_path / "ev.jsonl") if e["type"] == "gain"]
+    assert len(gain_events) == 1
+    start_s = gain_events[0]["block"] * model.block_seconds
+    assert start_s >= bar.target_s - 1e-9
+    assert start_s - bar.target_s < model.block_seconds  # the first block boundary at or after the bar
+    assert bar.target_s % 4.0 == pytest.approx(0.0, abs=1e-6)
+
+
+def test_output_chain_resamples_and_maps_channels():
+    chain = OutputChain(44100, 48000, 2)
+    t = np.arange(44100) / 44100
+    mono = np.sin(2 * np.pi * 440 * t).astype(np.float32)[None, :]
+    out = np.concatenate([chain.push(mono[:, i : i + 4410]) for i in range(0, 44100, 4410)])
+    assert out.shape[1] == 2 and np.array_equal(out[:, 0], out[:, 1])
+    assert abs(out.shape[0] - 48000 * (44100 - chain.fade) / 44100) < 200
+    spectrum = np.abs(np.fft.rfft(out[4800:, 0]))
+    peak_hz = np.argmax(spectrum) * 48000 / (out.shape[0] - 4800)
+    assert abs(peak_hz - 440) < 2
+
+
+def test_log_is_valid_json_lines(model, text, tmp_path):
+    engine = make_engine(model, text, tmp_path)
+    engine.start()
+    consume(engine, 3)
+    engine.stop()
+    lines = (tmp_path / "ev.jsonl").read_text().splitlines()
+    head = json.loads(lines[0])
+    assert head["type"] == "start" and head["model"] == "tiny" and head["window"]["block_frames"] == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match="not a JSON event"):
+        read_log(bad)
