@@ -1,0 +1,1 @@
+"""Ways to play the instrument: the REPL here; OSC, MIDI and clocks alongside it."""

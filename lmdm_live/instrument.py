@@ -1,0 +1,321 @@
+"""`Instrument`: the object a live coder plays. Every setter validates, builds an immutable snapshot and
+schedules it; nothing here touches the model or the audio thread directly.
+
+    >>> inst = Instrument()
+    >>> inst.prompt("dub techno, 124 bpm")
+    >>> inst.prompts({"dub techno": 1, "choir": 0.5}, at="bar")
+    >>> inst.cfg(3); inst.steps(4); inst.gain(0.8); inst.status()
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .engine import HEADROOM_PRESETS_MS, Engine
+from .model.samplers import SamplerSettings
+from .stream import LMDMStream, StreamParams
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL_FILE = ASSETS / "default.lmdm.safetensors"
+
+
+def default_model_ref() -> str:
+    """The shipped model when present; until it ships, the random 'tiny' preset (noise, not music)."""
+    return str(DEFAULT_MODEL_FILE) if DEFAULT_MODEL_FILE.is_file() else "tiny"
+
+
+class StatusReport(dict):
+    """`status()`'s figures; prints as a small table in the REPL."""
+
+    def __repr__(self) -> str:
+        width = max(len(k) for k in self)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.items())
+
+
+def _check_at(at: Any) -> str | float:
+    if isinstance(at, str):
+        if at not in ("now", "block", "beat", "bar"):
+            raise ValueError(
+                f"at must be 'now', 'block', 'beat', 'bar' or a time.monotonic() instant, got {at!r}"
+            )
+        return at
+    if isinstance(at, int | float) and math.isfinite(at):
+        return float(at)
+    raise ValueError(f"at must be 'now', 'block', 'beat', 'bar' or a time.monotonic() instant, got {at!r}")
+
+
+class Instrument:
+    """A playing LMDM stream with live controls.
+
+    `backend`: "jack", "sounddevice", "file", an `AudioBackend`, or None for the first that works (falling
+    back to recording a WAV file when no audio device exists, and saying so).
+    """
+
+    def __init__(
+        self,
+        model: str | Any | None = None,
+        *,
+        backend: str | Any | None = None,
+        out: str | Path | None = None,
+        device: str | int | None = None,
+        headroom_ms: float | str = "normal",
+        seed: int = 0,
+        prompt: str = "",
+        steps: int = 8,
+        cfg: float = 1.0,
+        bpm: float = 120.0,
+        log: str | Path | None = None,
+        t5: str | None = None,
+        start: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        from .bench import load_model
+        from .model.bundle import LMDMModel
+
+        if isinstance(headroom_ms, str):
+            if headroom_ms not in HEADROOM_PRESETS_MS:
+                raise ValueError(
+                    f"headroom preset must be one of {sorted(HEADROOM_PRESETS_MS)}, got {headroom_ms!r}"
+                )
+            headroom_ms = HEADROOM_PRESETS_MS[headroom_ms]
+        self._say = (lambda msg: None) if quiet else (lambda msg: print(f"lmdm-live: {msg}", file=sys.stderr))
+        if isinstance(model, LMDMModel):
+            self.model, ref = model, model.name
+        else:
+            ref = model or default_model_ref()
+            if ref == "tiny" and model is None:
+                self._say(
+                    "no default model ships yet: playing the untrained 'tiny' preset (noise, not music)"
+                )
+            import torch
+
+            from .model.lmdm import LMDMConfig
+
+            self.model = load_model(ref, None if Path(ref).is_file() else LMDMConfig(), "cpu", torch.float32)
+        self._params = StreamParams.of(prompt, sampler=SamplerSettings(steps=steps, cfg=cfg))
+        self._gain = 1.0
+        self._unmuted_gain = 1.0
+        self._seed = int(seed)
+        self._bpm = float(bpm)
+        text = self.model.text_encoder(t5)
+        self.stream = LMDMStream(self.model, text, seed=self._seed, params=self._params)
+        self.backend = self._open_backend(backend, out, device)
+        self.engine = Engine(
+            self.stream,
+            self.backend,
+            headroom_ms=float(headroom_ms),
+            log_path=log,
+            bpm=self._bpm,
+            model_ref=ref,
+        )
+        if start:
+            self.start()
+
+    def _open_backend(self, kind, out, device):
+        from .audio import NoAudioDevice, open_backend
+
+        if kind is not None and not isinstance(kind, str):
+            return kind  # an AudioBackend instance
+        if kind == "file" or (kind is None and out is not None):
+            return open_backend(
+                "file", path=out or _default_out(), sample_rate=self.model.sample_rate, realtime=True
+            )
+        try:
+            opts = {"device": device} if kind == "sounddevice" and device is not None else {}
+            return open_backend(kind, **opts)
+        except NoAudioDevice as e:
+            if kind is not None:
+                raise
+            path = out or _default_out()
+            self._say(f"{str(e).splitlines()[0]} Recording to {path} instead.")
+            return open_backend("file", path=path, sample_rate=self.model.sample_rate, realtime=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> Instrument:
+        self.engine.start()
+        return self
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def __enter__(self) -> Instrument:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- the snapshot ---------------------------------------------------------------------------------------
+
+    def _set(self, params: StreamParams, at: Any) -> None:
+        at = _check_at(at)
+        if params == self._params:
+            return  # re-evaluating the same line is a no-op
+        self._params = params
+        self.engine.submit("params", params, at)
+
+    def _sampler(self, at: Any, **kw) -> None:
+        self._set(replace(self._params, sampler=replace(self._params.sampler, **kw)), at)
+
+    # --- controls -------------------------------------------------------------------------------------------
+
+    def prompt(self, text: str | None = None, at: Any = "now") -> str | None:
+        """Set one prompt (or read the dominant one)."""
+        if text is None:
+            return self._params.dominant
+        if not isinstance(text, str):
+            raise ValueError(f"prompt must be a string, got {type(text).__name__}")
+        self._set(replace(self._params, prompts=((text, 1.0),)), at)
+        return None
+
+    def prompts(self, weights: dict[str, float] | None = None, at: Any = "now") -> dict[str, float] | None:
+        """Blend prompts by weight: `inst.prompts({"acid": 1, "strings": 0.3})`."""
+        if weights is None:
+            return dict(self._params.prompts)
+        if not isinstance(weights, dict) or not weights:
+            raise ValueError("prompts takes a non-empty {text: weight} dict")
+        self._set(
+            StreamParams(
+                prompts=tuple(weights.items()),
+                sampler=self._params.sampler,
+                eject_frames=self._params.eject_frames,
+                seconds=self._params.seconds,
+            ),
+            at,
+        )
+        return None
+
+    def cfg(self, scale: float | None = None, at: Any = "now") -> float | None:
+        """Classifier-free guidance scale (1 = off). Turns CFG++ off."""
+        if scale is None:
+            return self._params.sampler.cfg
+        self._sampler(at, cfg=float(scale), cfg_pp=None)
+        return None
+
+    def cfg_pp(self, lam: float | str | None = None, at: Any = "now") -> float | None:
+        """CFG++ with lambda `lam` (about 0.5–1); `cfg_pp("off")` goes back to plain CFG."""
+        if lam is None:
+            return self._params.sampler.cfg_pp
+        self._sampler(at, cfg_pp=None if lam == "off" else float(lam))
+        return None
+
+    def steps(self, n: int | None = None, at: Any = "now") -> int | None:
+        if n is None:
+            return self._params.sampler.steps
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"steps must be an integer, got {n!r}")
+        self._sampler(at, steps=n)
+        return None
+
+    def sampler(self, name: str | None = None, at: Any = "now") -> str | None:
+        if name is None:
+            return self._params.sampler.sampler
+        self._sampler(at, sampler=name)
+        return None
+
+    def seed(self, value: int | None = None, at: Any = "now") -> int | None:
+        if value is None:
+            return self._seed
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"seed must be an integer, got {value!r}")
+        at = _check_at(at)
+        if value != self._seed:
+            self._seed = value
+            self.engine.submit("seed", value, at)
+        return None
+
+    def drop_context(self, frames: int | None = None, at: Any = "now") -> None:
+        """Forget the oldest `frames` context frames (all of them by default): a fresh start, same prompt."""
+        c = self.model.lmdm.context_frames
+        frames = c if frames is None else frames
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 0 < frames <= c:
+            raise ValueError(f"frames must be an integer in 1..{c}, got {frames!r}")
+        self.engine.submit("drop", frames, _check_at(at))
+
+    def gain(self, value: float | None = None, at: Any = "now") -> float | None:
+        """Output gain (0..4), ramped over one block."""
+        if value is None:
+            return self._gain
+        value = float(value)
+        if not math.isfinite(value) or not 0.0 <= value <= 4.0:
+            raise ValueError(f"gain must be in 0..4, got {value}")
+        at = _check_at(at)
+        if value != self._gain:
+            self._gain = value
+            self.engine.submit("gain", value, at)
+        return None
+
+    def mute(self, at: Any = "now") -> None:
+        """Fade to silence (the stream keeps running, so unmute continues the music)."""
+        if self._gain > 0:
+            self._unmuted_gain = self._gain
+        self.gain(0.0, at)
+
+    def unmute(self, at: Any = "now") -> None:
+        self.gain(self._unmuted_gain or 1.0, at)
+
+    def hush(self) -> None:
+        """Silence now: cancel scheduled changes and fade out."""
+        self.engine.cancel_pending()
+        self.mute("now")
+
+    def reset(self, at: Any = "now") -> None:
+        """Start the music over from an empty context (prompt and settings stay)."""
+        self.engine.submit("reset", None, _check_at(at))
+
+    def bpm(self, value: float | None = None) -> float | None:
+        """Tempo of the beat/bar grid that `at="beat"`/`"bar"` quantise to."""
+        if value is None:
+            return self._bpm
+        value = float(value)
+        if not math.isfinite(value) or not 20.0 <= value <= 400.0:
+            raise ValueError(f"bpm must be in 20..400, got {value}")
+        self._bpm = value
+        self.engine.bpm = value
+        return None
+
+    # --- figures, recording --------------------------------------------------------------------------------
+
+    def status(self) -> StatusReport:
+        st = self.engine.status()
+        return StatusReport(
+            prompt=self._params.dominant,
+            prompts=dict(self._params.prompts),
+            cfg=self._params.sampler.cfg,
+            cfg_pp=self._params.sampler.cfg_pp,
+            steps=self._params.sampler.steps,
+            sampler=self._params.sampler.sampler,
+            seed=self._seed,
+            gain=self._gain,
+            bpm=self._bpm,
+            backend=getattr(self.backend, "name", "none"),
+            **st,
+        )
+
+    def latency(self) -> StatusReport:
+        return StatusReport(self.engine.latency())
+
+    def record(self, path: str | Path) -> None:
+        """Record what is played (device rate, float WAV) from the next block on."""
+        self.engine.record(path)
+
+    def stop_recording(self) -> None:
+        self.engine.stop_recording()
+
+    def wait_blocks(self, n: int, timeout: float = 60.0) -> None:
+        """Block until `n` more blocks were generated (for scripts and tests)."""
+        target = self.engine.stats.blocks + n
+        end = time.monotonic() + timeout
+        while self.engine.stats.blocks < target:
+            if time.monotonic() > end:
+                raise TimeoutError(f"{n} blocks not generated within {timeout} s")
+            time.sleep(0.01)
+
+
+def _default_out() -> Path:
+    return Path("out") / time.strftime("lmdm-live-%Y%m%d-%H%M%S.wav")

@@ -1,0 +1,148 @@
+"""The Instrument: validated, idempotent setters that reach the stream at block boundaries; the REPL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import soundfile as sf
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from lmdm_live import Instrument
+from lmdm_live.audio import FileBackend
+from lmdm_live.control.repl import NamespaceCompleter, run_repl, run_source, toolbar_text
+from lmdm_live.model.bundle import LMDMModel
+from lmdm_live.model.lmdm import LMDMConfig
+from lmdm_live.replay import read_log, replay
+
+WINDOW = LMDMConfig(mode="encdec", context_frames=8, block_frames=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LMDMModel.preset("tiny", lmdm=WINDOW, seed=0)
+
+
+@pytest.fixture
+def inst(model, tmp_path):
+    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, channels=2, realtime=False)
+    i = Instrument(model, backend=backend, steps=2, headroom_ms=85, log=tmp_path / "ev.jsonl", quiet=True)
+    yield i
+    i.stop()
+
+
+def test_setters_validate_and_reach_the_stream(inst):
+    inst.prompts({"acid": 1.0, "strings": 0.5})
+    inst.cfg(2.5)
+    inst.steps(3)
+    inst.wait_blocks(3)
+    assert inst.stream.params.prompts == (("acid", 1.0), ("strings", 0.5))
+    assert inst.stream.params.sampler.cfg == 2.5 and inst.stream.params.sampler.steps == 3
+    for bad in (
+        lambda: inst.cfg(-1),
+        lambda: inst.steps(0),
+        lambda: inst.steps(2.5),
+        lambda: inst.prompts({"x": -1}),
+        lambda: inst.gain(9),
+        lambda: inst.prompt("x", at="soon"),
+        lambda: inst.sampler("heun"),
+        lambda: inst.drop_context(10_000),
+        lambda: inst.bpm(0),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+    assert inst.cfg() == 2.5 and inst.steps() == 3 and inst.gain() == 1.0  # nothing changed
+    st = inst.status()
+    for key in ("prompt", "cfg", "steps", "x_realtime", "ring_ms", "underruns", "faults", "latency_ms_last"):
+        assert key in st, key
+    lat = inst.latency()
+    assert lat["total_ms"] == pytest.approx(lat["buffer_ms"] + lat["block_ms"] + lat["compute_ms"], abs=0.2)
+
+
+def test_same_value_is_a_no_op(inst, tmp_path):
+    inst.prompt("dub")
+    inst.prompt("dub")
+    inst.cfg(1.0)  # already 1
+    inst.gain(1.0)
+    inst.seed(0)
+    inst.wait_blocks(2)
+    inst.stop()
+    kinds = [e["type"] for e in read_log(tmp_path / "ev.jsonl")]
+    assert kinds.count("params") == 1 and "gain" not in kinds and "seed" not in kinds
+
+
+def test_mute_fades_to_silence_and_unmute_comes_back(inst, tmp_path):
+    inst.wait_blocks(2)
+    inst.mute()
+    inst.wait_blocks(3)
+    inst.unmute()
+    inst.wait_blocks(3)
+    inst.stop()
+    audio, _ = sf.read(str(tmp_path / "out.wav"))
+    events = read_log(tmp_path / "ev.jsonl")
+    assert [e["value"] for e in events if e["type"] == "gain"] == [0.0, 1.0]
+    env = np.abs(audio[:, 0])
+    assert env.max() > 0.01
+    quiet = np.flatnonzero(env < 1e-4)
+    assert len(quiet) > 0.5 * WINDOW.block_frames * 1024  # at least half a block of silence while muted
+
+
+def test_record_writes_what_is_played(inst, tmp_path):
+    inst.record(tmp_path / "rec.wav")
+    inst.wait_blocks(3)
+    inst.stop_recording()
+    rec, sr = sf.read(str(tmp_path / "rec.wav"), dtype="float32")
+    assert sr == inst.engine.out_rate and rec.shape[1] == 2 and np.abs(rec).max() > 0
+
+
+def test_file_backend_output_equals_replay(inst, tmp_path):
+    inst.prompt("jungle")
+    inst.wait_blocks(2)
+    inst.gain(0.5)
+    inst.wait_blocks(3)
+    inst.stop()
+    played, _ = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+    again, _ = replay(tmp_path / "ev.jsonl", model=inst.model, text=inst.stream.text)
+    n = min(len(played), len(again))
+    assert n > 0.9 * len(again)
+    # the file backend writes 16-bit PCM: equal to the replay within one quantisation step
+    assert np.abs(played[:n] - np.clip(again[:n], -1, 1)).max() <= 1.0 / 32767 + 1e-6
+
+
+def test_repl_runs_code_and_survives_errors(inst):
+    ns = {"inst": inst}
+    lines = []
+    assert run_source("inst.cfg(3)", ns, lines.append)
+    assert not run_source("inst.cfg(-3)", ns, lines.append)
+    assert not run_source("1/0", ns, lines.append)
+    assert not run_source("def broken(:", ns, lines.append)
+    assert run_source("inst.cfg()", ns, lines.append)
+    assert lines[0].startswith("ValueError: cfg must be") and lines[1].startswith("ZeroDivisionError")
+    assert lines[2].startswith("SyntaxError") and lines[3] == "3.0"
+    assert "Traceback" in ns["_tb"]
+    assert "cfg 3" in toolbar_text(inst)
+
+
+def test_repl_session_over_a_pipe(inst):
+    ns = {"inst": inst}
+
+    async def session():
+        with create_pipe_input() as pipe:
+            pipe.send_text("inst.steps(4)\ninst.gain(7)\ninst.prompt('broken beat')\n")
+            pipe.send_text("quit()\n")
+            await asyncio.wait_for(
+                run_repl(ns, lambda: toolbar_text(inst), input=pipe, output=DummyOutput()), 30
+            )
+
+    asyncio.run(session())
+    assert inst.steps() == 4 and inst.prompt() == "broken beat" and inst.gain() == 1.0
+
+
+def test_completion_of_instrument_methods(inst):
+    from prompt_toolkit.document import Document
+
+    c = NamespaceCompleter({"inst": inst})
+    names = {x.text for x in c.get_completions(Document("inst.pro"), None)}
+    assert names == {"prompt", "prompts"}
