@@ -12,6 +12,7 @@ from .backend import (
     open_backend,
 )
 from .file_backend import FileBackend
+from .jack_backend import JackBackend, JackRecorder, jack_server_running
 from .resample import ResampleFilter, StreamResampler
 from .ring import AudioRing
 from .tone import ToneFeeder, dominant_hz, locate, sine_frames
@@ -23,11 +24,14 @@ __all__ = [
     "BackendUnavailable",
     "CallbackStats",
     "FileBackend",
+    "JackBackend",
+    "JackRecorder",
     "NoAudioDevice",
     "ResampleFilter",
     "StreamResampler",
     "ToneFeeder",
     "dominant_hz",
+    "jack_server_running",
     "locate",
     "open_backend",
     "sine_frames",

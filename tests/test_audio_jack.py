@@ -1,0 +1,217 @@
+"""JackBackend through a real JACK server: a second client records exactly what the ring fed it."""
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from lmdm_live.audio import (
+    AudioRing,
+    JackBackend,
+    JackRecorder,
+    ToneFeeder,
+    dominant_hz,
+    jack_server_running,
+    locate,
+    open_backend,
+    sine_frames,
+)
+from lmdm_live.audio.backend import BackendUnavailable
+
+pytestmark = pytest.mark.jack
+
+FREQS = (440.0, 660.0)  # one per channel, so a swapped or merged channel shows
+AMP = 0.5
+SECONDS = 2.5
+
+
+def _wait_for(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+
+
+def _client_ports(server: str, prefix: str) -> list[str]:
+    import jack
+
+    probe = jack.Client("lmdm-test-probe", no_start_server=True, servername=server)
+    try:
+        return [p.name for p in probe.get_ports() if p.name.startswith(prefix)]
+    finally:
+        probe.close()
+
+
+def check_recording(audio: np.ndarray, rate: int, reference: np.ndarray, exact: bool) -> None:
+    """The recording is the tone: finite, loud enough, right frequency per channel, and (when no xrun
+    disturbed the graph) a sample-exact contiguous stretch of what was fed into the ring."""
+    assert len(audio) >= rate, f"only {len(audio)} frames recorded"
+    assert np.all(np.isfinite(audio)), "the recording has NaN or inf"
+    start = int(np.argmax(np.any(audio != 0.0, axis=1)))  # skip silence before the connection took effect
+    body = audio[start:]
+    assert len(body) >= rate, "the recording is (almost) all silence: audio did not flow"
+    for c, freq in enumerate(FREQS):
+        assert _rms(body[:, c]) == pytest.approx(AMP / np.sqrt(2), rel=0.05), f"channel {c + 1} level"
+        assert dominant_hz(body[:, c], rate) == pytest.approx(freq, abs=2.0), f"channel {c + 1} frequency"
+    offset = locate(reference, body)
+    if exact:
+        assert offset is not None, "the recording is not a contiguous, unaltered stretch of the fed signal"
+    elif offset is None:
+        warnings.warn("xruns on a busy machine: recording checked by level and frequency only", stacklevel=2)
+
+
+def test_jack_backend_plays_the_ring_to_a_recording_client(jack_server):
+    backend = JackBackend(client_name="lmdm-live", channels=2, connect=True, server_name=jack_server)
+    rate, block = backend.sample_rate, backend.blocksize
+    ring = AudioRing(2, rate // 2)  # 0.5 s of headroom
+    feeder = ToneFeeder(ring, rate, FREQS, amp=AMP)
+    feeder.prime()
+    feeder.start()
+    recorder = None
+    try:
+        t0 = time.perf_counter()
+        backend.start(ring)
+        # connect=True: the dummy driver's playback ports are the physical ones
+        assert backend.connections == {
+            "lmdm-live:out_1": ["system:playback_1"],
+            "lmdm-live:out_2": ["system:playback_2"],
+        }
+        latency_s = backend.output_latency_s  # while connected: what JACK reports downstream of our ports
+        assert latency_s >= block / rate
+        recorder = JackRecorder(
+            "lmdm-test-rec",
+            2,
+            [p.name for p in backend.ports],
+            max_seconds=SECONDS + 2,
+            server_name=jack_server,
+        )
+        recorder.start()
+        fed_frames = int(SECONDS * rate)
+        assert _wait_for(lambda: recorder.frames >= fed_frames, 4 * SECONDS + 5), "the recorder got no audio"
+        feeder.stop()
+        underruns_while_fed, fill_min_fed = ring.underruns, ring.fill_min
+        fed = recorder.audio[:fed_frames].copy()
+        xruns = backend.xruns + recorder.xruns
+        # Now starve it: the callback must play silence and count underruns.
+        assert _wait_for(lambda: ring.underruns > 0, 3.0), "an empty ring did not count as an underrun"
+        time.sleep(0.1)
+        elapsed = time.perf_counter() - t0
+        recorder.stop()
+    finally:
+        feeder.stop()
+        if recorder is not None:
+            recorder.stop()
+        backend.stop()
+
+    stats = backend.stats
+    print(
+        f"\n[jack] {rate} Hz, block {block}: {stats.callbacks} callbacks, mean {stats.mean_ms:.3f} ms, "
+        f"max {stats.max_ms:.3f} ms; xruns {xruns}; ring fill_min {fill_min_fed} frames; "
+        f"output latency {latency_s * 1000:.1f} ms"
+    )
+    assert underruns_while_fed == 0, "the producer kept ahead, yet the callback ran dry"
+    assert stats.callbacks >= 0.5 * elapsed * rate / block, "the process callback ran too rarely"
+    assert 0 < stats.mean_ms <= stats.max_ms
+    reference = sine_frames(0, feeder.frames, rate, FREQS, AMP)
+    check_recording(fed, rate, reference, exact=xruns == 0)
+    tail = recorder.audio[-block:]
+    assert np.all(tail == 0.0), "after the ring ran dry the output must be silence"
+    assert _client_ports(jack_server, "lmdm-live:") == [], "stop() must release the ports"
+
+
+def test_connect_to_a_prefix_or_to_nothing(jack_server):
+    sink = JackRecorder("lmdm-test-sink", 2, [], max_seconds=2, server_name=jack_server)
+    sink.start()
+    to_sink = JackBackend("lmdm-live-prefix", 2, connect="lmdm-test-sink:in_", server_name=jack_server)
+    quiet = JackBackend("lmdm-live-quiet", 2, connect=False, server_name=jack_server)
+    try:
+        ring = AudioRing(2, to_sink.sample_rate)
+        ToneFeeder(ring, to_sink.sample_rate, FREQS, amp=AMP).prime()  # 1 s, no feeder thread needed
+        to_sink.start(ring)
+        quiet.start(AudioRing(2, 1024))
+        assert to_sink.connections == {
+            "lmdm-live-prefix:out_1": ["lmdm-test-sink:in_1"],
+            "lmdm-live-prefix:out_2": ["lmdm-test-sink:in_2"],
+        }
+        assert quiet.connections == {"lmdm-live-quiet:out_1": [], "lmdm-live-quiet:out_2": []}
+        assert _wait_for(lambda: sink.frames >= to_sink.sample_rate // 2, 5.0)
+        heard = sink.audio[: sink.frames]
+        assert _rms(heard[:, 1]) > 0.1, "nothing arrived through the prefix connection"
+        with pytest.raises(BackendUnavailable, match="no JACK input ports start with"):
+            JackBackend("lmdm-live-nowhere", 2, connect="no-such-client:", server_name=jack_server).start(
+                AudioRing(2, 1024)
+            )
+    finally:
+        to_sink.stop()
+        quiet.stop()
+        sink.stop()
+    assert _client_ports(jack_server, "lmdm-live-nowhere:") == [], "a failed start must not leave a client"
+
+
+def test_follows_a_block_size_change(jack_server):
+    import jack
+
+    backend = JackBackend("lmdm-live-bs", 2, connect=False, server_name=jack_server)
+    admin = jack.Client("lmdm-test-admin", no_start_server=True, servername=jack_server)
+    recorder = JackRecorder(
+        "lmdm-test-bs-rec", 2, [p.name for p in backend.ports], 4, server_name=jack_server
+    )
+    ring = AudioRing(2, backend.sample_rate // 2)
+    feeder = ToneFeeder(ring, backend.sample_rate, FREQS, amp=AMP)
+    feeder.prime()
+    feeder.start()
+    old = admin.blocksize
+    try:
+        backend.start(ring)
+        recorder.start()
+        time.sleep(0.3)
+        admin.blocksize = 2 * old
+        assert _wait_for(lambda: backend.blocksize == 2 * old, 5.0), "the block size change was not seen"
+        mark = recorder.frames
+        assert _wait_for(lambda: recorder.frames >= mark + backend.sample_rate, 10.0)
+        after = recorder.audio[mark:].copy()
+    finally:
+        admin.blocksize = old
+        feeder.stop()
+        recorder.stop()
+        backend.stop()
+        admin.close()
+    assert backend.blocksize_changes >= 1 and backend.oversized_blocks == 0
+    assert ring.underruns == 0
+    for c, freq in enumerate(FREQS):
+        assert _rms(after[:, c]) == pytest.approx(AMP / np.sqrt(2), rel=0.05)
+        assert dominant_hz(after[:, c], backend.sample_rate) == pytest.approx(freq, abs=2.0)
+
+
+def test_open_backend_none_picks_jack_when_a_server_runs(jack_server):
+    assert jack_server_running(jack_server)
+    backend = open_backend(None, channels=2, client_name="lmdm-live-auto", blocksize=512)
+    try:
+        assert isinstance(backend, JackBackend) and backend.name == "jack"
+        assert backend.sample_rate == 48000 and backend.channels == 2
+    finally:
+        backend.stop()
+    with open_backend("jack", client_name="lmdm-live-explicit", server_name=jack_server) as explicit:
+        assert isinstance(explicit, JackBackend)
+    assert _client_ports(jack_server, "lmdm-live-explicit:") == []
+
+
+def test_no_server_is_a_clear_error_and_never_starts_one(jack_server):
+    assert not jack_server_running("lmdm-no-such-server")
+    with pytest.raises(BackendUnavailable) as info:
+        JackBackend(server_name="lmdm-no-such-server")
+    assert "no JACK server" in str(info.value) and "\n" not in str(info.value)
+    assert not jack_server_running("lmdm-no-such-server"), "probing must not have started a server"
+
+
+def test_ring_channels_must_match(jack_server):
+    with JackBackend("lmdm-live-mono", channels=1, connect=False, server_name=jack_server) as backend:
+        with pytest.raises(ValueError):
+            backend.start(AudioRing(2, 1024))
