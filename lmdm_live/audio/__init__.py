@@ -15,6 +15,7 @@ from .file_backend import FileBackend
 from .jack_backend import JackBackend, JackRecorder, jack_server_running
 from .resample import ResampleFilter, StreamResampler
 from .ring import AudioRing
+from .sd_backend import SoundDeviceBackend, find_output_device, output_devices, rescan_devices
 from .tone import ToneFeeder, dominant_hz, locate, sine_frames
 
 __all__ = [
@@ -28,11 +29,15 @@ __all__ = [
     "JackRecorder",
     "NoAudioDevice",
     "ResampleFilter",
+    "SoundDeviceBackend",
     "StreamResampler",
     "ToneFeeder",
     "dominant_hz",
+    "find_output_device",
     "jack_server_running",
     "locate",
     "open_backend",
+    "output_devices",
+    "rescan_devices",
     "sine_frames",
 ]

@@ -1,0 +1,187 @@
+"""`SoundDeviceBackend`: output through PortAudio (python-sounddevice): ALSA, PulseAudio, CoreAudio, WASAPI, JACK.
+
+PortAudio lists JACK as a host API only if its build has JACK support and a JACK server was running when
+PortAudio started (at `import sounddevice`); `rescan_devices()` looks again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .backend import AudioBackend, BackendUnavailable, CallbackStats
+from .ring import AudioRing
+
+# Devices that accept audio and drop it: never a "real" device when choosing a backend automatically.
+_NULL_NAMES = ("null", "nullpcm", "dummy")
+
+
+def _import_sd() -> Any:
+    try:
+        import sounddevice
+    except OSError as e:  # the wheel is installed but the system's libportaudio is not
+        raise BackendUnavailable(f"the PortAudio library is not installed ({e})") from e
+    return sounddevice
+
+
+def rescan_devices() -> None:
+    """Make PortAudio list devices again (e.g. a JACK server started after import). No stream may be open."""
+    sd = _import_sd()
+    sd._terminate()
+    sd._initialize()
+
+
+def output_devices(hostapi: str | None = None) -> list[dict[str, Any]]:
+    """Devices that can play, each with its `index` and `hostapi_name`; optionally of one host API only."""
+    sd = _import_sd()
+    apis = sd.query_hostapis()
+    found = []
+    for index, info in enumerate(sd.query_devices()):
+        if info["max_output_channels"] <= 0:
+            continue
+        api = apis[info["hostapi"]]["name"]
+        if hostapi is not None and hostapi.lower() not in api.lower():
+            continue
+        found.append({**info, "index": index, "hostapi_name": api})
+    return found
+
+
+def _is_real(dev: dict[str, Any]) -> bool:
+    name = dev["name"].lower()
+    return not any(name == n or name.startswith(n + " ") or name.startswith(n + ":") for n in _NULL_NAMES)
+
+
+def _describe(devs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{d['index']} {d['name']!r} ({d['hostapi_name']})" for d in devs) or "none"
+
+
+def find_output_device(device: int | str | None = None, hostapi: str | None = None) -> dict[str, Any]:
+    """Resolve `device` (index, name or a case-insensitive part of it, None for the default) to a device.
+
+    An exact name wins over a partial match; among partial matches, PortAudio's first. Raises
+    `BackendUnavailable` with a one-line message listing what there is when nothing fits."""
+    sd = _import_sd()
+    devs = output_devices(hostapi)
+    where = f" on host API {hostapi!r}" if hostapi else ""
+    if not devs:
+        raise BackendUnavailable(f"PortAudio has no output device{where}")
+    if device is None:
+        if hostapi is None:
+            default = sd.default.device[1]
+        else:
+            default = sd.query_hostapis(devs[0]["hostapi"])["default_output_device"]
+        for d in devs:
+            if d["index"] == default:
+                return d
+        return devs[0]
+    if isinstance(device, int) or (isinstance(device, str) and device.strip().isdigit()):
+        index = int(device)
+        for d in devs:
+            if d["index"] == index:
+                return d
+        raise BackendUnavailable(f"no output device with index {index}{where}; there are: {_describe(devs)}")
+    query = str(device).strip().lower()
+    exact = [d for d in devs if d["name"].lower() == query]
+    partial = [d for d in devs if query in d["name"].lower()]
+    if exact or partial:
+        return (exact or partial)[0]
+    raise BackendUnavailable(f"no output device matches {device!r}{where}; there are: {_describe(devs)}")
+
+
+class SoundDeviceBackend(AudioBackend):
+    """Plays a ring through a PortAudio output stream whose callback only copies from the ring.
+
+    The stream is opened here (so rate and latency are known before `start`) and started by `start`.
+    `hostapi` restricts the device choice to one host API by name part, e.g. "JACK" or "ALSA".
+    """
+
+    name = "sounddevice"
+
+    def __init__(
+        self,
+        device: int | str | None = None,
+        samplerate: int | None = None,
+        blocksize: int = 256,
+        latency: str | float = "low",
+        channels: int = 2,
+        hostapi: str | None = None,
+    ) -> None:
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        sd = _import_sd()
+        self.device = find_output_device(device, hostapi)
+        if channels > self.device["max_output_channels"]:
+            raise BackendUnavailable(
+                f"output device {self.device['name']!r} has {self.device['max_output_channels']} channels, "
+                f"{channels} were asked for"
+            )
+        self.channels = int(channels)
+        self.sample_rate = int(samplerate or self.device["default_samplerate"])
+        self.stats = CallbackStats()
+        self.xruns = 0  # PortAudio's output-underflow flags: the device ran dry (not our ring)
+        self._ring: AudioRing | None = None
+        self._closed = False
+        try:
+            self.stream = sd.OutputStream(
+                samplerate=self.sample_rate,
+                blocksize=blocksize,
+                device=self.device["index"],
+                channels=self.channels,
+                dtype="float32",
+                latency=latency,
+                callback=self._callback,
+            )
+        except sd.PortAudioError as e:
+            msg = " ".join(str(e).split())
+            raise BackendUnavailable(
+                f"cannot open output device {self.device['name']!r} at {self.sample_rate} Hz: {msg}"
+            ) from None
+        self.blocksize = int(self.stream.blocksize) or int(blocksize)
+
+    @classmethod
+    def available(cls, device: int | str | None = None, hostapi: str | None = None) -> bool:
+        """Whether a real output device (not a null sink) is there to play on."""
+        try:
+            if device is not None:
+                return _is_real(find_output_device(device, hostapi))
+            return any(_is_real(d) for d in output_devices(hostapi))
+        except BackendUnavailable:
+            return False
+
+    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        t0 = time.perf_counter()
+        ring = self._ring
+        if ring is None:
+            outdata.fill(0.0)
+        else:
+            ring.read_into(outdata)
+        if status and status.output_underflow:
+            self.xruns += 1
+        self.stats.add(t0, time.perf_counter())
+
+    def start(self, ring: AudioRing) -> None:
+        if self._closed:
+            raise RuntimeError("this SoundDeviceBackend was stopped; open a new one")
+        self._check_ring(ring)
+        self._ring = ring
+        if not self.stream.active:
+            self.stream.start()
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stream.stop()
+        finally:
+            self.stream.close()
+            self._ring = None
+
+    @property
+    def output_latency_s(self) -> float:
+        """PortAudio's output latency for the open stream."""
+        return float(self.stream.latency)
+
+    @property
+    def hostapi_name(self) -> str:
+        return self.device["hostapi_name"]
