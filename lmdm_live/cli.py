@@ -51,12 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmdm-live", description="A live music diffusion model you can play.")
     sub = ap.add_subparsers(dest="command")
 
-    play = sub.add_parser("play", help="start the instrument (default)")
+    play = sub.add_parser("play", help="start the instrument (default): REPL, or --headless")
     _add_model_args(play)
     play.add_argument("--prompt", action="append", type=_prompt_arg, help="TEXT[:WEIGHT], repeatable")
-    play.add_argument("--seconds", type=float, default=10.0)
-    play.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    play.add_argument(
+        "--backend",
+        choices=("jack", "sounddevice", "file"),
+        default=None,
+        help="audio out (default: JACK if a server runs, else a sound card, else a WAV file)",
+    )
+    play.add_argument("--out", type=Path, default=None, help="WAV file for the file backend")
+    play.add_argument(
+        "--audio-device", dest="audio_device", default=None, help="sounddevice output NAME|INDEX"
+    )
+    play.add_argument("--headroom", default="normal", help="ring headroom: tight|normal|safe or milliseconds")
     play.add_argument("--seed", type=int, default=0)
+    play.add_argument("--steps", type=int, default=8)
+    play.add_argument("--cfg", type=float, default=1.0)
+    play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
+    play.add_argument("--headless", action="store_true", help="no REPL: run until SIGINT/SIGTERM")
+    play.add_argument("--seconds", type=float, default=None, help="headless: stop after this many seconds")
+    play.set_defaults(model=None)
 
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
     _add_model_args(render)
@@ -69,9 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="BLOCK=PROMPT: switch prompt at that block index, repeatable",
     )
+    render.add_argument(
+        "--script", type=Path, help="a Python file of at(block|'Ns', prompt=..., cfg=...) changes"
+    )
+    render.add_argument("--log", type=Path, help="render a logged live performance instead (same as replay)")
     render.add_argument("--seconds", type=float, default=10.0)
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--out", type=Path, required=True)
+
+    rp = sub.add_parser("replay", help="rebuild a live performance from its event log, sample for sample")
+    rp.add_argument("log", type=Path)
+    rp.add_argument("out", type=Path)
+    rp.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
 
     bench = sub.add_parser("bench", help="measure the cost of a block in each mode")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -97,6 +121,54 @@ def build_parser() -> argparse.ArgumentParser:
     sao.add_argument("--input-add-dim", type=int, default=None, help="default 1 + io_channels (65)")
     sao.add_argument("--no-vae", action="store_true", help="leave the autoencoder out")
     return ap
+
+
+# --- render scripts ---
+
+
+def load_script(path: Path, start, block_seconds: float) -> dict:
+    """Run a change script: each `at(when, prompt=..., prompts={...}, cfg=..., cfg_pp=..., steps=...,
+    sampler=...)` builds on the previous snapshot; `when` is a block index or "12.5s". Returns {block: params}."""
+    from dataclasses import replace
+
+    from .stream import StreamParams
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"script not found: {path}")
+    schedule: dict[int, StreamParams] = {}
+    current = [start]
+    sampler_keys = ("cfg", "cfg_pp", "steps", "sampler")
+
+    def at(when, **kw):
+        if isinstance(when, str) and when.endswith("s"):
+            block = round(float(when[:-1]) / block_seconds)
+        elif isinstance(when, int) and not isinstance(when, bool) and when >= 0:
+            block = when
+        else:
+            raise ValueError(f"at() takes a block index or 'N.Ns', got {when!r}")
+        unknown = set(kw) - {"prompt", "prompts", "eject_frames", *sampler_keys}
+        if unknown:
+            raise ValueError(f"at() does not know {', '.join(sorted(unknown))}")
+        p = current[0]
+        if "prompt" in kw:
+            p = replace(p, prompts=((kw["prompt"], 1.0),))
+        if "prompts" in kw:
+            p = StreamParams(
+                prompts=tuple(kw["prompts"].items()), sampler=p.sampler, eject_frames=p.eject_frames
+            )
+        if "eject_frames" in kw:
+            p = replace(p, eject_frames=kw["eject_frames"])
+        s = {k: kw[k] for k in sampler_keys if k in kw}
+        if s:
+            p = replace(p, sampler=replace(p.sampler, **s))
+        current[0] = schedule[block] = p
+
+    try:
+        code = compile(Path(path).read_text(), str(path), "exec")
+    except SyntaxError as e:
+        raise ValueError(f"{Path(path).name}:{e.lineno}: {e.msg}") from None
+    exec(code, {"at": at, "__name__": "__lmdm_script__"})
+    return schedule
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -125,7 +197,7 @@ def _load(args):
     return load_model(args.model, window, args.device, torch.float32)
 
 
-def _render(args, prompts, changes, sampler) -> dict:
+def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
     import numpy as np
     import soundfile as sf
 
@@ -139,6 +211,9 @@ def _render(args, prompts, changes, sampler) -> dict:
     stream = LMDMStream(model, text, seed=args.seed, params=params)
     for block, prompt in changes:
         stream.at(block, StreamParams(prompts=(_prompt_arg(prompt),), sampler=sampler))
+    if script is not None:
+        for block, p in load_script(script, params, model.block_seconds).items():
+            stream.at(block, p)
     blocks = max(1, round(args.seconds / model.block_seconds))
     t1 = time.perf_counter()
     parts = [stream.next_block() for _ in range(blocks)]
@@ -167,30 +242,112 @@ def _render(args, prompts, changes, sampler) -> dict:
 
 
 def cmd_play(args) -> int:
-    from .model.samplers import SamplerSettings
+    import asyncio
+    import signal
+    import threading
 
+    from .control.repl import run_repl, run_source, toolbar_text
+    from .instrument import HEADROOM_PRESETS_MS, Instrument
+
+    headroom = args.headroom if args.headroom in HEADROOM_PRESETS_MS else float(args.headroom)
+    model = args.model
+    if model is not None and (args.mode or args.context or args.block):
+        model = _load(args)  # a window override: load here, the instrument takes the model as it is
+    elif model is None and (args.mode or args.context or args.block):
+        from .instrument import default_model_ref
+
+        args.model = default_model_ref()
+        model = _load(args)
+    inst = Instrument(
+        model,
+        backend=args.backend,
+        out=args.out,
+        device=args.audio_device,
+        headroom_ms=headroom,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        log=args.log,
+        t5=args.t5,
+        start=False,
+    )
     prompts = args.prompt or [("", 1.0)]
+    if len(prompts) == 1:
+        inst.prompt(prompts[0][0])
+    else:
+        inst.prompts(dict(prompts))
+    inst.start()
+    name = getattr(inst.backend, "name", "?")
+    where = f" -> {inst.backend.path}" if hasattr(inst.backend, "path") else ""
     print(
-        "lmdm-live: the default model has not shipped yet, and the live engine (REPL, OSC, MIDI) is not "
-        f"built yet; rendering {args.seconds:g} s from the '{args.model}' model to a WAV file instead.",
+        f"lmdm-live: playing '{inst.model.name}' through {name}{where} at {inst.engine.out_rate} Hz; "
+        f"latency {inst.latency()['total_ms']:.0f} ms worst case",
         file=sys.stderr,
     )
-    if args.model in ("tiny", "small", "saos-random"):
-        print(f"lmdm-live: '{args.model}' is randomly initialised: expect noise, not music.", file=sys.stderr)
-    info = _render(args, prompts, [], SamplerSettings())
-    print(
-        f"wrote {info['out']} ({info['seconds']} s at {info['sample_rate']} Hz, "
-        f"{info['x_realtime']}x real time)"
-    )
+    try:
+        if args.headless:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait(args.seconds)
+        elif sys.stdin.isatty():
+            history = Path.home() / ".lmdm_live_history"
+            asyncio.run(
+                run_repl(
+                    {"inst": inst},
+                    lambda: toolbar_text(inst),
+                    history_path=history,
+                    banner="inst is playing. Try inst.prompt('dub techno'), inst.status(); Ctrl-D quits.",
+                )
+            )
+        else:  # piped input: one statement per line, no prompt
+            ns = {"inst": inst}
+            for line in sys.stdin:
+                run_source(line.rstrip("\n"), ns)
+    finally:
+        inst.stop()
+        st = inst.status()
+        print(
+            f"lmdm-live: stopped after {st['blocks']} blocks, {st['underruns']} underruns, {st['faults']} faults",
+            file=sys.stderr,
+        )
     return 0
 
 
 def cmd_render(args) -> int:
     from .model.samplers import SamplerSettings
 
+    if args.log is not None:
+        return _write_replay(args.log, args.out, args.t5)
     sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_pp=args.cfg_pp)
-    info = _render(args, args.prompt or [("", 1.0)], args.change, sampler)
+    info = _render(args, args.prompt or [("", 1.0)], args.change, sampler, script=args.script)
     print(json.dumps(info))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    return _write_replay(args.log, args.out, args.t5)
+
+
+def _write_replay(log: Path, out: Path, t5: str | None) -> int:
+    import soundfile as sf
+
+    from .replay import replay
+
+    t0 = time.perf_counter()
+    audio, rate = replay(log, t5_path=t5)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), audio, rate, subtype="FLOAT")  # float: the samples exactly as played
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "seconds": round(len(audio) / rate, 3),
+                "sample_rate": rate,
+                "render_s": round(time.perf_counter() - t0, 3),
+            }
+        )
+    )
     return 0
 
 
@@ -250,7 +407,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
-COMMANDS = {"play": cmd_play, "render": cmd_render, "bench": cmd_bench, "convert": cmd_convert}
+COMMANDS = {
+    "play": cmd_play,
+    "render": cmd_render,
+    "replay": cmd_replay,
+    "bench": cmd_bench,
+    "convert": cmd_convert,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

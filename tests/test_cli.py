@@ -91,18 +91,63 @@ def test_bench_json(capsys):
     assert r["modes"]["causal"]["speedup_vs_uncached"] > 0
 
 
-def test_console_script_plays_to_a_wav(tmp_path):
+def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
     beside = Path(sys.executable).parent / "lmdm-live"  # the venv's script, whatever PATH says
     exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
     assert exe is not None, "the lmdm-live console script is not installed (pip install -e .)"
-    out = tmp_path / "play.wav"
+    out, log = tmp_path / "play.wav", tmp_path / "ev.jsonl"
     p = subprocess.run(
-        [exe, *SMALL, "--seconds", "0.3", "--out", str(out)], capture_output=True, text=True, timeout=300
+        [
+            exe,
+            "--context",
+            "16",
+            "--block",
+            "8",
+            "--steps",
+            "2",
+            "--backend",
+            "file",
+            "--out",
+            str(out),
+            "--headless",
+            "--seconds",
+            "2",
+            "--prompt",
+            "dub",
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr
-    assert "not shipped yet" in p.stderr and str(out) in p.stdout
-    audio, _ = sf.read(str(out))
-    assert len(audio) > 0
+    assert "playing" in p.stderr and "0 underruns" in p.stderr
+    played, sr = sf.read(str(out), dtype="float32")
+    assert sr == 44100 and len(played) > sr  # about two seconds, paced in real time
+    again = tmp_path / "again.wav"
+    p = subprocess.run([exe, "replay", str(log), str(again)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rebuilt, _ = sf.read(str(again), dtype="float32")
+    n = len(played)
+    assert len(rebuilt) >= n
+    assert np.abs(played - np.clip(rebuilt[:n], -1, 1)).max() <= 1.0 / 32767 + 1e-6  # 16-bit file vs float
+
+
+def test_render_script(tmp_path, capsys):
+    script = tmp_path / "changes.py"
+    script.write_text(
+        'at(0, prompt="dub techno")\nat(2, prompts={"dub techno": 1, "choir": 0.5}, cfg=2)\n'
+        'at("1.0s", steps=1)\n'
+    )
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    args = ["render", *SMALL, "--steps", "2", "--seconds", "1.2", "--script", str(script)]
+    assert main([*args, "--out", str(a)]) == 0
+    assert main(["render", *SMALL, "--steps", "2", "--seconds", "1.2", "--out", str(b)]) == 0
+    assert a.read_bytes() != b.read_bytes()
+    script.write_text("at(0, tempo=3)\n")
+    assert main([*args, "--out", str(a)]) == 2
+    assert "tempo" in capsys.readouterr().err
 
 
 def test_convert_sao_then_load_as_an_lmdm_model(tmp_path, capsys):
