@@ -33,3 +33,4 @@ def test_no_device_anywhere_raises_a_one_line_hint(monkeypatch):
     assert isinstance(info.value, RuntimeError) and isinstance(info.value, BackendUnavailable)
     assert "\n" not in msg
     assert "no audio device" in msg and "--backend file --out x.wav" in msg
+    assert info.value.tried == ["jack: none", "sounddevice: none"]  # the reasons, for a verbose report

@@ -20,12 +20,14 @@ class BackendUnavailable(RuntimeError):
 
 
 class NoAudioDevice(BackendUnavailable):
-    """No backend that plays sound was found (`open_backend(None)` tried them all)."""
+    """No backend that plays sound was found (`open_backend(None)` tried them all); `tried` says why."""
 
-    def __init__(self, detail: str = "") -> None:
-        msg = "no audio device was found (no running JACK server, no sound card); "
-        msg += "`--backend file --out x.wav` records to a file instead"
-        super().__init__(msg + (f" [{detail}]" if detail else ""))
+    def __init__(self, tried: list[str] | None = None) -> None:
+        self.tried = list(tried or [])
+        super().__init__(
+            "no audio device was found (no running JACK server, no sound card); "
+            "`--backend file --out x.wav` records to a file instead"
+        )
 
 
 @dataclass
@@ -117,7 +119,7 @@ def open_backend(kind: str | None, **opts: Any) -> AudioBackend:
             return cls(**_accepted(cls, opts))
         except (BackendUnavailable, OSError, ImportError) as e:
             tried.append(f"{candidate}: {' '.join(str(e).split())}")
-    raise NoAudioDevice("; ".join(tried))
+    raise NoAudioDevice(tried)
 
 
 def _backend_class(kind: str) -> Any:
