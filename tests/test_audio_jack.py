@@ -1,5 +1,8 @@
 """JackBackend through a real JACK server: a second client records exactly what the ring fed it."""
 
+import os
+import shutil
+import subprocess
 import time
 import warnings
 
@@ -215,3 +218,37 @@ def test_ring_channels_must_match(jack_server):
     with JackBackend("lmdm-live-mono", channels=1, connect=False, server_name=jack_server) as backend:
         with pytest.raises(ValueError):
             backend.start(AudioRing(2, 1024))
+
+
+def test_recorder_with_a_missing_source_fails_and_releases_its_client(jack_server):
+    import jack
+
+    recorder = JackRecorder(
+        "lmdm-test-badrec", 1, ["no-such-client:out"], max_seconds=1, server_name=jack_server
+    )
+    with pytest.raises(jack.JackError):
+        recorder.start()
+    assert _client_ports(jack_server, "lmdm-test-badrec:") == []
+
+
+def test_server_going_away_is_noticed_and_stop_still_works(jack_server):
+    """A headless instrument must shut down cleanly even after JACK itself died under it."""
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed: cannot start a server to take away")
+    name = f"lmdm-test-doomed-{os.getpid()}"
+    cmd = ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: jack_server_running(name), 20.0), "a second JACK server did not come up"
+        backend = JackBackend("lmdm-live-doomed", 2, connect=True, server_name=name)
+        backend.start(AudioRing(2, 4800))
+        assert _wait_for(lambda: backend.stats.callbacks > 10, 5.0)
+        proc.terminate()
+        proc.wait(timeout=10)
+        assert _wait_for(lambda: backend.server_shut_down, 5.0), "the server's shutdown was not noticed"
+        backend.stop()  # must not raise
+        backend.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -51,6 +51,24 @@ def _open_client(jack: Any, client_name: str, server_name: str | None) -> Any:
             raise BackendUnavailable(f"no JACK server {where}is running ({e})") from None
 
 
+def _release(jack: Any, client: Any, active: bool, server_gone: bool) -> None:
+    """Deactivate (if active) and close a client. When the server is gone there is nothing left to
+    release, so libjack's complaints about that are neither printed nor raised."""
+    if server_gone:
+        with _quiet_jack(jack):
+            for step in ((client.deactivate,) if active else ()) + (client.close,):
+                try:
+                    step()
+                except jack.JackError:
+                    pass
+        return
+    try:
+        if active:
+            client.deactivate()
+    finally:
+        client.close()
+
+
 def jack_server_running(server_name: str | None = None) -> bool:
     """Whether a JACK server is up (never starts one)."""
     try:
@@ -184,16 +202,13 @@ class JackBackend(AudioBackend):
             self.client.connect(src, dst)
 
     def stop(self) -> None:
+        """Deactivate and close the client (ports and connections go with it), even if the server died."""
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._active:
-                self.client.deactivate()
-        finally:
-            self._active = False
-            self.client.close()
-            self._ring = None
+        self._ring = None
+        _release(self._jack, self.client, self._active, self.server_shut_down)
+        self._active = False
 
     @property
     def output_latency_s(self) -> float:
@@ -241,10 +256,13 @@ class JackRecorder:
         self.stats = CallbackStats()
         self._recording = False
         self._closed = False
+        self._active = False
+        self.server_shut_down = False
         try:
             self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(self.channels)]
             self.client.set_process_callback(self._process)
             self.client.set_xrun_callback(self._on_xrun)
+            self.client.set_shutdown_callback(self._on_shutdown)
         except Exception:
             self.client.close()
             raise
@@ -266,9 +284,14 @@ class JackRecorder:
 
     def start(self) -> None:
         """Activate, connect the sources, and record from the next period on."""
-        self.client.activate()
-        for src, dst in zip(self.connect_from, self.ports):
-            self.client.connect(src, dst)
+        try:
+            self.client.activate()
+            self._active = True
+            for src, dst in zip(self.connect_from, self.ports):
+                self.client.connect(src, dst)
+        except BaseException:
+            self.stop()  # e.g. a source port that does not exist: release the client, then report
+            raise
         self._recording = True
 
     def stop(self) -> None:
@@ -276,10 +299,11 @@ class JackRecorder:
         self._recording = False
         if not self._closed:
             self._closed = True
-            try:
-                self.client.deactivate()
-            finally:
-                self.client.close()
+            _release(self._jack, self.client, self._active, self.server_shut_down)
+            self._active = False
+
+    def _on_shutdown(self, _status: Any, _reason: str) -> None:
+        self.server_shut_down = True
 
     @property
     def audio(self) -> np.ndarray:
