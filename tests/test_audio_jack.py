@@ -158,6 +158,29 @@ def test_connect_to_a_prefix_or_to_nothing(jack_server):
     assert _client_ports(jack_server, "lmdm-live-nowhere:") == [], "a failed start must not leave a client"
 
 
+def test_ports_are_connectable_before_start(jack_server):
+    """Patching (a recorder, a patchbay) can happen before the engine starts: silence until start()."""
+    backend = JackBackend("lmdm-live-early", 2, connect=False, server_name=jack_server)
+    recorder = JackRecorder(
+        "lmdm-test-early-rec", 2, [p.name for p in backend.ports], 3, server_name=jack_server
+    )
+    try:
+        recorder.start()  # connects from ports of a backend that has not started
+        assert _wait_for(lambda: recorder.frames >= backend.sample_rate // 5, 5.0)
+        before = recorder.frames
+        assert np.all(recorder.audio[:before] == 0.0), "an unstarted backend must play silence"
+        assert backend.stats.callbacks == 0  # timing counts only callbacks that play a ring
+        ring = AudioRing(2, backend.sample_rate)
+        ToneFeeder(ring, backend.sample_rate, FREQS, amp=AMP).prime()
+        backend.start(ring)
+        assert _wait_for(lambda: recorder.frames >= before + backend.sample_rate // 2, 5.0)
+        after = recorder.audio[before:].copy()
+    finally:
+        recorder.stop()
+        backend.stop()
+    assert _rms(after[:, 0]) > 0.1, "the tone did not arrive after start()"
+
+
 def test_follows_a_block_size_change(jack_server):
     import jack
 

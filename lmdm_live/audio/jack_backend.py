@@ -82,6 +82,9 @@ def jack_server_running(server_name: str | None = None) -> bool:
 class JackBackend(AudioBackend):
     """Plays a ring through JACK output ports `<client_name>:out_1..out_N`.
 
+    The client is active (playing silence) from construction on, so its ports can be connected to
+    before `start(ring)`; `start` hands over the ring and makes the connections asked for here.
+
     connect=True connects them to the physical playback ports, if there are any; a string connects them
     to the input ports whose names start with it (e.g. "system:playback_" or "reaper:in"); False leaves
     them unconnected.
@@ -105,7 +108,7 @@ class JackBackend(AudioBackend):
         self.sample_rate = int(self.client.samplerate)
         self.blocksize = int(self.client.blocksize)
         self.stats = CallbackStats()
-        self.xruns = 0
+        self.xruns = 0  # graph xruns JACK reported while we played a ring (they may be anyone's fault)
         self.blocksize_changes = 0  # the server changed its period while we ran (the callback follows)
         self.oversized_blocks = 0  # periods longer than MAX_JACK_BLOCK, played as silence
         self._ring: AudioRing | None = None
@@ -113,6 +116,7 @@ class JackBackend(AudioBackend):
         self._block_view = self._scratch[: self.blocksize]
         self._closed = False
         self._active = False
+        self._connected = False
         self.server_shut_down = False
         try:
             self.ports = [self.client.outports.register(f"out_{i + 1}") for i in range(self.channels)]
@@ -120,6 +124,10 @@ class JackBackend(AudioBackend):
             self.client.set_xrun_callback(self._on_xrun)
             self.client.set_blocksize_callback(self._on_blocksize)
             self.client.set_shutdown_callback(self._on_shutdown)
+            # Active from the start (playing silence), so other clients can connect to our ports before
+            # start(); start() then only hands over the ring and makes our own connections.
+            self.client.activate()
+            self._active = True
         except Exception:
             self.client.close()
             raise
@@ -148,14 +156,15 @@ class JackBackend(AudioBackend):
                 self.oversized_blocks += 1
             for port in self.ports:
                 port.get_array().fill(0.0)
-        else:
-            ring.read_into(out)
-            for i, port in enumerate(self.ports):
-                np.copyto(port.get_array(), out[:, i])
-        self.stats.add(t0, time.perf_counter())
+            return
+        ring.read_into(out)
+        for i, port in enumerate(self.ports):
+            np.copyto(port.get_array(), out[:, i])
+        self.stats.add(t0, time.perf_counter())  # timed only while playing: callbacks since start()
 
     def _on_xrun(self, _delayed_usecs: float) -> None:
-        self.xruns += 1
+        if self._ring is not None:  # while playing only: xruns during the engine's warm-up are harmless
+            self.xruns += 1
 
     def _on_blocksize(self, blocksize: int) -> None:
         # Runs while the process cycle is suspended; only moves a view over the preallocated scratch.
@@ -173,14 +182,13 @@ class JackBackend(AudioBackend):
             raise RuntimeError("this JackBackend was stopped; open a new one")
         self._check_ring(ring)
         self._ring = ring
-        if not self._active:
+        if not self._connected:
             try:
-                self.client.activate()
-                self._active = True
                 self._connect_outputs()
             except BaseException:
                 self.stop()  # a backend that failed to start releases its client and ports
                 raise
+            self._connected = True
 
     def _connect_outputs(self) -> None:
         if self.connect is False:
@@ -252,7 +260,7 @@ class JackRecorder:
         self.sample_rate = int(self.client.samplerate)
         self.buffer = np.zeros((int(max_seconds * self.sample_rate), self.channels), dtype=np.float32)
         self.frames = 0  # frames recorded; only the process callback assigns it
-        self.xruns = 0
+        self.xruns = 0  # graph xruns JACK reported while recording
         self.stats = CallbackStats()
         self._recording = False
         self._closed = False
@@ -263,6 +271,8 @@ class JackRecorder:
             self.client.set_process_callback(self._process)
             self.client.set_xrun_callback(self._on_xrun)
             self.client.set_shutdown_callback(self._on_shutdown)
+            self.client.activate()  # connectable before start(), like JackBackend
+            self._active = True
         except Exception:
             self.client.close()
             raise
@@ -280,13 +290,12 @@ class JackRecorder:
         self.stats.add(t0, time.perf_counter())
 
     def _on_xrun(self, _delayed_usecs: float) -> None:
-        self.xruns += 1
+        if self._recording:
+            self.xruns += 1
 
     def start(self) -> None:
-        """Activate, connect the sources, and record from the next period on."""
+        """Connect the sources and record from the next period on."""
         try:
-            self.client.activate()
-            self._active = True
             for src, dst in zip(self.connect_from, self.ports):
                 self.client.connect(src, dst)
         except BaseException:
