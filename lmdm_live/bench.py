@@ -206,3 +206,53 @@ def run_bench(cfg: BenchConfig) -> dict:
             e = result["modes"][mode]
             e["x_realtime_with_decode"] = round(block_s / ((e["ms_per_block"] + dec) / 1e3), 3)
     return result
+
+
+def run_engine_bench(
+    seconds: float, model: str = "tiny", backend: str | None = None, steps: int = 8, headroom: str = "normal"
+) -> dict:
+    """Play `seconds` through the real-time engine and report what the audio side saw.
+
+    Uses JACK when a server is running (never starts one), else a WAV file paced in real time.
+    """
+    import tempfile
+
+    from .audio import NoAudioDevice, open_backend
+    from .instrument import Instrument
+
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        try:
+            be = open_backend(backend or "jack", connect=False) if backend != "file" else None
+        except (NoAudioDevice, OSError, RuntimeError):
+            be = None
+        m = load_model(model, LMDMConfig(), "cpu", torch.float32)
+        if be is None:
+            be = open_backend("file", path=f"{tmp.name}/engine.wav", sample_rate=m.sample_rate, realtime=True)
+        inst = Instrument(m, backend=be, steps=steps, headroom_ms=headroom, quiet=True, start=False)
+        inst.start()
+        t0 = time.monotonic()
+        try:
+            time.sleep(seconds)
+        finally:
+            inst.stop()
+        st = inst.status()
+        return {
+            "backend": be.name,
+            "seconds": round(time.monotonic() - t0, 2),
+            "sample_rate": inst.engine.out_rate,
+            "buffer_frames": be.blocksize,
+            "callbacks": be.stats.callbacks,
+            "callback_ms_mean": round(be.stats.mean_ms, 4) if be.stats.callbacks else None,
+            "callback_ms_max": round(be.stats.max_ms, 4) if be.stats.callbacks else None,
+            "ring_min_ms": st["ring_min_ms"],
+            "headroom_ms": st["headroom_ms"],
+            "underruns": st["underruns"],
+            "blocks": st["blocks"],
+            "ms_per_block": st["ms_per_block"],
+            "x_realtime_with_decode": st["x_realtime"],
+            "faults": st["faults"],
+            "latency": inst.latency(),
+        }
+    finally:
+        tmp.cleanup()

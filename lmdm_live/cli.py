@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     bench.add_argument("--no-decode", action="store_true", help="skip timing the streaming decoder")
     bench.add_argument("--out", type=Path, help="also write the JSON here")
+    bench.add_argument(
+        "--engine",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also play SECONDS through the real-time engine (JACK if running, else a paced file)",
+    )
+    bench.add_argument("--engine-only", action="store_true", help="skip the per-mode cache figures")
 
     convert = sub.add_parser("convert", help="convert checkpoints into the lmdm_live format")
     csub = convert.add_subparsers(dest="source", required=True)
@@ -370,13 +378,17 @@ def cmd_bench(args) -> int:
         warmup=args.warmup,
         decode=not args.no_decode,
     )
-    result = run_bench(cfg)
+    result = {"model": args.model, "modes": {}} if args.engine_only else run_bench(cfg)
+    if args.engine > 0:
+        from .bench import run_engine_bench
+
+        result["engine"] = run_engine_bench(args.engine, model=args.model, steps=args.steps)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.json:
         print(text)
-    else:
+    elif result["modes"]:
         print(
             f"{result['model']} ({result['params_m']} M) on {result['device']} x{result['threads']} threads, "
             f"{result['context_frames']}/{result['block_frames']} frames, {result['steps']} steps, "
@@ -390,6 +402,8 @@ def cmd_bench(args) -> int:
                 f"  {mode:9s} {e['ms_per_block']:9.1f} ms/block  {e['x_realtime']:7.2f}x real time  "
                 f"{e['query_tokens_per_block']:5d} query tokens{extra}"
             )
+    if not args.json and "engine" in result:
+        print("engine: " + ", ".join(f"{k} {v}" for k, v in result["engine"].items()))
     return 0
 
 

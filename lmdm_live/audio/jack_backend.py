@@ -260,6 +260,7 @@ class JackRecorder:
         self.sample_rate = int(self.client.samplerate)
         self.buffer = np.zeros((int(max_seconds * self.sample_rate), self.channels), dtype=np.float32)
         self.frames = 0  # frames recorded; only the process callback assigns it
+        self.first_frame_time: int | None = None
         self.xruns = 0  # graph xruns JACK reported while recording
         self.stats = CallbackStats()
         self._recording = False
@@ -284,6 +285,8 @@ class JackRecorder:
         pos = self.frames
         n = min(frames, self.buffer.shape[0] - pos)
         if n > 0:
+            if pos == 0:  # JACK's clock at the first recorded frame: aligns the recording with other clients
+                self.first_frame_time = self.client.last_frame_time
             for i, port in enumerate(self.ports):
                 np.copyto(self.buffer[pos : pos + n, i], port.get_array()[:n])
             self.frames = pos + n  # publish after the copy
