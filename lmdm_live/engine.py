@@ -162,8 +162,9 @@ class Engine:
         )
         self.block_out_frames = block_out
         self.headroom_frames = int(self.headroom_ms * self.out_rate / 1000)
-        # the ring holds the headroom plus two blocks (a block is written whole)
-        self.ring = AudioRing(self.out_channels, self.headroom_frames + 2 * block_out + 4096)
+        # the ring holds the headroom, the compute lead (under a block when faster than real time) and the
+        # block being written (a block is written whole)
+        self.ring = AudioRing(self.out_channels, self.headroom_frames + 3 * block_out + 4096)
         self.stats = EngineStats()
         self._pending: collections.deque[Change] = collections.deque()
         self._ids = itertools.count(1)
@@ -254,9 +255,17 @@ class Engine:
 
     # --- inference thread ---------------------------------------------------------------------------------
 
+    def lead_frames(self) -> int:
+        """Start the next block while this much audio is still queued: the headroom plus the time the block
+        will take to compute (the slowest of the last few, with a margin), so the ring never drains below
+        the headroom while a block longer than the headroom is being made."""
+        recent = list(self.stats.block_ms)[-8:]
+        compute_s = 1.25 * max(recent) / 1e3 if recent else 0.0
+        return self.headroom_frames + int(compute_s * self.out_rate)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self.ring.fill >= self.headroom_frames or self.ring.free < self.block_out_frames + 64:
+            if self.ring.fill >= self.lead_frames() or self.ring.free < self.block_out_frames + 64:
                 # sleep until roughly a tenth of the headroom has played, or a change arrives
                 self._wake.wait(timeout=max(self.headroom_ms / 10000, 0.002))
                 self._wake.clear()

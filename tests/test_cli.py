@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from lmdm_live.cli import main
@@ -189,3 +190,14 @@ def test_convert_sao_then_load_as_an_lmdm_model(tmp_path, capsys):
         )
         == 2
     )
+
+
+@pytest.mark.jack
+def test_bench_engine_figures(jack_server, capsys):
+    argv = ["bench", "--json", "--engine-only", "--engine", "4", "--steps", "2"]
+    assert main(argv) == 0
+    e = json.loads(capsys.readouterr().out)["engine"]
+    assert e["backend"] == "jack" and e["callbacks"] > 100
+    assert e["underruns"] == 0 and e["faults"] == 0
+    assert 0 < e["callback_ms_mean"] <= e["callback_ms_max"]
+    assert e["ring_min_ms"] > 0 and e["blocks"] >= 3
