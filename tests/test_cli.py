@@ -201,3 +201,27 @@ def test_bench_engine_figures(jack_server, capsys):
     assert e["underruns"] == 0 and e["faults"] == 0
     assert 0 < e["callback_ms_mean"] <= e["callback_ms_max"]
     assert e["ring_min_ms"] > 0 and e["blocks"] >= 3
+
+
+def test_no_audio_device_falls_back_to_a_wav_file(tmp_path):
+    """No JACK server and no sound card: one line says so, and the instrument records to a file instead."""
+    import os
+
+    beside = Path(sys.executable).parent / "lmdm-live"
+    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
+    env = {**os.environ, "JACK_DEFAULT_SERVER": "lmdm-no-such-server", "JACK_NO_START_SERVER": "1"}
+    p = subprocess.run(
+        [exe, "--context", "16", "--block", "8", "--steps", "2", "--headless", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stderr.splitlines() if "no audio device" in line.lower()]
+    assert len(lines) == 1 and "Recording to" in lines[0], p.stderr
+    wavs = list((tmp_path / "out").glob("lmdm-live-*.wav"))
+    assert len(wavs) == 1
+    audio, _ = sf.read(str(wavs[0]))
+    assert len(audio) > 0 and np.abs(audio).max() > 0
