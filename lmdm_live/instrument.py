@@ -128,11 +128,11 @@ class Instrument:
         try:
             opts = {"device": device} if kind == "sounddevice" and device is not None else {}
             return open_backend(kind, **opts)
-        except NoAudioDevice as e:
+        except NoAudioDevice:
             if kind is not None:
                 raise
             path = out or _default_out()
-            self._say(f"{str(e).splitlines()[0]} Recording to {path} instead.")
+            self._say(f"no audio device was found (no running JACK server, no sound card): recording to {path}")
             return open_backend("file", path=path, sample_rate=self.model.sample_rate, realtime=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def test_no_audio_device_falls_back_to_a_wav_file(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stderr.splitlines() if "no audio device" in line.lower()]
-    assert len(lines) == 1 and "Recording to" in lines[0], p.stderr
+    assert len(lines) == 1 and "recording to" in lines[0], p.stderr
     wavs = list((tmp_path / "out").glob("lmdm-live-*.wav"))
     assert len(wavs) == 1
     audio, _ = sf.read(str(wavs[0]))
