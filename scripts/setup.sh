@@ -1,14 +1,36 @@
 #!/usr/bin/env bash
-# Install what lmdm_live needs: system packages (JACK, PortAudio, sox, espeak-ng) and a local
-# virtual environment in .venv with the package installed in editable mode.
-# Idempotent and fast on a re-run: pip is skipped while pyproject.toml is unchanged.
+# Install what lmdm_live needs: system packages (JACK, PortAudio, sox, espeak-ng, the SuperCollider
+# language and server for the sc_bridge quark and its tests) and a local virtual environment in .venv
+# with the package installed in editable mode.
+#   --with-tidal   also install GHC and Tidal (about 845 MB), for the Tidal integration test (-m slow)
+# Idempotent and fast on a re-run: packages already installed are not asked for again, and pip is
+# skipped while pyproject.toml is unchanged.
 set -euo pipefail
+
+WITH_TIDAL=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-tidal) WITH_TIDAL=1 ;;
+        -h | --help)
+            sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "setup.sh: unknown option '$arg' (known: --with-tidal)" >&2
+            exit 2
+            ;;
+    esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 
 TORCH_VERSION="2.13.0"
-APT_PACKAGES=(jackd2 libjack-jackd2-0 libportaudio2 sox espeak-ng)
+APT_PACKAGES=(jackd2 libjack-jackd2-0 libportaudio2 sox espeak-ng supercollider-language supercollider-server)
+TIDAL_PACKAGES=(ghc libghc-tidal-dev)
+if ((WITH_TIDAL)); then
+    APT_PACKAGES+=("${TIDAL_PACKAGES[@]}")
+fi
 VENV="$ROOT/.venv"
 STAMP="$VENV/.lmdm-stamp"
 
@@ -16,8 +38,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- system packages ---------------------------------------------------------------------------
 missing=()
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
 for pkg in "${APT_PACKAGES[@]}"; do
-    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    if ! installed "$pkg"; then
         missing+=("$pkg")
     fi
 done
@@ -29,8 +52,9 @@ if ((${#missing[@]})); then
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         log "installing system packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # wait for another apt/dpkg run (a parallel setup) instead of failing on its lock
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "lmdm_live needs these system packages, which are not installed: ${missing[*]}" >&2
         echo "Install them with:  sudo apt-get install -y ${missing[*]}" >&2
