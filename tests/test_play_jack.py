@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lmdm_live import Instrument
 from lmdm_live.audio import JackBackend
@@ -148,3 +149,44 @@ def test_plays_heard_within_reported_latency_and_replays_exactly(jack_server, mo
     assert again_rate == rate
     at = locate(again, played)
     assert at is not None, f"the recording is not a stretch of the replay; recorder xruns {meta['xruns']}"
+
+
+def test_faults_mid_stream_keep_jack_playing(jack_server, model, tmp_path):
+    """A block that raises and a block of NaN from the model: the sound goes on, both are reported."""
+    backend = JackBackend(client_name="lmdm-fault-test", channels=2, connect=False)
+    inst = Instrument(
+        model, backend=backend, steps=2, headroom_ms="safe", prompt="breakbeat", start=False, quiet=True
+    )
+    w = model.dit.transformer.project_out.weight
+    saved = w.detach().clone()
+
+    def faults(block):
+        with torch.no_grad():
+            w.copy_(saved)
+            if block == 12:
+                w[0, 0] = float("nan")
+        if block == 8:
+            raise RuntimeError("injected failure")
+
+    inst.engine.fault_injector = faults
+    out = tmp_path / "rec.npy"
+    recorder = None
+    try:
+        inst.start()
+        recorder = record_in_another_process("lmdm-rec-fault", [f"{backend.client_name}:out_1"], 30, out)
+        inst.wait_blocks(22, timeout=120)
+        status = inst.status()
+    finally:
+        inst.stop()
+        if recorder is not None:
+            recorder.send_signal(signal.SIGTERM)
+            recorder.wait(timeout=30)
+        with torch.no_grad():
+            w.copy_(saved)
+    audio = np.load(out)[:, 0]
+    assert status["faults"] == 2 and status["underruns"] == 0
+    assert "injected failure" in inst.engine.errors[0] and "NaN" in inst.engine.errors[1]
+    assert np.isfinite(audio).all()
+    loud = np.flatnonzero(np.abs(audio) > 0)
+    tail = audio[loud[-1] - int(0.5 * backend.sample_rate) : loud[-1]]
+    assert np.abs(tail).max() > 0.01  # still playing music after both faults

@@ -48,6 +48,27 @@ class NamespaceCompleter(Completer):
                 yield Completion(name, start_position=-len(tail))
 
 
+def render(value: Any) -> str:
+    """repr, except status reports, which read better as a two-column table (rich, one-shot)."""
+    from ..instrument import StatusReport
+
+    if not isinstance(value, StatusReport):
+        return repr(value)
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in value.items():
+        table.add_row(k, "-" if v is None else str(v))
+    buf = StringIO()
+    Console(file=buf, width=100, color_system=None).print(table)
+    return buf.getvalue().rstrip()
+
+
 def run_source(source: str, namespace: dict[str, Any], write: Callable[[str], None] = print) -> bool:
     """Run one input like the Python REPL (expression values are echoed). False when it raised."""
     if not source.strip():
@@ -62,7 +83,7 @@ def run_source(source: str, namespace: dict[str, Any], write: Callable[[str], No
         value = eval(code, namespace)
         if value is not None:
             namespace["_"] = value
-            write(repr(value))
+            write(render(value))
         return True
     except Exception as e:
         namespace["_tb"] = traceback.format_exc()
