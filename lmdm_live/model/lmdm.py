@@ -143,8 +143,7 @@ class LMDM:
             q = torch.cat([torch.full((t,), w - 1), torch.full((t + 1,), w)])
             k = torch.cat([ar(c - t) // t, q])
             self._mask_fused = chunk_mask(q, k, w).to(self.device)
-        elif cfg.mode == "encdec":
-            self._mask_encdec = encdec_mask(c, c + t + 1).to(self.device)
+        self._mask_encdec = encdec_mask(c, c + t + 1).to(self.device)
 
     # --- state ------------------------------------------------------------------------------------------
 
@@ -192,14 +191,19 @@ class LMDM:
             add = torch.cat([add, add.new_zeros(*add.shape[:-1], missing)], dim=-1)
         return self.dit.add_tokens(add)
 
-    def _target_tokens(self, x: Tensor, t: float, cond: Conditioning, extras: Tensor | None) -> Tensor:
-        """Noisy target (rows, io, T) -> [target tokens ; G] (rows, T+1, D)."""
+    def _target_tokens(
+        self, x: Tensor, t: float | Tensor, cond: Conditioning, extras: Tensor | None
+    ) -> Tensor:
+        """Noisy target (rows, io, T) -> [target tokens ; G] (rows, T+1, D); t is one level or one per row."""
         h = self.dit.noisy_tokens(x)
         if extras is not None and self.dit.cfg.input_add_dim:
             io = self.dit.cfg.io_channels
             zeros = extras.new_zeros(extras.shape[0], 1 + io, extras.shape[-1])
             h = h + self._pad_add(torch.cat([zeros, extras], dim=1).transpose(1, 2))
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+        if isinstance(t, Tensor):
+            tt = t.to(x.device, x.dtype).expand(x.shape[0])
+        else:
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
         return torch.cat([h, self.dit.global_token(tt, cond.global_cond)], dim=1)
 
     def _frames(self, mask: Tensor, clean: Tensor, extras: Tensor | None) -> Tensor:
@@ -211,6 +215,26 @@ class LMDM:
         elif extras.shape != (1, e, n):
             raise ValueError(f"extras must be (1, {e}, {n}), got {tuple(extras.shape)}")
         return torch.cat([mask, clean, extras], dim=1).to(self.device, self.dtype)
+
+    # --- training: one masked pass over a whole window ------------------------------------------------------
+
+    def window_velocity(
+        self, frames: Tensor, x_t: Tensor, t: Tensor, cond: Conditioning, target_extras: Tensor | None = None
+    ) -> Tensor:
+        """Velocity for noisy targets x_t (B, io, T) at levels t (B,) given clean context `frames`
+        (B, 1+io+E, C), under this mode's attention mask: what training fits and the caches reproduce."""
+        if self.cfg.mode == "bidirectional":
+            raise ValueError("window_velocity is for the Enc-Dec and Block-Causal modes")
+        c, t_len = self.cfg.context_frames, self.cfg.block_frames
+        ctx = self._pad_add(frames.transpose(1, 2))
+        h = torch.cat([ctx, self._target_tokens(x_t, t, cond, target_extras)], dim=1)
+        if self.cfg.mode == "encdec":
+            mask = self._mask_encdec
+        else:
+            chunks = torch.cat([torch.arange(c) // t_len, torch.full((t_len + 1,), c // t_len)])
+            mask = chunk_mask(chunks, chunks, self.cfg.window_chunks).to(self.device)
+        h, _ = self.dit.run(h, self._rope_window, cond.cross, mask=mask)
+        return self.dit.output(h[:, c : c + t_len])
 
     # --- one block --------------------------------------------------------------------------------------
 

@@ -1,0 +1,195 @@
+"""LMDM stage 1: fit the block-AR objective on pre-encoded latents, the way the streams are generated.
+
+Each example is a window of C context + T target frames. The context enters through `to_input_add_embed`
+(with context dropout: the whole context, or its first k blocks, zeroed and masked out, so the model learns
+to start from nothing and to continue after `drop_context`); the target is noised on the rectified-flow
+path and the model predicts the velocity under its mode's attention mask (`LMDM.window_velocity`, the pass
+the KV caches reproduce). Text conditioning is dropped for CFG by zeroing the cross-attention tokens, the
+same null the samplers use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..model.bundle import LMDMModel
+from ..model.lmdm import LMDM, Conditioning, LMDMConfig
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    batch: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    p_uncond: float = 0.2  # whole context dropped
+    p_partial: float = 0.3  # first k blocks of the context dropped, k ~ U{1..C/T}
+    cfg_dropout: float = 0.1  # text dropped (zero cross-attention tokens)
+    timesteps: str = "logit_normal"  # or "uniform"
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.lr <= 0:
+            raise ValueError("batch must be >= 1 and lr > 0")
+        for name in ("p_uncond", "p_partial", "cfg_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in 0..1")
+        if self.timesteps not in ("logit_normal", "uniform"):
+            raise ValueError(f"timesteps must be 'logit_normal' or 'uniform', got {self.timesteps!r}")
+
+
+@dataclass
+class LatentSet:
+    """Pre-encoded examples: latents (io, L_i) with L_i >= C+T, and per-example text tokens (S, D)."""
+
+    latents: list[Tensor]
+    tokens: Tensor  # (N, S, D)
+
+    def __post_init__(self) -> None:
+        if len(self.latents) != self.tokens.shape[0] or not self.latents:
+            raise ValueError(f"{len(self.latents)} latent clips for {self.tokens.shape[0]} token sets")
+
+    def batch(self, n: int, frames: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n random crops of `frames` frames and their tokens."""
+        idx = torch.randint(len(self.latents), (n,), generator=gen)
+        crops = []
+        for i in idx.tolist():
+            x = self.latents[i]
+            if x.shape[-1] < frames:
+                raise ValueError(f"clip {i} has {x.shape[-1]} frames, a window needs {frames}")
+            start = int(torch.randint(x.shape[-1] - frames + 1, (1,), generator=gen))
+            crops.append(x[:, start : start + frames])
+        return torch.stack(crops), self.tokens[idx]
+
+
+def context_dropout(
+    frames: Tensor, block: int, p_uncond: float, p_partial: float, gen: torch.Generator
+) -> Tensor:
+    """Zero (and mask out) the whole context or its first k blocks, per example."""
+    b, _, c = frames.shape
+    keep = torch.ones(b, c)
+    u = torch.rand(b, generator=gen)
+    blocks = c // block
+    k = torch.randint(1, max(blocks, 1) + 1, (b,), generator=gen)
+    for i in range(b):
+        if u[i] < p_uncond:
+            keep[i] = 0
+        elif u[i] < p_uncond + p_partial:
+            keep[i, : int(k[i]) * block] = 0
+    return frames * keep[:, None, :].to(frames)
+
+
+def sample_t(n: int, kind: str, gen: torch.Generator) -> Tensor:
+    if kind == "uniform":
+        return torch.rand(n, generator=gen)
+    return torch.sigmoid(torch.randn(n, generator=gen))
+
+
+def stage1_loss(
+    model: LMDMModel, lmdm: LMDM, latents: Tensor, tokens: Tensor, cfg: Stage1Config, gen: torch.Generator
+) -> Tensor:
+    """MSE between predicted and true velocity on the target block of each window."""
+    c, t_len = lmdm.cfg.context_frames, lmdm.cfg.block_frames
+    p = next(model.net.parameters())
+    latents = latents.to(p.device, p.dtype)
+    b, io, _ = latents.shape
+    ctx, x0 = latents[..., :c], latents[..., c : c + t_len]
+    e = model.dit.cfg.extra_add_channels
+    frames = torch.cat([latents.new_ones(b, 1, c), ctx, latents.new_zeros(b, e, c)], dim=1)
+    frames = context_dropout(frames, t_len, cfg.p_uncond, cfg.p_partial, gen)
+    t = sample_t(b, cfg.timesteps, gen).to(p.device, p.dtype)
+    eps = torch.randn(x0.shape, generator=gen).to(p.device, p.dtype)
+    x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    drop = (torch.rand(b, generator=gen) < cfg.cfg_dropout).to(p.device)
+    tokens = tokens.to(p.device, p.dtype)
+    seconds = [model.seconds_total] * b
+    cross, glob = model.net.conditioning(tokens, seconds)
+    cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+    cond = Conditioning(model.dit.cross_kv(cross), glob)
+    v = lmdm.window_velocity(frames, x_t, t, cond)
+    return F.mse_loss(v.float(), (eps - x0).float())
+
+
+class Stage1Trainer:
+    """AdamW over the DiT (and seconds conditioner); deterministic per step, resumable from a directory."""
+
+    def __init__(self, model: LMDMModel, cfg: Stage1Config, window: LMDMConfig | None = None) -> None:
+        self.model, self.cfg = model, cfg
+        if window is not None:
+            model.lmdm = window
+        self.lmdm = LMDM(model.dit, model.lmdm)
+        self.params = [p for p in model.net.parameters()]
+        for p in self.params:
+            p.requires_grad_(True)
+        model.net.train()
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.history: list[float] = []
+
+    def train_step(self, data: LatentSet) -> float:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        frames = self.lmdm.cfg.context_frames + self.lmdm.cfg.block_frames
+        latents, tokens = data.batch(self.cfg.batch, frames, gen)
+        loss = stage1_loss(self.model, self.lmdm, latents, tokens, self.cfg, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {self.step}: loss is {loss.item()}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        value = float(loss.detach())
+        self.history.append(value)
+        return value
+
+    # --- checkpoints: model (LMDM safetensors), optimizer (safetensors), progress (JSON) ---------------------
+
+    def save(self, out: str | Path) -> None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save(out / "model.safetensors")
+        state = self.opt.state_dict()
+        tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+        for i, st in state["state"].items():
+            meta["state"][str(i)] = {}
+            for k, v in st.items():
+                if isinstance(v, Tensor):
+                    tensors[f"{i}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    meta["state"][str(i)][k] = v
+        save_file(tensors, str(out / "optimizer.safetensors"))
+        progress = {
+            "step": self.step,
+            "history": self.history,
+            "config": asdict(self.cfg),
+            "window": asdict(self.model.lmdm),
+            "optimizer": meta,
+        }
+        (out / "progress.json").write_text(json.dumps(progress))
+
+    @classmethod
+    def resume(cls, out: str | Path) -> Stage1Trainer:
+        out = Path(out)
+        progress = json.loads((out / "progress.json").read_text())
+        model = LMDMModel.load(out / "model.safetensors", lmdm=LMDMConfig(**progress["window"]))
+        trainer = cls(model, Stage1Config(**progress["config"]))
+        tensors = load_file(str(out / "optimizer.safetensors"))
+        meta = progress["optimizer"]
+        state: dict = {"param_groups": meta["param_groups"], "state": {}}
+        for i, st in meta["state"].items():
+            entry = dict(st)
+            for key, v in tensors.items():
+                idx, _, name = key.partition(".")
+                if idx == i:
+                    entry[name] = v
+            state["state"][int(i)] = entry
+        trainer.opt.load_state_dict(state)
+        trainer.step, trainer.history = progress["step"], list(progress["history"])
+        return trainer
