@@ -120,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--engine-only", action="store_true", help="skip the per-mode cache figures")
 
+    train = sub.add_parser("train", help="train models")
+    tsub = train.add_subparsers(dest="stage", required=True)
+    s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR fine-tuning on pre-encoded latents")
+    s1.add_argument(
+        "--data", type=Path, required=True, help="a latent set (.safetensors: latents.<i>, tokens)"
+    )
+    s1.add_argument("--model", default="tiny", help="preset or LMDM checkpoint to start from")
+    s1.add_argument("--mode", choices=("encdec", "causal"), default="encdec")
+    s1.add_argument("--context", type=int, default=192)
+    s1.add_argument("--block", type=int, default=48)
+    s1.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
+    s1.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
+    s1.add_argument("--batch", type=int, default=8)
+    s1.add_argument("--lr", type=float, default=5e-5)
+    s1.add_argument("--save-every", type=int, default=200)
+    s1.add_argument("--seed", type=int, default=0)
+
     convert = sub.add_parser("convert", help="convert checkpoints into the lmdm_live format")
     csub = convert.add_subparsers(dest="source", required=True)
     sao = csub.add_parser("sao", help="Stable Audio Open Small -> LMDM checkpoint")
@@ -407,6 +424,39 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .bench import load_model
+    from .model.lmdm import LMDMConfig
+    from .train.stage1 import LatentSet, Stage1Config, Stage1Trainer
+
+    data = LatentSet.load(args.data)
+    if (args.out / "progress.json").is_file():
+        trainer = Stage1Trainer.resume(args.out)
+        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    else:
+        window = LMDMConfig(mode=args.mode, context_frames=args.context, block_frames=args.block)
+        model = load_model(args.model, window, "cpu", torch.float32)
+        trainer = Stage1Trainer(model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed))
+    columns = (
+        TextColumn("stage 1"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as bar:
+        task = bar.add_task("train", total=args.steps, completed=trainer.step, loss="-")
+        while trainer.step < args.steps:
+            loss = trainer.train_step(data)
+            bar.update(task, completed=trainer.step, loss=f"{loss:.4f}")
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(args.out)
+    print(json.dumps({"out": str(args.out), "step": trainer.step, "loss_last": trainer.history[-1]}))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .sao import convert_sao
 
@@ -427,6 +477,7 @@ COMMANDS = {
     "replay": cmd_replay,
     "bench": cmd_bench,
     "convert": cmd_convert,
+    "train": cmd_train,
 }
 
 

@@ -107,3 +107,45 @@ def test_resume_continues_exactly(tmp_path):
     a = dict(straight.model.net.named_parameters())
     for k, v in resumed.model.net.named_parameters():
         assert torch.allclose(v, a[k], atol=1e-6), k
+
+
+def test_train_cli_runs_and_resumes(tmp_path, capsys):
+    import json
+
+    from lmdm_live.cli import main
+
+    data = tmp_path / "latents.safetensors"
+    patterned_set().save(data)
+    start = tmp_path / "start.safetensors"
+    small_model("causal").save(start)
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "stage1",
+        "--data",
+        str(data),
+        "--model",
+        str(start),
+        "--mode",
+        "causal",
+        "--context",
+        "16",
+        "--block",
+        "8",
+        "--out",
+        str(out),
+        "--batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "3",
+    ]
+    assert main([*argv, "--steps", "6"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 6
+    assert main([*argv, "--steps", "9"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming" in captured.err and json.loads(captured.out.splitlines()[-1])["step"] == 9
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["step"] == 9 and len(progress["history"]) == 9
+    assert main(["train", "stage1", "--data", str(tmp_path / "nope.safetensors"), "--out", str(out)]) == 2

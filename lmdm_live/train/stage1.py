@@ -56,6 +56,25 @@ class LatentSet:
         if len(self.latents) != self.tokens.shape[0] or not self.latents:
             raise ValueError(f"{len(self.latents)} latent clips for {self.tokens.shape[0]} token sets")
 
+    def save(self, path: str | Path) -> None:
+        """One safetensors file: `latents.<i>` (io, L_i) and `tokens` (N, S, D)."""
+        tensors = {f"latents.{i}": x.contiguous() for i, x in enumerate(self.latents)}
+        tensors["tokens"] = self.tokens.contiguous()
+        save_file(tensors, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentSet:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"latent set not found: {path}")
+        t = load_file(str(path))
+        if "tokens" not in t:
+            raise ValueError(f"{Path(path).name} has no 'tokens' tensor (not a latent set)")
+        n = t["tokens"].shape[0]
+        missing = [i for i in range(n) if f"latents.{i}" not in t]
+        if missing:
+            raise ValueError(f"{Path(path).name}: latents missing for examples {missing[:5]}")
+        return cls([t[f"latents.{i}"] for i in range(n)], t["tokens"])
+
     def batch(self, n: int, frames: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """n random crops of `frames` frames and their tokens."""
         idx = torch.randint(len(self.latents), (n,), generator=gen)
