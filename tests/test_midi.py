@@ -1,0 +1,388 @@
+"""MIDI control over real JACK MIDI ports: a second client sends to the instrument's virtual input."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from lmdm_live import Instrument
+from lmdm_live.audio import FileBackend
+from lmdm_live.control.clock import Clock
+from lmdm_live.control.midi import CCMapping, MidiControl, NoteMapping, program_map_from_dict
+from lmdm_live.model.bundle import LMDMModel
+from lmdm_live.model.lmdm import LMDMConfig
+
+# --- the mapping records (no ports needed) --------------------------------------------------------------
+
+
+def test_cc_mapping_curves_and_integer_params():
+    lin = CCMapping.from_dict({"cc": 1, "param": "cfg", "lo": 1, "hi": 7})
+    assert (lin.value(0), lin.value(127)) == (1.0, 7.0)
+    assert lin.value(64) == pytest.approx(1 + 6 * 64 / 127)
+    exp = CCMapping(2, "gain", 0.1, 2.0, "exp")
+    assert exp.value(64) == pytest.approx(0.1 * 20 ** (64 / 127))  # equal ratios per step
+    log = CCMapping(3, "cfg", 1.0, 7.0, "log")
+    assert log.value(64) > lin.value(64) > exp.value(64)  # log rises first, exp last
+    assert (log.value(0), log.value(127)) == pytest.approx((1.0, 7.0))
+    steps = CCMapping(4, "steps", 1, 16)
+    assert steps.value(64) == 9 and isinstance(steps.value(64), int)
+    assert CCMapping(5, "gain", 1.0, 0.0).value(127) == 0.0  # an inverted knob is fine
+    assert CCMapping(6, "gain", 0, 1).value(500) == 1.0  # clamped
+    m = CCMapping.from_dict(
+        {"cc": 7, "param": "weight:choir", "lo": 0, "hi": 1, "channel": 2, "curve": "lin"}
+    )
+    assert CCMapping.from_dict(m.to_dict()) == m
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"cc": 128, "param": "cfg", "lo": 1, "hi": 2}, "cc"),
+        ({"cc": True, "param": "cfg", "lo": 1, "hi": 2}, "cc"),
+        ({"cc": 1, "param": "volume", "lo": 1, "hi": 2}, "param"),
+        ({"cc": 1, "param": "weight:", "lo": 0, "hi": 1}, "param"),
+        ({"cc": 1, "param": "gain", "lo": 0, "hi": 9}, "hi"),
+        ({"cc": 1, "param": "gain", "lo": float("nan"), "hi": 1}, "lo"),
+        ({"cc": 1, "param": "gain", "lo": 1, "hi": 1}, "lo and hi"),
+        ({"cc": 1, "param": "gain", "lo": 0, "hi": 1, "curve": "exp"}, "curve 'exp' needs lo and hi > 0"),
+        ({"cc": 1, "param": "gain", "lo": 0.1, "hi": 1, "curve": "cubic"}, "curve"),
+        ({"cc": 1, "param": "gain", "lo": 0, "hi": 1, "channel": 16}, "channel"),
+        ({"cc": 1, "param": "gain", "lo": 0, "hi": 1, "knob": 3}, "knob"),
+        ({"cc": 1, "param": "gain", "lo": 0}, "hi"),
+    ],
+)
+def test_bad_cc_mappings_name_the_bad_key(bad, key):
+    with pytest.raises(ValueError, match=key):
+        CCMapping.from_dict(bad)
+
+
+def test_note_and_program_maps_validate():
+    assert NoteMapping.from_dict({"note": 60, "prompt": "choir"}) == NoteMapping(60, "choir", 1.0)
+    for bad in (
+        {"note": 200, "prompt": "x"},
+        {"note": 60, "prompt": 3},
+        {"note": 60, "prompt": "x", "weight": 0},
+    ):
+        with pytest.raises(ValueError):
+            NoteMapping.from_dict(bad)
+    assert program_map_from_dict({"3": "dub", 4: "acid"}) == {3: "dub", 4: "acid"}
+    for bad in ({"x": "dub"}, {128: "dub"}, {1: ""}, ["dub"]):
+        with pytest.raises(ValueError):
+            program_map_from_dict(bad)
+
+
+# --- live, through JACK ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LMDMModel.preset("tiny", lmdm=LMDMConfig(mode="causal", context_frames=16, block_frames=8))
+
+
+@pytest.fixture
+def inst(model, tmp_path):
+    """A playing instrument (paced like a sound card, written to a WAV file)."""
+    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, realtime=True)
+    i = Instrument(model, backend=backend, steps=2, quiet=True, prompt="dub")
+    yield i
+    i.stop()
+
+
+@pytest.fixture
+def idle(model, tmp_path):
+    """The same instrument, not started: for tests about its controls only (spares the shared CPU)."""
+    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, realtime=True)
+    i = Instrument(model, backend=backend, steps=2, quiet=True, prompt="dub", start=False)
+    yield i
+    i.stop()
+
+
+class Sender:
+    """Another JACK client with a MIDI output port, connected to the instrument's input (like a controller).
+
+    Messages are queued and written in the client's process callback, JACK's own MIDI path (python-rtmidi's
+    JACK output drops the odd message when the machine is busy, which would test the sender, not us)."""
+
+    def __init__(self, server: str, dest: str) -> None:
+        import jack
+
+        self.jack = jack.Client(
+            f"lmdm-test-keys-{random.randrange(1 << 30)}", no_start_server=True, servername=server
+        )
+        self.port = self.jack.midi_outports.register("out")
+        self.queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.jack.set_process_callback(self._process)
+        self.jack.activate()
+        self.jack.connect(self.port, dest)
+
+    def _process(self, frames: int) -> None:
+        self.port.clear_buffer()
+        for offset in range(frames):
+            try:
+                self.port.write_midi_event(offset, self.queue.get_nowait())
+            except queue.Empty:
+                break
+
+    def send(self, kind: str, **kw) -> None:
+        import mido
+
+        self.queue.put(bytes(mido.Message(kind, **kw).bytes()))
+
+    def clock(self, bpm: float, beats: float, jitter_s: float, seed: int = 0) -> None:
+        """MIDI clock at `bpm` for `beats` beats, each tick jittered (sent from a thread of its own)."""
+        rng = random.Random(seed)
+        period = 60.0 / bpm / 24
+        t0 = time.monotonic() + 0.01
+        for i in range(int(beats * 24)):
+            delay = t0 + i * period + rng.uniform(-jitter_s, jitter_s) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.send("clock")
+
+    def close(self) -> None:
+        self.jack.deactivate()
+        self.jack.close()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met within the timeout")
+        await asyncio.sleep(0.01)
+
+
+def play(jack_server: str, inst, scenario, **midi_kw):
+    """Run `scenario(midi, sender)` on an asyncio loop with a MidiControl on a fresh virtual JACK input."""
+    name = f"lmdm-midi-{random.randrange(1 << 30)}"
+
+    async def main():
+        midi = MidiControl(inst, client_name=name, api="jack", on_error=lambda msg: None, **midi_kw)
+        sender = Sender(jack_server, midi.port)
+        try:
+            return await scenario(midi, sender)
+        finally:
+            sender.close()
+            midi.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.jack
+def test_cc_lands_in_the_instrument_with_lin_and_exp_curves(jack_server, inst):
+    async def scenario(midi, keys):
+        assert midi.api == "UNIX_JACK" and midi.port.endswith(":midi_in")
+        midi.map(20, "cfg", 1.0, 7.0)  # lin
+        midi.map(21, "gain", 0.1, 2.0, "exp")
+        midi.map(22, "steps", 1, 16)
+        midi.map(23, "weight:choir", 0.0, 1.0)
+        midi.map(24, "cfg_pp", 0.5, 1.0, channel=3)
+        keys.send("control_change", control=20, value=64)
+        keys.send("control_change", control=21, value=64)
+        keys.send("control_change", control=22, value=127)
+        keys.send("control_change", control=23, value=127)
+        keys.send("control_change", control=24, value=127, channel=0)  # the wrong channel: ignored
+        await until(lambda: midi.received["control_change"] == 5)
+        assert inst.cfg() == pytest.approx(1 + 6 * 64 / 127)
+        assert inst.gain() == pytest.approx(0.1 * 20 ** (64 / 127))
+        assert inst.steps() == 16
+        assert inst.prompts() == {"dub": 1.0, "choir": 1.0}
+        assert inst.cfg_pp() is None
+        keys.send("control_change", control=24, value=0, channel=3)
+        await until(lambda: inst.cfg_pp() == 0.5)
+        keys.send("control_change", control=21, value=127)
+        await until(lambda: inst.gain() == pytest.approx(2.0))
+        inst.wait_blocks(2)
+        assert inst.stream.params.sampler.steps == 16 and inst.stream.params.sampler.cfg_pp == 0.5
+        assert dict(inst.stream.params.prompts) == {"dub": 1.0, "choir": 1.0}
+        assert not midi.errors
+
+    play(jack_server, inst, scenario)
+
+
+@pytest.mark.jack
+def test_notes_add_and_remove_prompt_slots(jack_server, inst):
+    async def scenario(midi, keys):
+        midi.map_note(60, "choir", 0.5)
+        midi.map_note(62, "strings")
+        midi.map_note(64, "dub", 0.2)  # already in the blend at 1.0
+        keys.send("note_on", note=60, velocity=100)
+        await until(lambda: inst.prompts() == {"dub": 1.0, "choir": 0.5})
+        keys.send("note_on", note=62, velocity=90)
+        keys.send("note_on", note=64, velocity=90)
+        await until(lambda: inst.prompts() == {"dub": 0.2, "choir": 0.5, "strings": 1.0})
+        keys.send("note_off", note=60)
+        keys.send("note_on", note=64, velocity=0)  # a note-off by running-status convention
+        await until(lambda: inst.prompts() == {"dub": 1.0, "strings": 1.0})  # dub gets its weight back
+        keys.send("note_on", note=61, velocity=100)  # unmapped: nothing
+        keys.send("note_off", note=62)
+        await until(lambda: midi.received["note_off"] == 2 and midi.received["note_on"] == 5)
+        assert inst.prompts() == {"dub": 1.0}
+        keys.send("note_on", note=60, velocity=100)
+        await until(lambda: inst.prompts() == {"dub": 1.0, "choir": 0.5})
+        inst.wait_blocks(2)
+        assert dict(inst.stream.params.prompts) == {"dub": 1.0, "choir": 0.5}  # the stream plays the blend
+        assert not midi.errors
+
+    play(jack_server, inst, scenario)
+
+
+@pytest.mark.jack
+def test_program_change_loads_the_mapped_patch(jack_server, idle):
+    loaded = []
+
+    def load_patch(name):
+        if name == "broken":
+            raise FileNotFoundError(f"no patch file {name}.toml")
+        loaded.append(name)
+        idle.cfg(4.0)
+
+    async def scenario(midi, keys):
+        keys.send("program_change", program=5)
+        keys.send("program_change", program=6)  # its loader fails: one error line
+        keys.send("program_change", program=7)  # not mapped: one error line
+        keys.send("program_change", program=1)
+        await until(lambda: midi.received["program_change"] == 4)
+        assert loaded == ["dub-techno", "acid"] and idle.cfg() == 4.0
+        assert len(midi.errors) == 2
+        assert "broken" in midi.errors[0] and "no patch file" in midi.errors[0]
+        assert "program 7 is not mapped" in midi.errors[1]
+
+    play(
+        jack_server,
+        idle,
+        scenario,
+        patch_loader=load_patch,
+        programs={5: "dub-techno", 6: "broken", 1: "acid"},
+    )
+
+
+@pytest.mark.jack
+def test_learn_binds_the_next_cc_moved(jack_server, idle):
+    async def scenario(midi, keys):
+        fut = midi.learn("cfg")
+        assert midi.learning == "cfg"
+        keys.send("control_change", control=33, value=10, channel=2)
+        m = await asyncio.wait_for(fut, 5)
+        assert (m.cc, m.channel, m.param) == (33, 2, "cfg")
+        assert (m.lo, m.hi) == (1.0, 7.0)  # the default range of cfg
+        assert midi.learning is None and idle.cfg() == 1.0  # binding does not move the param
+        keys.send("control_change", control=33, value=127, channel=2)
+        await until(lambda: idle.cfg() == 7.0)
+        midi.learn("gain", 0.0, 1.0)
+        keys.send("control_change", control=34, value=127)
+        await until(lambda: len(midi.mappings) == 2)
+        keys.send("control_change", control=34, value=0)
+        await until(lambda: idle.gain() == 0.0)
+        with pytest.raises(ValueError, match="unknown"):
+            midi.learn("volume")
+        assert midi.learning is None
+        return midi.to_dict()
+
+    saved = play(jack_server, idle, scenario)
+    assert saved["cc"] == [
+        {"cc": 33, "param": "cfg", "lo": 1.0, "hi": 7.0, "curve": "lin", "channel": 2},
+        {"cc": 34, "param": "gain", "lo": 0.0, "hi": 1.0, "curve": "lin", "channel": 0},
+    ]
+
+
+@pytest.mark.jack
+def test_a_bad_mapping_is_rejected_and_the_old_ones_keep_working(jack_server, idle):
+    async def scenario(midi, keys):
+        midi.map(20, "cfg", 1.0, 7.0)
+        before = midi.to_dict()
+        with pytest.raises(ValueError, match="volume"):
+            midi.map(21, "volume")
+        with pytest.raises(ValueError, match="hi must lie in gain's range"):
+            midi.add({"cc": 21, "param": "gain", "lo": 0, "hi": 9})
+        with pytest.raises(ValueError, match=r"cc\[1\].*curve"):
+            midi.load(
+                {
+                    "cc": [
+                        {"cc": 5, "param": "gain", "lo": 0, "hi": 1},
+                        {"cc": 6, "param": "cfg", "lo": 1, "hi": 2, "curve": "x"},
+                    ]
+                }
+            )
+        assert midi.to_dict() == before
+        # a value the instrument refuses at play time: the only prompt's weight at 0
+        midi.map(22, "weight:dub", 0.0, 1.0)
+        keys.send("control_change", control=22, value=0)
+        keys.send("control_change", control=20, value=127)
+        await until(lambda: idle.cfg() == 7.0)
+        assert len(midi.errors) == 1 and "weight:dub" in midi.errors[0] and "\n" not in midi.errors[0]
+        assert idle.prompts() == {"dub": 1.0}
+
+    play(jack_server, idle, scenario)
+
+
+@pytest.mark.jack
+@pytest.mark.parametrize("bpm", [120.0, 93.0])
+def test_midi_clock_sets_bpm_within_one_bpm(jack_server, inst, bpm):
+    async def scenario(midi, keys):
+        clock = midi.clock
+        keys.send("start")
+        t0 = time.monotonic()
+        await asyncio.to_thread(keys.clock, bpm, 6, 0.002, int(bpm))
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.4)  # let a rate-limited last value land
+        n = midi.received["clock"]
+        assert n >= 0.9 * 6 * 24  # a JACK xrun on a busy machine may drop the odd tick, as it would live
+        assert abs(midi.bpm - bpm) < 1.0, midi.bpm
+        assert abs(inst.bpm() - bpm) < 1.0, inst.bpm()
+        assert clock.bpm_sets <= elapsed / clock.min_interval_s + 2  # the engine was not flooded
+        assert clock.reports["midi"].beat == pytest.approx((n - 1) / 24)  # counted from the start message
+
+    play(jack_server, inst, scenario, clock=Clock(inst, "midi"))
+
+
+@pytest.mark.jack
+def test_transport_and_inactive_midi_clock(jack_server, idle):
+    async def scenario(midi, keys):
+        keys.send("start")
+        await asyncio.to_thread(keys.clock, 140.0, 1.5, 0.0)
+        keys.send("stop")
+        await until(lambda: midi.playing is False)
+        keys.send("continue")
+        await until(lambda: midi.playing is True)
+        before = midi.received["clock"]
+        keys.send("songpos", pos=16)  # bar 2 (16 sixteenths = 4 beats)
+        keys.send("clock")
+        keys.send("clock")
+        await until(lambda: midi.received["songpos"] == 1 and midi.received["clock"] > before)
+        await asyncio.sleep(0.05)
+        after = midi.received["clock"] - before
+        assert [k for k, _ in midi.transport] == ["start", "stop", "continue"]
+        assert [t for _, t in midi.transport] == sorted(t for _, t in midi.transport)
+        assert midi.clock.reports["midi"].beat == pytest.approx(4.0 + (after - 1) / 24)
+        assert abs(midi.bpm - 140.0) < 2.0
+        assert idle.bpm() == 120.0  # the clock follows tidal, so MIDI clock only reports
+
+    clock = Clock(idle, "tidal")
+    play(jack_server, idle, scenario, clock=clock)
+    assert clock.bpm_sets == 0
+
+
+def test_midi_control_needs_a_loop_and_a_real_port(idle):
+    from lmdm_live.control.midi import MidiUnavailable
+
+    with pytest.raises(MidiUnavailable, match="asyncio loop"):
+        MidiControl(idle, api="jack")
+    with pytest.raises(ValueError, match="MIDI api"):
+        MidiControl(idle, api="serial", start=False)
+
+
+@pytest.mark.jack
+def test_a_missing_named_input_is_one_clear_error(jack_server, idle):
+    from lmdm_live.control.midi import MidiUnavailable
+
+    async def main():
+        with pytest.raises(MidiUnavailable, match="no MIDI input named 'nanoKONTROL9'"):
+            MidiControl(idle, port="nanoKONTROL9", api="jack")
+
+    asyncio.run(main())
