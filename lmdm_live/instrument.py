@@ -316,6 +316,29 @@ class Instrument:
                 raise TimeoutError(f"{n} blocks not generated within {timeout} s")
             time.sleep(0.01)
 
+    # --- patches --------------------------------------------------------------------------------------------
+
+    def load(self, patch: Any, at: Any = "bar") -> Any:
+        """Play a patch (a .toml path, a name under patches/, or a loaded `Patch`): prompts, sampler, gain,
+        bpm and seed all land at `at`, or nothing changes. Returns its MIDI mappings and OSC aliases."""
+        from .patch import Patch, apply_patch, load_patch
+
+        return apply_patch(self, patch if isinstance(patch, Patch) else load_patch(patch), at)
+
+    def watch(self, path: Any, at: Any = "bar", on_error: Any = None, on_load: Any = None) -> Any:
+        """Load a patch now and again on every save; a broken save is reported and the sound plays on."""
+        from .patch import watch_patch
+
+        self.unwatch()
+        self._patch_watcher = watch_patch(self, path, at, on_load=on_load, on_error=on_error or self._say)
+        return self._patch_watcher
+
+    def unwatch(self) -> None:
+        watcher = getattr(self, "_patch_watcher", None)
+        if watcher is not None:
+            watcher.stop()
+            self._patch_watcher = None
+
 
 def _default_out() -> Path:
     return Path("out") / time.strftime("lmdm-live-%Y%m%d-%H%M%S.wav")
