@@ -80,6 +80,7 @@ BUILTIN_OSC = frozenset(
         "record/stop status play error"
     ).split()
 )
+MAX_PATCH_BYTES = 1 << 20  # a patch is a page of text; anything bigger is the wrong file
 _OSC_BAD_CHARS = re.compile(r"[\s#*,?\[\]{}]")
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
@@ -153,10 +154,11 @@ def find_patch(ref: str | Path, base_dir: Path | None = None) -> Path:
     if not isinstance(ref, str | Path) or not str(ref).strip():
         raise ValueError(f"a patch is a file path or a patch name, got {ref!r}")
     path = Path(ref).expanduser()
-    is_name = path.suffix != ".toml" and len(path.parts) == 1 and not path.is_file()
-    if is_name:  # "acid": beside the referring patch, then ./patches, then the shipped ones
+    is_name = len(path.parts) == 1 and not path.is_file()
+    if is_name:  # "acid" or "acid.toml": beside the referring patch, then ./patches, then the shipped ones
         dirs = ([base_dir] if base_dir is not None else []) + patch_dirs()
-        candidates = [d / f"{path.name}.toml" for d in dirs]
+        file = path.name if path.suffix == ".toml" else f"{path.name}.toml"
+        candidates = [d / file for d in dirs]
     else:
         candidates = [base_dir / path] if base_dir is not None and not path.is_absolute() else []
         candidates.append(path)
@@ -186,6 +188,8 @@ def parse_patch(data: bytes | str, path: Path | None = None) -> Patch:
     """Validate patch text; `path` names it in messages and anchors relative model/program references."""
     source = path.name if path is not None else "<patch>"
     raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_PATCH_BYTES:
+        raise PatchError(source, [f"{len(raw)} bytes is too large for a patch (at most {MAX_PATCH_BYTES})"])
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
@@ -697,6 +701,13 @@ class PatchWatcher:
             return False
         rehash = self._polls % max(1, round(1.0 / self.interval)) == 0
         if key == self._judged and not rehash:
+            return False
+        if st.st_size > MAX_PATCH_BYTES:  # not a patch: say so once, never read it
+            if self._digest != f"size {st.st_size}":
+                self._digest = f"size {st.st_size}"
+                self.rejected += 1
+                self._report(f"{self.path.name}: {st.st_size} bytes is too large for a patch; not read")
+            self._judged = key
             return False
         try:
             data = self.path.read_bytes()

@@ -192,6 +192,18 @@ def test_every_problem_is_reported_in_file_order(tmp_path):
     assert lines == [2, 3, 5, 6]
 
 
+def test_files_that_are_not_patches(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'[prompts]\n"caf\xe9" = 1.0\n')
+    with pytest.raises(PatchError, match=r"latin1.toml: line 2: not UTF-8 text"):
+        load_patch(bad)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(PatchError, match="too large for a patch"):
+        load_patch(big)
+    assert find_patch("acid.toml") == find_patch("acid") == SHIPPED_DIR / "acid.toml"
+
+
 def test_a_patch_for_another_model_is_refused(inst, tmp_path):
     path = tmp_path / "other.toml"
     path.write_text('model = "small"\n[prompts]\n"house" = 1.0\n')
