@@ -119,6 +119,10 @@ class Sender:
         self.jack.set_process_callback(self._process)
         self.jack.activate()
         self.jack.connect(self.port, dest)
+        end = time.monotonic() + 5.0  # the graph changes a cycle or two later; events before that are lost
+        while not self.jack.get_all_connections(self.port) and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(0.05)
 
     def _process(self, frames: int) -> None:
         self.port.clear_buffer()
@@ -263,6 +267,28 @@ def test_program_change_loads_the_mapped_patch(jack_server, idle):
 
 
 @pytest.mark.jack
+def test_program_change_plays_a_shipped_patch_and_takes_its_controls(jack_server, idle):
+    from lmdm_live.patch import apply_patch, load_patch
+
+    async def scenario(midi, keys):
+        midi.map(20, "seed", 0, 127)
+        midi.patch_loader = lambda name: midi.install(apply_patch(idle, load_patch(name), at="now"))
+        keys.send("program_change", program=9)
+        await until(lambda: idle.bpm() == 126.0)
+        assert max(idle.prompts().values()) == 1.0 and "warehouse reverb, dark and hypnotic" in idle.prompts()
+        assert sorted(m.cc for m in midi.mappings) == [7, 71, 74]  # the patch's knobs replace ours
+        keys.send("control_change", control=74, value=127)
+        await until(lambda: idle.cfg() == 6.0)
+        keys.send("note_on", note=36, velocity=100)
+        await until(lambda: idle.prompts().get("pounding 909 kick drum") == 0.8)
+        keys.send("program_change", program=4)  # the acid patch's own program map: 4 = drone
+        await until(lambda: "warehouse reverb, dark and hypnotic" not in idle.prompts())
+        assert not midi.errors
+
+    play(jack_server, idle, scenario, programs={9: "acid"})
+
+
+@pytest.mark.jack
 def test_learn_binds_the_next_cc_moved(jack_server, idle):
     async def scenario(midi, keys):
         fut = midi.learn("cfg")
@@ -375,6 +401,25 @@ def test_midi_control_needs_a_loop_and_a_real_port(idle):
         MidiControl(idle, api="jack")
     with pytest.raises(ValueError, match="MIDI api"):
         MidiControl(idle, api="serial", start=False)
+
+
+@pytest.mark.jack
+def test_a_second_instrument_gets_its_own_port_name(jack_server, idle):
+    async def main():
+        name = f"lmdm-dup-{random.randrange(1 << 30)}"
+        with (
+            MidiControl(idle, client_name=name, api="jack") as a,
+            MidiControl(idle, client_name=name, api="jack") as b,
+        ):
+            assert a.port == f"{name}:midi_in" and b.port == f"{name}-2:midi_in"
+            keys = Sender(jack_server, b.port)
+            b.map(20, "cfg", 1, 7)
+            keys.send("control_change", control=20, value=127)
+            await until(lambda: idle.cfg() == 7.0)
+            assert a.received["control_change"] == 0  # the message went where `port` said
+            keys.close()
+
+    asyncio.run(main())
 
 
 @pytest.mark.jack

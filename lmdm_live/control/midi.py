@@ -299,6 +299,8 @@ class MidiControl:
     ) -> None:
         if api is not None and api not in API_NAMES:
             raise ValueError(f"MIDI api must be one of {', '.join(API_NAMES)}, got {api!r}")
+        if at not in ("now", "block", "beat", "bar"):
+            raise ValueError(f"at must be 'now', 'block', 'beat' or 'bar', got {at!r}")
         self.inst = inst
         self.clock = clock
         self.patch_loader = patch_loader
@@ -347,7 +349,7 @@ class MidiControl:
             backend = mido.Backend(f"mido.backends.rtmidi/{self.api}", load=True)
             if self.port_name is None:
                 self._port = backend.open_input(
-                    VIRTUAL_PORT, client_name=self.client_name, callback=self._from_rtmidi
+                    VIRTUAL_PORT, client_name=self._free_client_name(), callback=self._from_rtmidi
                 )
             else:
                 name = _pick_port(self.port_name, backend.get_input_names())
@@ -365,6 +367,27 @@ class MidiControl:
         if self._port is None:
             return None
         return f"{self.client_name}:{self._port.name}" if self.port_name is None else self._port.name
+
+    def _free_client_name(self) -> str:
+        """JACK renames a client whose name is taken (a second instrument on the machine), which would
+        leave `port` naming the other one's input; so pick a free name first and say which."""
+        if self.api != "UNIX_JACK":
+            return self.client_name
+        try:
+            import jack
+
+            probe = jack.Client("lmdm-live-probe", no_start_server=True)
+        except Exception:
+            return self.client_name  # opening the port will say what is wrong with JACK
+        try:
+            taken = {p.name.split(":", 1)[0] for p in probe.get_ports()}
+        finally:
+            probe.close()
+        base, n = self.client_name, 2
+        while self.client_name in taken:
+            self.client_name = f"{base}-{n}"
+            n += 1
+        return self.client_name
 
     def close(self) -> None:
         if self._port is not None:
@@ -447,7 +470,8 @@ class MidiControl:
 
     def load(self, d: dict, replace: bool = True) -> None:
         """Take mappings from `to_dict()`-shaped data. All are checked first: one bad entry raises
-        ValueError naming it, and the mappings in use stay as they were."""
+        ValueError naming it, and the mappings in use stay as they were. With `replace`, each kind given
+        (cc, notes, programs) replaces that kind; kinds left out stay as they are."""
         if not isinstance(d, dict):
             raise ValueError(f"MIDI mappings must be a dict with cc/notes/programs, got {type(d).__name__}")
         unknown = set(d) - {"cc", "notes", "programs"}
@@ -456,12 +480,28 @@ class MidiControl:
         cc = _checked_list(d.get("cc", []), "cc", CCMapping)
         notes = _checked_list(d.get("notes", []), "notes", NoteMapping)
         programs = program_map_from_dict(d.get("programs", {}))
-        if replace:
-            self._cc, self._notes, self._programs = [], {}, {}
+        if replace and "cc" in d:
+            self._cc = []
+        if replace and "notes" in d:
+            self._notes = {}
+        if replace and "programs" in d:
+            self._programs = {}
         for m in cc:
             self.add(m)
         self._notes.update({m.note: m for m in notes})
         self._programs.update(programs)
+
+    def install(self, controls: Any) -> None:
+        """Take the MIDI part of a loaded patch (anything with `cc`, `notes`, `programs`, as `apply_patch`
+        returns): each kind the patch defines replaces the one in use; a patch without MIDI changes nothing."""
+        d: dict[str, Any] = {}
+        if getattr(controls, "cc", ()):
+            d["cc"] = list(controls.cc)
+        if getattr(controls, "notes", ()):
+            d["notes"] = list(controls.notes)
+        if getattr(controls, "programs", None):
+            d["programs"] = {k: str(v) for k, v in dict(controls.programs).items()}
+        self.load(d)
 
     def learn(
         self, param: str, lo: float | None = None, hi: float | None = None, curve: str | None = None
