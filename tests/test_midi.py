@@ -137,6 +137,9 @@ class Sender:
 
         self.queue.put(bytes(mido.Message(kind, **kw).bytes()))
 
+    def raw(self, data: bytes) -> None:
+        self.queue.put(data)
+
     def clock(self, bpm: float, beats: float, jitter_s: float, seed: int = 0) -> None:
         """MIDI clock at `bpm` for `beats` beats, each tick jittered (sent from a thread of its own)."""
         rng = random.Random(seed)
@@ -339,6 +342,8 @@ def test_a_bad_mapping_is_rejected_and_the_old_ones_keep_working(jack_server, id
         # a value the instrument refuses at play time: the only prompt's weight at 0
         midi.map(22, "weight:dub", 0.0, 1.0)
         keys.send("control_change", control=22, value=0)
+        for junk in (b"\x85", b"\x40\x41", b"\xf4", b"\xb0\x14"):  # a lone data byte, undefined, cut short
+            keys.raw(junk)
         keys.send("control_change", control=20, value=127)
         await until(lambda: idle.cfg() == 7.0)
         assert len(midi.errors) == 1 and "weight:dub" in midi.errors[0] and "\n" not in midi.errors[0]
@@ -392,6 +397,23 @@ def test_transport_and_inactive_midi_clock(jack_server, idle):
     clock = Clock(idle, "tidal")
     play(jack_server, idle, scenario, clock=clock)
     assert clock.bpm_sets == 0
+
+
+def test_the_api_is_alsa_where_its_sequencer_exists_else_jack(idle):
+    import os
+
+    from lmdm_live.control.midi import MidiUnavailable, choose_api
+
+    assert choose_api() == ("LINUX_ALSA" if os.path.exists("/dev/snd/seq") else "UNIX_JACK")
+    assert choose_api("jack") == "UNIX_JACK"
+    if not os.path.exists("/dev/snd/seq"):  # forcing ALSA here fails in one clear line
+
+        async def main():
+            with pytest.raises(MidiUnavailable, match="LINUX_ALSA") as e:
+                MidiControl(idle, api="alsa")
+            assert "\n" not in str(e.value)
+
+        asyncio.run(main())
 
 
 def test_midi_control_needs_a_loop_and_a_real_port(idle):
