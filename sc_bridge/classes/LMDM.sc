@@ -39,13 +39,13 @@ LMDM {
 	// --- prompts ----------------------------------------------------------------------------------------
 
 	prompt { |text, at, latency|
-		^this.prSend('/lmdm/prompt', [text.asString], at, latency)
+		^this.prSend('/lmdm/prompt', [this.prText(text)], at, latency)
 	}
 
 	// pairs: [text, weight, text, weight, ...] or a Dictionary/Event of text -> weight
 	prompts { |pairs, at, latency|
 		var flat = if(pairs.isKindOf(Dictionary)) { pairs.asPairs } { pairs.asArray };
-		flat = flat.collect { |x, i| if(i.even) { x.asString } { this.prFloat(x) } };
+		flat = flat.collect { |x, i| if(i.even) { this.prText(x) } { this.prFloat(x) } };
 		^this.prSend('/lmdm/prompts', flat, at, latency)
 	}
 
@@ -55,13 +55,13 @@ LMDM {
 
 	// lambda, or \off for plain CFG
 	cfgpp { |lambda, at, latency|
-		var v = if(lambda.isKindOf(String) or: { lambda.isKindOf(Symbol) }) { lambda.asString } { this.prFloat(lambda) };
+		var v = if(lambda.isKindOf(Symbol)) { lambda.asString } { this.prFloat(lambda) };
 		^this.prSend('/lmdm/cfg_pp', [v], at, latency)
 	}
 
 	steps { |n, at, latency| ^this.prSend('/lmdm/steps', [this.prInt(n)], at, latency) }
 
-	sampler { |name, at, latency| ^this.prSend('/lmdm/sampler', [name.asString], at, latency) }
+	sampler { |name, at, latency| ^this.prSend('/lmdm/sampler', [this.prText(name)], at, latency) }
 
 	seed { |n, at, latency| ^this.prSend('/lmdm/seed', [this.prInt(n)], at, latency) }
 
@@ -86,9 +86,9 @@ LMDM {
 
 	bpm { |value, latency| ^this.prSend('/lmdm/bpm', [this.prFloat(value)], nil, latency) }
 
-	patch { |nameOrPath, latency| ^this.prSend('/lmdm/patch', [nameOrPath.asString], nil, latency) }
+	patch { |nameOrPath, latency| ^this.prSend('/lmdm/patch', [this.prText(nameOrPath)], nil, latency) }
 
-	record { |path, latency| ^this.prSend('/lmdm/record', [path.asString], nil, latency) }
+	record { |path, latency| ^this.prSend('/lmdm/record', [this.prText(path)], nil, latency) }
 
 	recordStop { |latency| ^this.prSend('/lmdm/record/stop', [], nil, latency) }
 
@@ -148,7 +148,13 @@ LMDM {
 	// --- private ----------------------------------------------------------------------------------------
 
 	prSend { |path, args, at, latency|
-		var msg = [path] ++ args ++ this.prAt(at);
+		var msg;
+		if(args.includes(nil)) {
+			// nothing sensible to send: say so here, the way the instrument would
+			this.prError([nil, path, "a value is missing (got nil)"]);
+			^this
+		};
+		msg = [path] ++ args ++ this.prAt(at);
 		if(collecting.notNil) { collecting.add(msg); ^this };
 		latency = latency ? defaultLatency;
 		if(latency.isNil) { addr.sendMsg(*msg) } { addr.sendBundle(latency, msg) };
@@ -162,6 +168,8 @@ LMDM {
 	}
 
 	prFloat { |x| ^if(x.isNumber) { x.asFloat } { x } }
+
+	prText { |x| ^if(x.isKindOf(Symbol)) { x.asString } { x } }
 
 	prInt { |x| ^if(x.isKindOf(Float) and: { x.frac == 0 }) { x.asInteger } { x } }
 
