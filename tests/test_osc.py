@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -320,25 +319,23 @@ def test_record_patch_and_errors_of_both(rig, tmp_path):
     others, _ = c.sync()
     assert others == [("/lmdm/error", ["/lmdm/patch", "no patch loader"])]
 
-    loaded = []
-
-    def loader(ref: str):
-        if ref != "acid":
-            raise ValueError(f"no patch named {ref!r}")
-        loaded.append(ref)
-        inst.cfg(4.0)
-        return SimpleNamespace(controls=SimpleNamespace(osc_aliases={"/knob/1": "gain"}))
-
-    rig.osc.patch_loader = loader
-    c.send("/lmdm/patch", "acid")
+    patch = tmp_path / "osc-test.toml"
+    patch.write_text(
+        '[prompts]\n"acid house" = 1.0\n[sampler]\nsteps = 2\ncfg = 4.0\n[osc.aliases]\n"/knob/1" = "gain"\n'
+    )
+    rig.osc.patch_loader = inst.load  # as lmdm-live wires it
+    c.send("/lmdm/patch", str(patch))
     no_errors(c)
-    assert loaded == ["acid"] and inst.cfg() == 4.0 and rig.osc.aliases == {"/knob/1": "gain"}
+    assert inst.prompt() == "acid house" and inst.cfg() == 4.0 and rig.osc.aliases == {"/knob/1": "gain"}
     c.send("/knob/1", 0.25)  # the patch's alias works at once
     no_errors(c)
     assert inst.gain() == 0.25
-    c.send("/lmdm/patch", "nope")
+    c.send("/lmdm/patch", "no-such-patch")
+    patch.write_text("[sampler]\nsteps = 0\n")
+    c.send("/lmdm/patch", str(patch))
     others, _ = c.sync()
-    assert others == [("/lmdm/error", ["/lmdm/patch", "no patch named 'nope'"])]
+    assert [r[1][0] for r in others] == ["/lmdm/patch"] * 2 and "no-such-patch" in others[0][1][1]
+    assert "steps" in others[1][1][1] and inst.steps() == 2 and inst.cfg() == 4.0
 
 
 def test_play_pairs_set_values_and_tempo_from_cps(rig):
@@ -410,6 +407,21 @@ def test_aliases_map_addresses_to_parameters(rig):
         with pytest.raises(ValueError):
             rig.osc.set_aliases(bad)
     assert rig.osc.aliases == {}
+
+
+def test_example_client_plays_its_sequence(rig):
+    script = Path(__file__).resolve().parent.parent / "examples" / "osc_client.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--port", str(rig.server.port), "--bars", "0", "--ahead", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "/lmdm/error /lmdm/cfg: cfg must be in 0..20, got 99" in done.stdout
+    inst = rig.inst
+    assert inst.prompt().startswith("dub techno") and inst.cfg() == 1.0 and inst.gain() == 1.0
+    assert inst.bpm() == 120.0 and rig.server.counters()[2] == 1  # only the mistake made on purpose
 
 
 # --- timing -------------------------------------------------------------------------------------------------
