@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import random
 import signal
@@ -592,7 +593,7 @@ def test_a_bundle_of_good_and_bad_messages_answers_each_bad_one(rig):
     assert c.sync()[0] == []
 
 
-def test_clients_outside_the_allow_list_change_nothing(model, tmp_path):
+def test_clients_outside_the_allow_list_change_nothing(model, tmp_path, caplog):
     r = make_rig(model, tmp_path, allow=["10.9.8.7", "192.168.0.0/16"])
     try:
         r.client.send("/lmdm/cfg", 3.0)
@@ -602,11 +603,14 @@ def test_clients_outside_the_allow_list_change_nothing(model, tmp_path):
             replies == [("/lmdm/error", ["?", "client 127.0.0.1 is not allowed to play this instrument"])] * 2
         )
         assert r.inst.cfg() == 1.0 and r.server.counters() == (2, 0, 2)
+        assert r.osc.address == ("127.0.0.1", r.server.port)  # loopback unless asked otherwise
     finally:
         r.client.close()
         r.server.close()
-    # loopback on the list: the same messages play
-    server = Server(r.inst, allow=["127.0.0.0/8"])
+    # beyond loopback only when asked (with a warning), and loopback on the list: the same messages play
+    with caplog.at_level(logging.WARNING, logger="lmdm_live.control.osc"):
+        server = Server(r.inst, host="0.0.0.0", allow=["127.0.0.0/8"])
+    assert server.osc.address[0] == "0.0.0.0" and "beyond loopback" in caplog.text
     client = Client(server.port)
     try:
         client.send("/lmdm/cfg", 3.0)

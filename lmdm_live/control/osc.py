@@ -401,6 +401,14 @@ class OSCControl:
     def listening(self) -> bool:
         return self._transport is not None
 
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The (host, port) the server is bound to (the port the system chose for port=0), or None."""
+        if self._transport is None:
+            return None
+        bound = self._transport.get_extra_info("sockname")
+        return str(bound[0]), int(bound[1])
+
     def set_aliases(self, aliases: dict[str, str]) -> None:
         """Replace the extra addresses: {"/knob/1": "cfg", "/fader/2": "weight:choir"}."""
         self._aliases = check_aliases(aliases)
