@@ -47,6 +47,8 @@ def session(inst, bars: Callable[[float], None]) -> None:
     )
     bars(4)
     print(inst.status())
+    # to shape a patch while it plays: inst.watch("patches/acid.toml"), then edit and save the file; each good
+    # save is heard on the next bar, a broken one is reported with its line and the sound plays on
 
 
 def main(argv: list[str] | None = None) -> None:
