@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
     play.add_argument("--headless", action="store_true", help="no REPL: run until SIGINT/SIGTERM")
     play.add_argument("--seconds", type=float, default=None, help="headless: stop after this many seconds")
+    play.add_argument(
+        "--osc-host", default="127.0.0.1", help="OSC address to listen on (loopback by default)"
+    )
+    play.add_argument("--osc-port", type=int, default=57140, help="OSC port (0 = no OSC)")
+    play.add_argument(
+        "--osc-allow", action="append", default=None, help="client IP allowed to control, repeatable"
+    )
+    play.add_argument(
+        "--midi-in",
+        nargs="?",
+        const="",
+        default=None,
+        help="MIDI input NAME (no name: a virtual input to connect to)",
+    )
+    play.add_argument("--patch", type=Path, default=None, help="play a patch file and reload it on save")
     play.set_defaults(model=None)
 
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
@@ -268,10 +283,7 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
 
 def cmd_play(args) -> int:
     import asyncio
-    import signal
-    import threading
 
-    from .control.repl import run_repl, run_source, toolbar_text
     from .instrument import HEADROOM_PRESETS_MS, Instrument
 
     headroom = args.headroom if args.headroom in HEADROOM_PRESETS_MS else float(args.headroom)
@@ -310,25 +322,7 @@ def cmd_play(args) -> int:
         file=sys.stderr,
     )
     try:
-        if args.headless:
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait(args.seconds)
-        elif sys.stdin.isatty():
-            history = Path.home() / ".lmdm_live_history"
-            asyncio.run(
-                run_repl(
-                    {"inst": inst},
-                    lambda: toolbar_text(inst),
-                    history_path=history,
-                    banner="inst is playing. Try inst.prompt('dub techno'), inst.status(); Ctrl-D quits.",
-                )
-            )
-        else:  # piped input: one statement per line, no prompt
-            ns = {"inst": inst}
-            for line in sys.stdin:
-                run_source(line.rstrip("\n"), ns)
+        asyncio.run(_session(inst, args))
     finally:
         inst.stop()
         st = inst.status()
@@ -337,6 +331,67 @@ def cmd_play(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+async def _session(inst, args) -> None:
+    """The control loop: OSC, MIDI and the patch watcher beside the REPL (or until a signal, headless)."""
+    import asyncio
+    import signal
+
+    from .control.repl import run_repl, run_source, toolbar_text
+
+    loop = asyncio.get_running_loop()
+    ns: dict = {"inst": inst}
+    osc = midi = None
+    try:
+        if args.osc_port:
+            from .control.osc import OSCControl
+
+            osc = OSCControl(
+                inst, host=args.osc_host, port=args.osc_port, allow=args.osc_allow, patch_loader=inst.load
+            )
+            await osc.start()
+            ns["osc"] = osc
+            print(f"lmdm-live: OSC on {args.osc_host}:{args.osc_port} (docs/osc.md)", file=sys.stderr)
+        if args.midi_in is not None:
+            from .control.midi import MidiControl
+
+            midi = MidiControl(inst, port=args.midi_in or None, patch_loader=inst.load, loop=loop)
+            ns["midi"] = midi
+            print(f"lmdm-live: MIDI in from {midi.port}", file=sys.stderr)
+        if args.patch is not None:
+
+            def install(controls) -> None:
+                if midi is not None:
+                    midi.install(controls)
+                if osc is not None:
+                    osc.set_aliases(dict(controls.osc_aliases))
+
+            ns["patch"] = inst.watch(args.patch, at="now", on_load=install)
+        if args.headless:
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                await asyncio.wait_for(stop.wait(), args.seconds)
+            except TimeoutError:
+                pass
+        elif sys.stdin.isatty():
+            await run_repl(
+                ns,
+                lambda: toolbar_text(inst),
+                history_path=Path.home() / ".lmdm_live_history",
+                banner="inst is playing. Try inst.prompt('dub techno'), inst.status(); Ctrl-D quits.",
+            )
+        else:  # piped input: one statement per line, no prompt
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                run_source(line.rstrip("\n"), ns)
+    finally:
+        inst.unwatch()
+        if midi is not None:
+            midi.close()
+        if osc is not None:
+            osc.close()
 
 
 def cmd_render(args) -> int:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,10 @@ def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
             "--out",
             str(out),
             "--headless",
+            "--headroom",
+            "safe",
+            "--osc-port",
+            "0",
             "--seconds",
             "2",
             "--prompt",
@@ -211,7 +216,20 @@ def test_no_audio_device_falls_back_to_a_wav_file(tmp_path):
     exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
     env = {**os.environ, "JACK_DEFAULT_SERVER": "lmdm-no-such-server", "JACK_NO_START_SERVER": "1"}
     p = subprocess.run(
-        [exe, "--context", "16", "--block", "8", "--steps", "2", "--headless", "--seconds", "1"],
+        [
+            exe,
+            "--context",
+            "16",
+            "--block",
+            "8",
+            "--steps",
+            "2",
+            "--headless",
+            "--seconds",
+            "1",
+            "--osc-port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -225,3 +243,89 @@ def test_no_audio_device_falls_back_to_a_wav_file(tmp_path):
     assert len(wavs) == 1
     audio, _ = sf.read(str(wavs[0]))
     assert len(audio) > 0 and np.abs(audio).max() > 0
+
+
+def test_play_with_osc_and_a_patch(tmp_path):
+    """`lmdm-live --headless --osc-port P --patch acid`: the patch plays, OSC changes land, status replies."""
+    import socket
+
+    from pythonosc.osc_message import OscMessage
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    from lmdm_live.replay import read_log
+
+    beside = Path(sys.executable).parent / "lmdm-live"
+    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    log = tmp_path / "ev.jsonl"
+    argv = [
+        exe,
+        "--context",
+        "16",
+        "--block",
+        "8",
+        "--steps",
+        "2",
+        "--backend",
+        "file",
+        "--out",
+        str(tmp_path / "x.wav"),
+        "--headless",
+        "--seconds",
+        "8",
+        "--headroom",
+        "safe",
+        "--osc-port",
+        str(port),
+        "--patch",
+        "acid",
+        "--log",
+        str(log),
+    ]
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+
+    def send(address, *args):
+        b = OscMessageBuilder(address)
+        for a in args:
+            b.add_arg(a)
+        sock.sendto(b.build().dgram, ("127.0.0.1", port))
+
+    reply = None
+    try:
+        deadline = time.monotonic() + 60
+        while reply is None and time.monotonic() < deadline:  # until the server is up and answers
+            send("/lmdm/cfg", 2.5)
+            send("/lmdm/status")
+            try:
+                while True:
+                    msg = OscMessage(sock.recvfrom(65536)[0])
+                    if msg.address == "/lmdm/status":
+                        reply = dict(zip(msg.params[::2], msg.params[1::2], strict=False))
+                        break
+            except TimeoutError:
+                pass
+        send("/lmdm/steps", 0)  # out of range: an error reply, nothing changes
+        errors = []
+        try:
+            while not errors:
+                msg = OscMessage(sock.recvfrom(65536)[0])
+                if msg.address == "/lmdm/error":
+                    errors.append(msg.params)
+        except TimeoutError:
+            pass
+    finally:
+        _, err = p.communicate(timeout=120)
+        sock.close()
+    assert p.returncode == 0, err
+    assert reply is not None and reply["cfg"] == 2.5, reply
+    assert errors and errors[0][0] == "/lmdm/steps"
+    events = read_log(log)
+    prompts = [e["value"]["prompts"] for e in events if e["type"] == "params"]
+    assert any("acid house" in t for p_ in prompts for t, _ in p_)  # the patch played
+    assert any(e["value"]["sampler"]["cfg"] == 2.5 for e in events if e["type"] == "params")
