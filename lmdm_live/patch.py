@@ -64,7 +64,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = None  # type: ignore[assignment]
 
-from .control.midi import PARAM_DOMAINS, CCMapping, NoteMapping, param_kind, program_map_from_dict
+from .control.midi import PARAM_DOMAINS, CCMapping, NoteMapping, program_map_from_dict
+from .control.osc import check_aliases
 from .model.samplers import SamplerSettings
 from .stream import StreamParams
 
@@ -72,16 +73,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "patches"
 
-# The OSC address space the server answers itself; an alias must not take one of these over.
-BUILTIN_OSC = frozenset(
-    "/lmdm/" + a
-    for a in (
-        "prompt prompts cfg cfg_pp steps sampler seed drop gain mute unmute hush reset bpm patch record "
-        "record/stop status play error"
-    ).split()
-)
 MAX_PATCH_BYTES = 1 << 20  # a patch is a page of text; anything bigger is the wrong file
-_OSC_BAD_CHARS = re.compile(r"[\s#*,?\[\]{}]")
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 TABLES: dict[str, frozenset[str]] = {
@@ -413,20 +405,10 @@ class _Validator:
                 self.bad("osc", "aliases", f"must be a table, got {type(table).__name__}")
                 table = {}
             for address, param in table.items():
-                if not address.startswith("/") or _OSC_BAD_CHARS.search(address) or address.endswith("/"):
-                    self.bad(
-                        "osc.aliases", address, "an OSC address like /knob/1 (no spaces or # * , ? [ ] { })"
-                    )
-                    continue
-                if address in BUILTIN_OSC:
-                    self.bad("osc.aliases", address, "is one of the instrument's own addresses")
-                    continue
-                try:
-                    param_kind(param)
+                try:  # the OSC server's own check, so every alias a patch holds can be installed
+                    aliases.update(check_aliases({address: param}))
                 except ValueError as e:
                     self.bad("osc.aliases", address, str(e))
-                    continue
-                aliases[address] = param
         return PatchControls(tuple(cc), tuple(notes), MappingProxyType(programs), MappingProxyType(aliases))
 
     def mappings(self, midi: dict, key: str, cls) -> list:

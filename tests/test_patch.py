@@ -157,6 +157,10 @@ BROKEN = {
     ),
     "missing_program_patch": (GOOD_HEAD + '[midi.programs]\n3 = "no_such_patch"\n', ["[midi.programs].3"]),
     "osc_alias_builtin": (GOOD_HEAD + '[osc.aliases]\n"/lmdm/cfg" = "gain"\n', ['[osc.aliases]."/lmdm/cfg"']),
+    "osc_alias_param": (
+        GOOD_HEAD + '[osc.aliases]\n"/knob/1" = "cutoff"\n',
+        ['line 7: [osc.aliases]."/knob/1"', "cutoff"],
+    ),
     "zero_weights": ('[prompts]\n"a" = 0\n"b" = 0\n', ["[prompts]", "must not all be 0"]),
     "cfg_pp_word": (
         GOOD_HEAD + '[sampler]\ncfg_pp = "on"\n',
