@@ -366,6 +366,10 @@ def test_play_pairs_set_values_and_tempo_from_cps(rig):
     c.send("/lmdm/play", "cfg_pp", 0.5, "steps", 2)
     no_errors(c)
     assert inst.cfg_pp() == 0.5
+    c.send("/lmdm/play", "prompt", "@home")  # a value that starts with @ is a value
+    c.send("/lmdm/play", "prompt", "acid", "@bar")  # after the last pair: a quantiser
+    no_errors(c)
+    assert inst.prompt() == "acid"  # and neither was refused: "@bar" was taken as the quantiser
 
     # all or nothing: one bad value and nothing of the event is applied
     c.send("/lmdm/play", "prompt", "choir", "cfg", "loud")

@@ -228,11 +228,12 @@ class Route:
     hi: int
     usage: str
     timed: bool = True
+    pairs: bool = False  # key/value pairs: a trailing "@..." is a quantiser only after the last pair
 
 
 ROUTES: dict[str, Route] = {
     "/lmdm/prompt": Route("_prompt", 1, 1, "s:text"),
-    "/lmdm/prompts": Route("_prompts", 2, 2 * MAX_PROMPTS, "s:text f:weight [s f ...]"),
+    "/lmdm/prompts": Route("_prompts", 2, 2 * MAX_PROMPTS, "s:text f:weight [s f ...]", pairs=True),
     "/lmdm/cfg": Route("_cfg", 1, 1, "f:scale 0..20"),
     "/lmdm/cfg_pp": Route("_cfg_pp", 1, 1, 'f:lambda 0..2 | s:"off"'),
     "/lmdm/steps": Route("_steps", 1, 1, "i:steps 1..100"),
@@ -249,7 +250,7 @@ ROUTES: dict[str, Route] = {
     "/lmdm/record": Route("_record", 1, 1, "s:path.wav", timed=False),
     "/lmdm/record/stop": Route("_record_stop", 0, 0, "no arguments", timed=False),
     "/lmdm/status": Route("_status", 0, 0, "no arguments", timed=False),
-    "/lmdm/play": Route("_play", 0, 2 * 64, "s:key value [s:key value ...]"),
+    "/lmdm/play": Route("_play", 0, 2 * 64, "s:key value [s:key value ...]", pairs=True),
     # another instrument's reply: consumed without an answer, so two servers never bounce errors forever
     "/lmdm/error": Route("_ignore", 0, 0, "", timed=False),
 }
@@ -466,7 +467,12 @@ class OSCControl:
         if route.method == "_ignore":
             return
         args, quant = m.args, None
-        if route.timed and len(args) > route.lo and _is_quantiser(args[-1]):
+        if (
+            route.timed
+            and len(args) > route.lo
+            and (not route.pairs or len(args) % 2)
+            and _is_quantiser(args[-1])
+        ):
             args, quant = args[:-1], args[-1]
         if not route.lo <= len(args) <= route.hi:
             if not route.timed and args and _is_quantiser(args[-1]):
