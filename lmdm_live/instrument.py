@@ -142,6 +142,7 @@ class Instrument:
         return self
 
     def stop(self) -> None:
+        self.unwatch()
         self.engine.stop()
 
     def __enter__(self) -> Instrument:
