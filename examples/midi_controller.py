@@ -65,11 +65,10 @@ async def run(args: argparse.Namespace) -> None:
     inst = Instrument(args.model, backend=args.backend, out=args.out, prompt=DUB)
     clock = Clock(inst, args.clock)
 
-    def load(name: str) -> None:
-        from lmdm_live.patch import apply_patch, load_patch
-
-        midi.install(apply_patch(inst, load_patch(name), at="bar"))  # the patch's own knobs come with it
+    def load(name: str):
+        controls = inst.load(name, at="bar")  # heard from the next bar
         print(f"patch {name!r} loaded")
+        return controls  # its own knobs and keys: MidiControl installs them
 
     midi = MidiControl(
         inst,

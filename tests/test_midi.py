@@ -305,7 +305,7 @@ def test_program_change_plays_a_shipped_patch_and_takes_its_controls(jack_server
 
     async def scenario(midi, keys):
         midi.map(20, "seed", 0, 127)
-        midi.patch_loader = lambda name: midi.install(apply_patch(idle, load_patch(name), at="now"))
+        midi.patch_loader = lambda name: apply_patch(idle, load_patch(name), at="now")  # returns its controls
         await deliver(keys, lambda: idle.bpm() == 126.0, program(9))
         assert max(idle.prompts().values()) == 1.0 and "warehouse reverb, dark and hypnotic" in idle.prompts()
         assert sorted(m.cc for m in midi.mappings) == [7, 71, 74]  # the patch's knobs replace ours

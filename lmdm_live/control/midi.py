@@ -272,7 +272,8 @@ class MidiControl:
     `port`: the name (or a unique part of it) of an input to open; None creates a virtual input
     `<client_name>:midi_in` that controllers and sequencers connect to. `api`: "alsa" | "jack" | ... to force
     one (see `choose_api`). `clock`: a `Clock` fed by MIDI clock messages (it decides whether the tempo is
-    used). `patch_loader(name)`: called for a program change mapped to that patch name. `at`: when note
+    used). `patch_loader(name)`: called for a program change mapped to that patch name (`inst.load` fits:
+    the patch's MIDI mappings it returns are installed). `at`: when note
     changes to the prompt blend are heard ("now", "beat", "bar", ...).
 
     RtMidi delivers messages on its own thread; each is stamped there and handed to the asyncio loop, where
@@ -617,9 +618,11 @@ class MidiControl:
         if self.patch_loader is None:
             raise ValueError(f"program {program} -> {name!r}: no patch loader was given")
         try:
-            self.patch_loader(name)
+            controls = self.patch_loader(name)
         except Exception as e:
             raise ValueError(f"program {program} -> patch {name!r}: {e}") from None
+        if all(hasattr(controls, k) for k in ("cc", "notes", "programs")):
+            self.install(controls)  # the patch's own knobs and keys come with it (e.g. from `inst.load`)
 
     def _tick(self, t: float) -> None:
         if self._ticks is not None:
