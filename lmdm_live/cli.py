@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="MIDI input NAME (no name: a virtual input to connect to)",
     )
     play.add_argument("--patch", type=Path, default=None, help="play a patch file and reload it on save")
+    play.add_argument(
+        "--clock",
+        choices=("internal", "midi", "tidal", "link"),
+        default="internal",
+        help="tempo source for at='beat'/'bar': inst.bpm, MIDI clock, Tidal's cps, or Ableton Link",
+    )
+    play.add_argument("--midi-api", choices=("alsa", "jack"), default=None, help="force a MIDI system")
     play.set_defaults(model=None)
 
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
@@ -338,25 +345,37 @@ async def _session(inst, args) -> None:
     import asyncio
     import signal
 
+    from .control.clock import Clock
     from .control.repl import run_repl, run_source, toolbar_text
 
     loop = asyncio.get_running_loop()
-    ns: dict = {"inst": inst}
+    clock = Clock(inst, "internal")
+    ns: dict = {"inst": inst, "clock": clock}
     osc = midi = None
     try:
+        if args.clock != "internal":
+            clock.use(args.clock)
         if args.osc_port:
             from .control.osc import OSCControl
 
             osc = OSCControl(
                 inst, host=args.osc_host, port=args.osc_port, allow=args.osc_allow, patch_loader=inst.load
             )
+            osc.clock = clock
             await osc.start()
             ns["osc"] = osc
             print(f"lmdm-live: OSC on {args.osc_host}:{args.osc_port} (docs/osc.md)", file=sys.stderr)
         if args.midi_in is not None:
             from .control.midi import MidiControl
 
-            midi = MidiControl(inst, port=args.midi_in or None, patch_loader=inst.load, loop=loop)
+            midi = MidiControl(
+                inst,
+                port=args.midi_in or None,
+                api=args.midi_api,
+                clock=clock,
+                patch_loader=inst.load,
+                loop=loop,
+            )
             ns["midi"] = midi
             print(f"lmdm-live: MIDI in from {midi.port}", file=sys.stderr)
         if args.patch is not None:

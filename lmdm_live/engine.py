@@ -279,7 +279,7 @@ class Engine:
         model = self.stream.model
         block_s = model.block_seconds
         start_s = block * block_s  # stream time of this block's first sample
-        audible_at = time.monotonic() + self.ring.fill / self.out_rate
+        audible_at = time.monotonic() + self.ring.fill / self.out_rate + self.pipeline_delay_s()
         due, keep = [], []
         while self._pending:
             c = self._pending.popleft()
@@ -341,7 +341,7 @@ class Engine:
         if written < out.shape[0]:  # cannot happen when the loop waits for room; never drop silently
             self.errors.append(f"block {block}: ring full, {out.shape[0] - written} frames dropped")
         now = time.monotonic()
-        heard = (fill_before / self.out_rate + self._device_latency()) * 1e3
+        heard = (fill_before / self.out_rate + self.pipeline_delay_s() + self._device_latency()) * 1e3
         for c in due:
             self.stats.latency_ms.append((now - c.submitted) * 1e3 + heard)
         self.stats.blocks += 1
@@ -349,6 +349,12 @@ class Engine:
         with self._record_lock:
             if self._record is not None:
                 self._record.write(out)
+
+    def pipeline_delay_s(self) -> float:
+        """Audio a block's change waits behind besides the ring: the streaming decoder's lookahead, the
+        held-back fade tail and the resampler's filter delay."""
+        held = (self.stream.latency_samples + self.chain.fade) / self.chain.in_rate
+        return held + float(self.chain.resampler.latency_frames) / self.out_rate
 
     def _device_latency(self) -> float:
         return (
@@ -420,9 +426,7 @@ class Engine:
         """Worst-case control -> sound: the ring and device buffers, waiting for a block boundary, compute."""
         ms = list(self.stats.block_ms)
         compute = statistics.median(ms) if ms else 0.0
-        buffer_ms = (
-            self.headroom_ms + self._device_latency() * 1e3 + self.chain.fade / self.chain.in_rate * 1e3
-        )
+        buffer_ms = self.headroom_ms + (self._device_latency() + self.pipeline_delay_s()) * 1e3
         block_ms = self.stream.model.block_seconds * 1e3
         return {
             "buffer_ms": round(buffer_ms, 1),

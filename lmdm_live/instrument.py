@@ -132,7 +132,9 @@ class Instrument:
             if kind is not None:
                 raise
             path = out or _default_out()
-            self._say(f"no audio device was found (no running JACK server, no sound card): recording to {path}")
+            self._say(
+                f"no audio device was found (no running JACK server, no sound card): recording to {path}"
+            )
             return open_backend("file", path=path, sample_rate=self.model.sample_rate, realtime=True)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -263,6 +265,10 @@ class Instrument:
     def hush(self) -> None:
         """Silence now: cancel scheduled changes and fade out."""
         self.engine.cancel_pending()
+        # what is playing is what the cancelled changes would have replaced: report that, not them
+        self._params = self.stream.params
+        self._seed = self.stream.seed
+        self._gain = self.engine.chain.gain
         self.mute("now")
 
     def reset(self, at: Any = "now") -> None:

@@ -282,6 +282,8 @@ def test_play_with_osc_and_a_patch(tmp_path):
         str(port),
         "--patch",
         "acid",
+        "--clock",
+        "tidal",
         "--log",
         str(log),
     ]
@@ -301,6 +303,8 @@ def test_play_with_osc_and_a_patch(tmp_path):
         deadline = time.monotonic() + 60
         while reply is None and time.monotonic() < deadline:  # until the server is up and answers
             send("/lmdm/cfg", 2.5)
+            send("/lmdm/play", "cps", 0.55, "cycle", 3.0, "s", "lmdm")  # Tidal drives the tempo: 132 bpm
+            time.sleep(0.3)
             send("/lmdm/status")
             try:
                 while True:
@@ -324,6 +328,7 @@ def test_play_with_osc_and_a_patch(tmp_path):
         sock.close()
     assert p.returncode == 0, err
     assert reply is not None and reply["cfg"] == 2.5, reply
+    assert abs(reply["bpm"] - 132.0) < 1e-6, reply  # through the clock, whose source is Tidal
     assert errors and errors[0][0] == "/lmdm/steps"
     events = read_log(log)
     prompts = [e["value"]["prompts"] for e in events if e["type"] == "params"]

@@ -346,6 +346,7 @@ class OSCControl:
         self.last_error = ""
         self._transport: asyncio.DatagramTransport | None = None
         self._cps: float | None = None
+        self.clock = None  # a control.clock.Clock: when set, /lmdm/play's cps/cycle go to it
         self._tasks: set[asyncio.Task] = set()
 
     @staticmethod
@@ -644,7 +645,10 @@ class OSCControl:
         if not values and cps is None:
             keys = ", ".join(sorted(_clip(k, 30) for k in given)) or "none"
             raise Bad(f"nothing to play: no {', '.join(PLAY_KEYS)} or cps key (keys: {keys})")
-        if cps is not None and cps != self._cps:
+        if self.clock is not None and cps is not None:  # the clock decides whether Tidal drives the tempo
+            cycle = float(given["cycle"]) if "cycle" in given else None
+            self.clock.tidal(cps, cycle, c.at if isinstance(c.at, float) else None)
+        elif cps is not None and cps != self._cps:
             self.inst.bpm(cps_to_bpm(cps))  # Tidal: 4 beats per cycle
             self._cps = cps
         setters = {
