@@ -270,7 +270,12 @@ class Engine:
                 self._wake.wait(timeout=max(self.headroom_ms / 10000, 0.002))
                 self._wake.clear()
                 continue
-            self._generate_one()
+            try:
+                self._generate_one()
+            except Exception as e:  # outside a block (a change, the log, the ring): report, keep the thread
+                self.errors.append(f"engine: {type(e).__name__}: {e}")
+                self.stats.last_error = self.errors[-1]
+                time.sleep(0.01)
 
     def _due(self, block: int) -> list[Change]:
         """Changes that apply to `block`: those asked for now, or whose beat/bar/time has come."""
@@ -311,7 +316,11 @@ class Engine:
         block = s.block_index
         due = self._due(block)
         for c in due:
-            self._apply(c, block)
+            try:
+                self._apply(c, block)
+            except Exception as e:  # one bad change is reported and skipped; the others and the block go on
+                self.errors.append(f"engine: {type(e).__name__}: {e} (change {c.kind} dropped)")
+                self.stats.last_error = self.errors[-1]
         t0 = time.perf_counter()
         bad_before = s.nonfinite_blocks
         try:
@@ -391,8 +400,15 @@ class Engine:
 
     def _event(self, event: dict) -> None:
         if self._log is not None:
-            self._log.write(json.dumps(event) + "\n")
-            self._log.flush()
+            try:
+                self._log.write(json.dumps(event) + "\n")
+                self._log.flush()
+            except (
+                OSError,
+                ValueError,
+            ) as e:  # a full disk must not stop the sound; the log says it is partial
+                self.errors.append(f"event log: {e}")
+                self._log = None
 
     # --- figures ------------------------------------------------------------------------------------------
 

@@ -180,3 +180,15 @@ def test_log_is_valid_json_lines(model, text, tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="not a JSON event"):
         read_log(bad)
+
+
+def test_a_failing_change_does_not_stop_the_engine(model, text, tmp_path):
+    engine = make_engine(model, text, tmp_path)
+    engine.start()
+    consume(engine, 2)
+    engine.submit("drop", "not a number")  # the Instrument validates; the engine must survive anyway
+    blocks = engine.stats.blocks
+    audio = consume(engine, blocks + 3)
+    engine.stop()
+    assert any(e.startswith("engine: ValueError") for e in engine.errors)
+    assert engine.stats.blocks >= blocks + 3 and np.abs(audio).max() > 0
