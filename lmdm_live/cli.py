@@ -314,6 +314,7 @@ def cmd_play(args) -> int:
         log=args.log,
         t5=args.t5,
         start=False,
+        model_ref=args.model,
     )
     prompts = args.prompt or [("", 1.0)]
     if len(prompts) == 1:

@@ -73,6 +73,7 @@ class Instrument:
         t5: str | None = None,
         start: bool = True,
         quiet: bool = False,
+        model_ref: str | None = None,
     ) -> None:
         from .bench import load_model
         from .model.bundle import LMDMModel
@@ -84,8 +85,8 @@ class Instrument:
                 )
             headroom_ms = HEADROOM_PRESETS_MS[headroom_ms]
         self._say = (lambda msg: None) if quiet else (lambda msg: print(f"lmdm-live: {msg}", file=sys.stderr))
-        if isinstance(model, LMDMModel):
-            self.model, ref = model, model.name
+        if isinstance(model, LMDMModel):  # model_ref: how `replay` finds it again (a preset or a path)
+            self.model, ref = model, model_ref or model.name
         else:
             ref = model or default_model_ref()
             if ref == "tiny" and model is None:
