@@ -35,7 +35,8 @@ CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
 @dataclass(frozen=True)
 class Change:
     """One control change. `at`: "now"/"block" (next block), "beat"/"bar" (first block boundary at or
-    after the next beat/bar of the stream's clock), or a `time.monotonic()` instant it should be heard."""
+    after the next beat/bar of the stream's clock), or a `time.monotonic()` instant: the first block heard at or
+    after it."""
 
     kind: str
     value: Any
@@ -293,7 +294,8 @@ class Engine:
             elif isinstance(c.at, str):  # beat / bar: the first block starting on or after the grid line
                 (due if start_s + 1e-9 >= (c.target_s or 0.0) else keep).append(c)
             else:
-                (due if audible_at + block_s > float(c.at) else keep).append(c)
+                # the first block heard at or after that instant, like beat/bar
+                (due if audible_at + 1e-3 >= float(c.at) else keep).append(c)
         self._pending.extend(keep)
         return due
 
