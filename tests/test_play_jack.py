@@ -65,6 +65,28 @@ def open_player(kind: str):
     return backend, lambda: sorted(p for p in jack_ports(output=True) if p not in before)
 
 
+def exact_pieces(
+    reference: np.ndarray, recorded: np.ndarray, probe: int = 256
+) -> list[tuple[int, int]] | None:
+    """Cut `recorded` into the fewest stretches that each equal a stretch of `reference`, in order.
+
+    Returns [(offset in reference, length)], or None when some part matches nowhere."""
+    pieces: list[tuple[int, int]] = []
+    i, start = 0, 0
+    while i < len(recorded):
+        head = recorded[i : i + probe]
+        at = locate(reference[start:], head)
+        if at is None:
+            return None
+        at += start
+        n = min(len(recorded) - i, len(reference) - at)
+        same = np.all(reference[at : at + n] == recorded[i : i + n], axis=1)
+        length = int(np.argmin(same)) if not same.all() else n
+        pieces.append((at, length))
+        i, start = i + length, at + length
+    return pieces
+
+
 def jack_ports(output: bool = False) -> list[str]:
     import jack
 
@@ -147,8 +169,11 @@ def test_plays_heard_within_reported_latency_and_replays_exactly(jack_server, mo
     # replay of the event log contains what JACK carried, sample for sample, as one unbroken stretch
     again, again_rate = replay(tmp_path / "ev.jsonl", model=model, text=inst.stream.text)
     assert again_rate == rate
-    at = locate(again, played)
-    assert at is not None, f"the recording is not a stretch of the replay; recorder xruns {meta['xruns']}"
+    pieces = exact_pieces(again, played)
+    assert pieces is not None, "part of the recording is not in the replay, sample for sample"
+    # one unbroken stretch, unless JACK itself reported xruns (a late client's period is then lost or
+    # repeated by the server): each xrun may cut the recording once, every piece still exact and in order
+    assert len(pieces) <= 1 + meta["xruns"], (pieces, meta["xruns"])
 
 
 def test_faults_mid_stream_keep_jack_playing(jack_server, model, tmp_path):
