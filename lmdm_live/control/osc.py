@@ -32,6 +32,8 @@ from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
 from pythonosc.parsing import osc_types
 
+from .midi import PARAM_DOMAINS, WEIGHT_PREFIX, param_kind
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,18 +49,6 @@ READ_TAGS = frozenset("ifsdhbrmtTFN[]")  # the OSC type tags python-osc decodes
 QUANTISERS = {"@now": "now", "@block": "block", "@beat": "beat", "@bar": "bar"}
 SAMPLERS = ("euler", "pingpong")
 PLAY_KEYS = ("prompt", "cfg", "cfg_pp", "steps", "gain", "seed", "sampler")  # applied in this order
-WEIGHT_PREFIX = "weight:"
-# patch-mapping parameters an alias may drive: (lo, hi, integer)
-ALIAS_PARAMS: dict[str, tuple[float, float, bool]] = {
-    "cfg": (0.0, 20.0, False),
-    "cfg_pp": (0.0, 2.0, False),
-    "steps": (1.0, 100.0, True),
-    "gain": (0.0, 4.0, False),
-    "seed": (0.0, 2.0**31 - 1, True),
-    "bpm": (20.0, 400.0, False),
-    "drop": (1.0, 4096.0, True),
-    "weight": (0.0, 10.0, False),
-}
 
 
 class Undecodable(ValueError):
@@ -287,14 +277,10 @@ def check_aliases(aliases: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"alias address must look like /knob/1, got {address!r}")
         if address in ROUTES:
             raise ValueError(f"alias {address} would take over one of the instrument's own addresses")
-        if not isinstance(param, str):
-            raise ValueError(f"alias {address}: parameter must be a string, got {param!r}")
-        if param.startswith(WEIGHT_PREFIX):
-            if not param[len(WEIGHT_PREFIX) :]:
-                raise ValueError(f"alias {address}: 'weight:' needs a prompt text after the colon")
-        elif param not in ALIAS_PARAMS or param == "weight":
-            names = ", ".join([*(n for n in ALIAS_PARAMS if n != "weight"), "weight:<prompt text>"])
-            raise ValueError(f"alias {address}: unknown parameter {param!r}; use one of {names}")
+        try:
+            param_kind(param)
+        except ValueError as e:
+            raise ValueError(f"alias {address}: {e}") from None
         out[address] = param
     return out
 
@@ -529,7 +515,7 @@ class OSCControl:
             if text in blend:
                 raise Bad(f"prompt {_clip(text, 60)!r} appears twice")
             blend[text] = _number(
-                c.args[k + 1], f"weight of {_clip(text, 60)!r}", 0.0, ALIAS_PARAMS["weight"][1]
+                c.args[k + 1], f"weight of {_clip(text, 60)!r}", 0.0, PARAM_DOMAINS["weight"][1]
             )
         self.inst.prompts(blend, at=c.at)
 
@@ -694,8 +680,8 @@ def cps_to_bpm(cps: float) -> float:
 
 def apply_param(inst: Any, param: str, value: Any, at: str | float = "now") -> None:
     """Set one patch-mapping parameter ("cfg", ..., "weight:<prompt text>") from a number."""
-    kind = "weight" if param.startswith(WEIGHT_PREFIX) else param
-    lo, hi, integer = ALIAS_PARAMS[kind]
+    kind = param_kind(param)
+    lo, hi, integer = PARAM_DOMAINS[kind]
     x = _number(value, param, lo, hi)
     if integer:
         x = int(round(x))  # knobs and faders send floats

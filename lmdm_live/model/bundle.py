@@ -159,32 +159,19 @@ class LMDMModel:
     def preset(cls, name: str, lmdm: LMDMConfig | None = None, seed: int = 0) -> LMDMModel:
         """Randomly initialised models of fixed shapes, for benchmarks and tests (they make noise, not music).
 
-        tiny: a small DiT over MiniLM text and a small mono VAE, cheap enough for two CPU cores.
+        tiny (256x8) and small (512x12): DiTs over MiniLM text with a small mono VAE, for two CPU cores.
         saos-random: Stable Audio Open Small's exact shapes (DiT 1024x16, T5 768-d tokens, stereo VAE).
         """
         lmdm = lmdm or LMDMConfig()
         g = torch.Generator().manual_seed(seed)
-        if name == "tiny":
+        minilm = {"tiny": (256, 8, 4), "small": (512, 12, 8)}  # width, depth, heads over MiniLM's 384-d text
+        if name in minilm:
+            width, depth, heads = minilm[name]
             dit_cfg = DiTConfig(
                 io_channels=64,
-                embed_dim=256,
-                depth=8,
-                num_heads=4,
-                cond_token_dim=384,
-                global_cond_dim=384,
-                input_add_dim=1 + 64,
-            )
-            vae_cfg, sr, text = (
-                OobleckConfig.small(audio_channels=1),
-                44100,
-                {"type": "minilm", "max_length": 64},
-            )
-        elif name == "small":
-            dit_cfg = DiTConfig(
-                io_channels=64,
-                embed_dim=512,
-                depth=12,
-                num_heads=8,
+                embed_dim=width,
+                depth=depth,
+                num_heads=heads,
                 cond_token_dim=384,
                 global_cond_dim=384,
                 input_add_dim=1 + 64,
