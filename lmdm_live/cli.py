@@ -363,9 +363,7 @@ async def _session(inst, args) -> None:
                 inst, host=args.osc_host, port=args.osc_port, allow=args.osc_allow, patch_loader=inst.load
             )
             osc.clock = clock
-            await osc.start()
             ns["osc"] = osc
-            print(f"lmdm-live: OSC on {args.osc_host}:{args.osc_port} (docs/osc.md)", file=sys.stderr)
         if args.midi_in is not None:
             from .control.midi import MidiControl
 
@@ -388,6 +386,9 @@ async def _session(inst, args) -> None:
                     osc.set_aliases(dict(controls.osc_aliases))
 
             ns["patch"] = inst.watch(args.patch, at="now", on_load=install)
+        if osc is not None:  # listen once the patch is in: a message never lands under a patch applied after it
+            await osc.start()
+            print(f"lmdm-live: OSC on {args.osc_host}:{args.osc_port} (docs/osc.md)", file=sys.stderr)
         if args.headless:
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
