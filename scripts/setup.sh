@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what lmdm_live needs: system packages (JACK, PortAudio, sox, espeak-ng, the SuperCollider
-# language and server for the sc_bridge quark and its tests) and a local virtual environment in .venv
+# language and server for the sc_bridge quark and its tests, FluidSynth and a GM soundfont for the
+# training-data renderer) and a local virtual environment in .venv
 # with the package installed in editable mode.
 #   --with-tidal   also install GHC and Tidal (about 845 MB), for the Tidal integration test (-m slow)
 # Idempotent and fast on a re-run: packages already installed are not asked for again, and pip is
@@ -26,7 +27,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 
 TORCH_VERSION="2.13.0"
-APT_PACKAGES=(jackd2 libjack-jackd2-0 libportaudio2 sox espeak-ng supercollider-language supercollider-server)
+APT_PACKAGES=(jackd2 libjack-jackd2-0 libportaudio2 sox espeak-ng supercollider-language supercollider-server
+    fluidsynth libfluidsynth3 fluid-soundfont-gm)
 TIDAL_PACKAGES=(ghc libghc-tidal-dev)
 if ((WITH_TIDAL)); then
     APT_PACKAGES+=("${TIDAL_PACKAGES[@]}")
