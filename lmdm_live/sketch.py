@@ -164,11 +164,11 @@ class _StreamResample:
             return n_in
         return (n_in - self.ctx) * self.up // self.down + 1 if n_in >= self.ctx else 0
 
-    def inputs_for(self, n_out: int) -> int:
-        """Fewest input samples after which `n_out` outputs are final."""
-        if self.up == self.down or n_out <= 0:
-            return max(n_out, 0)
-        return self.ctx + -(-(n_out - 1) * self.down // self.up)
+    def inputs_for(self, n_out: np.ndarray) -> np.ndarray:
+        """Fewest input samples after which `n_out` (>= 1) outputs are final."""
+        if self.up == self.down:
+            return n_out
+        return self.ctx - ((1 - n_out) * self.down // self.up)
 
     def push(self, x: np.ndarray) -> np.ndarray:
         if self.up == self.down:
@@ -197,7 +197,9 @@ class SketchTracker:
     """Streaming and causal: push audio chunks of any size, get the newly completed frames.
 
     Frame i comes out once `latency_samples` samples past its end have been pushed (at the latest);
-    pushing one signal in any chunking gives the same frames, equal to `control_curves` of it."""
+    pushing one signal in any chunking gives the same frames, equal to `control_curves` of it. A push
+    that completes pitch frames runs the pitch network over its whole receptive field (about 6000 samples
+    at 16 kHz), so larger chunks cost less per second of audio."""
 
     def __init__(self, cfg: SketchConfig = SketchConfig()) -> None:
         if not isinstance(cfg, SketchConfig):
@@ -210,8 +212,7 @@ class SketchTracker:
         self._freqs = np.fft.rfftfreq(self._n_fft, 1.0 / cfg.sample_rate)
         # Latent frame i spans [i, i+1) * num/den pitch frames (the pitch frames are centred on k*256).
         self._num, self._den = cfg.hop * F0_RATE, cfg.sample_rate * F0_HOP
-        per_frame = -(-self._num // self._den)
-        self._width = max(per_frame, 1)
+        self._width = -(-self._num // self._den)  # the most pitch frames one latent frame holds
         self.latency_samples = self._latency()
         self.reset()
 
@@ -254,14 +255,15 @@ class SketchTracker:
 
     def _latency(self) -> int:
         """Worst case over frames of the samples pushed after a frame's end until it comes out."""
-        period = self._den // math.gcd(self._num, self._den)
-        i = np.arange(min(period * max(self._resample.up, 1), 1 << 14), dtype=np.int64)
+        # Frame-to-pitch-frame and resampler patterns together repeat within `period` frames; past a
+        # few thousand frames, looking further would only cost time.
+        period = self._den // math.gcd(self._num, self._den) * self._resample.up
+        i = np.arange(min(period, 1 << 14), dtype=np.int64)
         start, count = self._pitch_frames(i)
         # Pitch frame k is final once (k + 1 + lookahead) hops of 16 kHz audio exist.
-        need16 = (start + count + F0_LOOKAHEAD) * F0_HOP
-        need = np.array([self._resample.inputs_for(int(n)) for n in need16])
+        need = self._resample.inputs_for((start + count + F0_LOOKAHEAD) * F0_HOP)
         ends = (i + 1) * self.cfg.hop
-        return int(max(0, (np.maximum(need, ends) - ends).max()))
+        return int(np.maximum(need - ends, 0).max())
 
     def _emit(self) -> Controls:
         cfg = self.cfg
@@ -313,9 +315,11 @@ def _causal_median(rows: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, np.n
     Returns the filtered rows and the history for the next call."""
     both = np.concatenate([hist, rows], axis=1)
     win = sliding_window_view(both, hist.shape[1] + 1, axis=1)  # (c, n, kernel)
-    out = np.full(rows.shape, np.nan)
-    ok = ~np.isnan(rows)
-    out[ok] = np.nanmedian(win[ok], axis=-1)
+    srt = np.sort(win, axis=-1)  # nan sorts last
+    count = np.maximum((~np.isnan(win)).sum(axis=-1, keepdims=True), 1)
+    lo = np.take_along_axis(srt, (count - 1) // 2, axis=-1)[..., 0]
+    hi = np.take_along_axis(srt, count // 2, axis=-1)[..., 0]
+    out = np.where(np.isnan(rows), np.nan, 0.5 * (lo + hi))
     return out, both[:, both.shape[1] - hist.shape[1] :]
 
 
