@@ -12,6 +12,7 @@ from .backend import (
     open_backend,
 )
 from .file_backend import FileBackend
+from .input import AudioInput, FileInput, JackInput, SoundDeviceInput, open_input
 from .jack_backend import JackBackend, JackRecorder, jack_server_running
 from .resample import ResampleFilter, StreamResampler
 from .ring import AudioRing
@@ -21,15 +22,19 @@ from .tone import ToneFeeder, dominant_hz, locate, sine_frames
 __all__ = [
     "BACKEND_KINDS",
     "AudioBackend",
+    "AudioInput",
     "AudioRing",
     "BackendUnavailable",
     "CallbackStats",
     "FileBackend",
+    "FileInput",
     "JackBackend",
+    "JackInput",
     "JackRecorder",
     "NoAudioDevice",
     "ResampleFilter",
     "SoundDeviceBackend",
+    "SoundDeviceInput",
     "StreamResampler",
     "ToneFeeder",
     "dominant_hz",
@@ -37,6 +42,7 @@ __all__ = [
     "jack_server_running",
     "locate",
     "open_backend",
+    "open_input",
     "output_devices",
     "rescan_devices",
     "sine_frames",
