@@ -1,0 +1,58 @@
+"""Reading a rendered training-data directory (`lmdm-live train data`): its index and its mixes."""
+
+from __future__ import annotations
+
+import json
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+SPLITS = ("train", "valid", "test")
+
+
+def load_index(data_dir: str | Path) -> dict:
+    """`DIR/index.json`, checked for its format, with `examples` as a list."""
+    path = Path(data_dir) / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no index.json in {data_dir} (make one with `lmdm-live train data`)")
+    index = json.loads(path.read_text())
+    if index.get("format") != "lmdm-dataset":
+        raise ValueError(f"{path} is not an lmdm-dataset index (format {index.get('format')!r})")
+    if int(index.get("version", 0)) != 1:
+        raise ValueError(f"{path}: dataset version {index.get('version')} is not supported (only 1)")
+    for ex in index.get("examples", []):
+        if ex.get("split") not in SPLITS:
+            raise ValueError(f"{path}: example {ex.get('id')!r} has split {ex.get('split')!r}")
+    return index
+
+
+def split(index: dict, name: str) -> list[dict]:
+    if name not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+    return [ex for ex in index["examples"] if ex["split"] == name]
+
+
+def resample(audio: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (exact ratio)."""
+    if rate == to:
+        return np.asarray(audio, np.float32)
+    g = gcd(int(rate), int(to))
+    return resample_poly(audio, to // g, rate // g, axis=-1).astype(np.float32)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(samples,), (channels, samples) -> (samples,) float32."""
+    a = np.asarray(audio, np.float32)
+    return a if a.ndim == 1 else a.reshape(-1, a.shape[-1]).mean(0)
+
+
+def read_mix(data_dir: str | Path, example: dict, sample_rate: int) -> np.ndarray:
+    """An example's mono mix at `sample_rate`, float32."""
+    path = Path(data_dir) / "audio" / f"{example['id']}.wav"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing audio for example {example['id']}: {path}")
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return resample(audio.mean(1), rate, sample_rate)
