@@ -1,0 +1,162 @@
+"""`lmdm-live eval classifier|model`: the argparse side of the evaluation (the work is in run.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    ev = subparsers.add_parser("eval", help="judge models: prompt and tempo adherence, drift over a stream")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+
+    c = esub.add_parser("classifier", help="train (or resume) the label classifier on held-out renders")
+    c.add_argument("--data", type=Path, required=True, help="a training-data directory (index.json)")
+    c.add_argument("--out", type=Path, required=True, help="classifier directory (resumed when it exists)")
+    c.add_argument("--steps", type=int, default=600, help="train until this many steps in total")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch", type=int, default=16)
+    c.add_argument("--save-every", type=int, default=100)
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    c.set_defaults(eval_run=cmd_classifier)
+
+    m = esub.add_parser("model", help="generate long streams and score them window by window")
+    m.add_argument("--model", required=True, help="LMDM checkpoint PATH or preset (tiny | small | ...)")
+    m.add_argument("--classifier", type=Path, required=True, help="directory from `eval classifier`")
+    m.add_argument("--data", type=Path, required=True, help="training-data directory (its test split)")
+    m.add_argument("--out", type=Path, required=True, help="where metrics.json and metrics.png go")
+    m.add_argument("--seconds", type=float, default=120.0, help="length of each generated stream")
+    m.add_argument("--window", type=float, default=10.0, help="scoring window in seconds")
+    m.add_argument("--prompts", type=Path, default=None, help='JSON list of {"prompt", "labels", "bpm"}')
+    m.add_argument("--max-prompts", type=int, default=None)
+    m.add_argument("--transitions", type=int, default=4, help="prompt switches to time (0: none)")
+    m.add_argument("--transition-seconds", type=float, default=40.0, help="length of each switch stream")
+    m.add_argument("--compare", default=None, help="a second model, drawn as a second curve")
+    m.add_argument("--label", default=None, help="name of --model in the plot and table")
+    m.add_argument("--compare-label", default=None, help="name of --compare in the plot and table")
+    m.add_argument("--steps", type=int, default=8)
+    m.add_argument("--cfg", type=float, default=1.0)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
+    m.set_defaults(eval_run=cmd_model)
+    return ev
+
+
+def run(args) -> int:
+    return args.eval_run(args)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def cmd_classifier(args) -> int:
+    import torch
+
+    from .classifier import ClassifierConfig, ClassifierTrainer, MelBank, test_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.out / "progress.json").is_file():
+        trainer = ClassifierTrainer.resume(args.out)
+        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    else:
+        trainer = ClassifierTrainer(ClassifierConfig(batch=args.batch, seed=args.seed))
+    bank = MelBank.from_dataset(args.data, "valid", trainer.cfg)  # never the generator's "train" split
+    with _progress() as bar:
+        task = bar.add_task("classifier", total=args.steps, completed=trainer.step)
+        while trainer.step < args.steps:
+            loss = trainer.train_step(bank)
+            bar.update(task, completed=trainer.step, description=f"classifier loss {loss:.3f}")
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(args.out)
+    if not (args.out / "progress.json").is_file():
+        trainer.save(args.out)
+    report = test_report(trainer.classifier(), args.data)
+    (args.out / "test_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"test split ({args.data}), step {trainer.step}:")
+    for window, r in report.items():
+        acc = "  ".join(f"{h} {v:.3f}" for h, v in r["accuracy"].items())
+        f1 = "-" if r["families_f1"] is None else f"{r['families_f1']:.3f}"
+        print(
+            f"  {window:>4} windows ({r['windows']}): {acc}  families F1 {f1}  adherence {r['adherence']:.3f}"
+        )
+    return 0
+
+
+def cmd_model(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .run import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        seconds=args.seconds,
+        window=args.window,
+        steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+        max_prompts=args.max_prompts,
+        transitions=args.transitions,
+        transition_seconds=args.transition_seconds,
+    )
+    with _progress() as bar:
+
+        def progress(name):
+            def start(total):
+                task = bar.add_task(f"{name}: generating", total=total)
+                return lambda n: bar.advance(task, n)
+
+            return start
+
+        metrics = evaluate(
+            args.model,
+            args.classifier,
+            args.data,
+            args.out,
+            cfg,
+            prompts_file=args.prompts,
+            compare=args.compare,
+            label=args.label,
+            compare_label=args.compare_label,
+            device=args.device,
+            t5=args.t5,
+            progress=progress,
+        )
+
+    def f(x, fmt=".3f"):
+        return "-" if x is None else format(x, fmt)
+
+    real = metrics["real"]
+    table = Table(title=f"{metrics['prompts']} prompts x {args.seconds:g} s, {args.window:g} s windows")
+    for col in ("model", "adherence first -> last", "style/tempo/mode/lead", "FD first -> last"):
+        table.add_column(col)
+    table.add_column("tempo err (octave-folded)")
+    table.add_column("switch blocks")
+    for m in metrics["models"]:
+        s = m["summary"]
+        table.add_row(
+            m["label"],
+            f"{f(s['adherence'])}: {f(s['adherence_first'])} -> {f(s['adherence_last'])}",
+            "/".join(f(s["heads"][h], ".2f") for h in ("style", "tempo_bucket", "mode", "lead")),
+            f"{f(s['fd'], '.1f')}: {f(s['fd_first'], '.1f')} -> {f(s['fd_last'], '.1f')}",
+            f"{f(s['tempo_error'])} ({f(s['tempo_error_octave'])})",
+            f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed)",
+        )
+    table.add_row(
+        "real test music", f(real["adherence"]), "", f"{f(real['fd_floor'], '.1f')} (half vs half)", "", ""
+    )
+    Console().print(table)
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.png'}")
+    return 0

@@ -1,0 +1,432 @@
+"""`evaluate`: generate long streams from a prompt set and score them window by window.
+
+For each prompt a stream of `seconds` is generated offline through `LMDMStream` (exactly what the live
+instrument plays), cut into windows, and each window is judged by the classifier (adherence to the prompt's
+labels), by the Fréchet distance of its embeddings to real test-split music, and by its tempo against the
+requested bpm. Curves over window index show how a model drifts the longer it plays. A second measurement
+switches prompt mid-stream and counts blocks until the new prompt is followed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import Classifier, adherence
+from .data import load_index, read_mix, resample, split, to_mono
+from .labels import HEADS, head_targets
+from .metrics import WindowMetrics, frechet_distance, nanmean
+from .tempo import estimate_bpm, tempo_error
+
+Tick = Callable[[int], None]
+
+
+@dataclass
+class EvalConfig:
+    seconds: float = 120.0  # length of each generated stream
+    window: float = 10.0  # scoring window
+    steps: int = 8
+    cfg: float = 1.0
+    seed: int = 0  # prompt k streams with seed + k, the same for every model compared
+    max_prompts: int | None = None
+    fd_crop: float = 2.0  # FD sets are crops of this length (the classifier's shortest training crop) ...
+    fd_hop: float = 1.0  # ... this far apart, so a window of one stream gives several vectors
+    short_window: float = 2.0  # sliding window of the transition measurement
+    transitions: int = 4  # prompt switches measured
+    transition_seconds: float = 40.0  # each: half on the old prompt, half on the new
+    settle: float = 0.9  # adapted once this fraction of the way from the old to the new steady level
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.window <= 0 or self.fd_crop <= 0 or self.fd_hop <= 0:
+            raise ValueError("seconds, window, fd_crop and fd_hop must be > 0")
+        if self.transitions < 0 or self.transition_seconds <= 0:
+            raise ValueError("transitions must be >= 0 and transition_seconds > 0")
+
+
+# --- prompts --------------------------------------------------------------------------------------------
+
+
+def default_prompts(index: dict, n: int = 24) -> list[dict]:
+    """Up to `n` prompts from the test split's captions, as varied as the split allows.
+
+    Captions are grouped by (style, lead, tempo bucket, mode) and taken round-robin over the groups, so the
+    set spans styles, instruments and tempi before it repeats a combination.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for ex in sorted(split(index, "test"), key=lambda e: e["id"]):
+        lab = ex.get("labels", {})
+        key = tuple(str(lab.get(k)) for k in ("style", "lead", "tempo_bucket", "mode"))
+        groups.setdefault(key, []).append(ex)
+    order = [groups[k] for k in sorted(groups)]
+    prompts, seen, depth = [], set(), 0
+    while len(prompts) < n and any(depth < len(g) for g in order):
+        for g in order:
+            if depth < len(g) and len(prompts) < n and g[depth]["caption"] not in seen:
+                ex = g[depth]
+                seen.add(ex["caption"])
+                prompts.append(
+                    {"prompt": ex["caption"], "labels": ex["labels"], "bpm": ex["labels"].get("bpm")}
+                )
+        depth += 1
+    return prompts
+
+
+def load_prompts(path: str | Path) -> list[dict]:
+    """A JSON list of {"prompt": caption, "labels": {...}, "bpm": ...}, checked."""
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: expected a non-empty JSON list of prompts")
+    out = []
+    for i, p in enumerate(items):
+        if not isinstance(p, dict) or not isinstance(p.get("prompt"), str):
+            raise ValueError(f"{path}: item {i} needs a 'prompt' string")
+        labels = dict(p.get("labels") or {})
+        bpm = p.get("bpm", labels.get("bpm"))
+        if bpm is not None:
+            labels.setdefault("bpm", float(bpm))
+        head_targets(labels)  # unknown label values fail here, not after an hour of generation
+        out.append({"prompt": p["prompt"], "labels": labels, "bpm": None if bpm is None else float(bpm)})
+    return out
+
+
+# --- generation -----------------------------------------------------------------------------------------
+
+
+def stream_params(prompt: dict, cfg: EvalConfig):
+    """StreamParams for a prompt; its bpm is passed on where StreamParams has a `bpm` field."""
+    from ..model.samplers import SamplerSettings
+    from ..stream import StreamParams
+
+    kw: dict = {"sampler": SamplerSettings(steps=cfg.steps, cfg=cfg.cfg)}
+    if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
+        kw["bpm"] = float(prompt["bpm"])
+    return StreamParams.of(prompt["prompt"], **kw)
+
+
+def generate(
+    model, text, first, blocks: int, seed: int, changes: dict | None = None, tick: Tick | None = None
+):
+    """`blocks` blocks of one stream (with `changes` {block: params} scheduled), decoded: mono float32 at
+    the model's rate, sample-aligned with block boundaries (block b is [b * B, (b + 1) * B))."""
+    from ..stream import LMDMStream
+
+    stream = LMDMStream(model, text, seed=seed, params=first)
+    for block, params in (changes or {}).items():
+        stream.at(block, params)
+    parts = []
+    for _ in range(blocks):
+        parts.append(to_mono(stream.next_block()))
+        if tick:
+            tick(1)
+    parts.append(to_mono(stream.flush()))
+    return np.concatenate(parts)
+
+
+def _crops(audio: np.ndarray, sr: int, length: float, hop: float) -> np.ndarray:
+    """(n, samples) crops of `length` s every `hop` s; one (the whole, zero-padded) when shorter."""
+    n, h = int(round(length * sr)), int(round(hop * sr))
+    if len(audio) <= n:
+        return np.pad(audio, (0, n - len(audio)))[None]
+    return np.stack([audio[s : s + n] for s in range(0, len(audio) - n + 1, h)])
+
+
+def _embed(clf: Classifier, crops: np.ndarray, sr: int, batch: int = 64) -> np.ndarray:
+    return np.concatenate([clf.embed(crops[i : i + batch], sr) for i in range(0, len(crops), batch)])
+
+
+# --- the real reference ---------------------------------------------------------------------------------
+
+
+def real_reference(clf: Classifier, data_dir: str | Path, index: dict, cfg: EvalConfig) -> dict:
+    """Embeddings of the real test split (FD's reference) and what the classifier scores on real music:
+    adherence of real windows to their own captions, and the FD between two halves of the split (a floor
+    no model can beat by much)."""
+    sr = clf.cfg.sample_rate
+    embs, scores = [], []
+    for ex in split(index, "test"):
+        audio = read_mix(data_dir, ex, sr)
+        embs.append(_embed(clf, _crops(audio, sr, cfg.fd_crop, cfg.fd_hop), sr))
+        window = min(cfg.window, len(audio) / sr)
+        for pred in clf.predict(_crops(audio, sr, window, window), sr):
+            scores.append(adherence(pred, ex.get("labels", {}))["mean"])
+    if not embs:
+        raise ValueError(f"{data_dir}: the test split is empty; FD needs real test-split music")
+    floor = float("nan")
+    if len(embs) >= 4:
+        floor = frechet_distance(np.concatenate(embs[0::2]), np.concatenate(embs[1::2]))
+    return {"embeddings": np.concatenate(embs), "adherence": nanmean(scores), "fd_floor": floor}
+
+
+# --- one model ------------------------------------------------------------------------------------------
+
+
+def score_stream(clf: Classifier, audio: np.ndarray, rate: int, prompt: dict, cfg: EvalConfig):
+    """Window metrics of one stream and the FD-crop embeddings of each window."""
+    sr = clf.cfg.sample_rate
+    audio = resample(audio, rate, sr)
+    wlen = min(int(round(cfg.window * sr)), len(audio))
+    starts = range(0, len(audio) - wlen + 1, wlen)
+    windows = np.stack([audio[s : s + wlen] for s in starts])
+    preds = clf.predict(windows, sr)
+    out, embs = [], []
+    for s, w, pred in zip(starts, windows, preds):
+        a = adherence(pred, prompt["labels"])
+        m = WindowMetrics(s / sr, (s + wlen) / sr, a["mean"], a["heads"], a["soft"], a["families_f1"])
+        if prompt.get("bpm"):
+            m.bpm = estimate_bpm(w, sr)
+            m.tempo_error = tempo_error(m.bpm, prompt["bpm"])
+            m.tempo_error_octave = tempo_error(m.bpm, prompt["bpm"], octave=True)
+        out.append(m)
+        embs.append(_embed(clf, _crops(w, sr, cfg.fd_crop, cfg.fd_hop), sr))
+    return out, embs
+
+
+def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int, cfg: EvalConfig, tick=None):
+    """Play `a`, switch to `b` at the middle block, and count blocks until `b` is followed.
+
+    Adherence here is the soft one (mean probability of `b`'s classes) on a sliding `short_window` ending
+    at each block boundary (blocks too early for a whole window are null): hard correctness on 2 s flips too often to time a change by. "Followed" is the
+    first block at which it has come `settle` (90 %) of the way from its level before the switch to its
+    steady level (the mean over the second half of the post-switch blocks). When the new prompt is not
+    followed better than the old one at all (gain < 0.05) there is nothing to time and blocks is None.
+    """
+    bs = model.block_seconds
+    half = max(2, math.ceil(cfg.transition_seconds / 2 / bs))
+    audio = generate(
+        model, text, stream_params(a, cfg), 2 * half, seed, {half: stream_params(b, cfg)}, tick=tick
+    )
+    sr = clf.cfg.sample_rate
+    audio = resample(audio, model.sample_rate, sr)
+    short = int(round(cfg.short_window * sr))
+    ends = [int(round((k + 1) * bs * sr)) for k in range(2 * half)]
+    ends = [min(e, len(audio)) for e in ends]
+    full = [k for k, e in enumerate(ends) if e >= short]  # blocks with a whole short window behind them
+    preds = dict(zip(full, clf.predict(np.stack([audio[ends[k] - short : ends[k]] for k in full]), sr)))
+    nan = float("nan")
+    new = [adherence(preds[k], b["labels"])["soft"] if k in preds else nan for k in range(2 * half)]
+    old = [adherence(preds[k], a["labels"])["soft"] if k in preds else nan for k in range(2 * half)]
+    before = nanmean(new[:half])
+    steady = nanmean(new[half + half // 2 :])
+    result = {
+        "from": a["prompt"],
+        "to": b["prompt"],
+        "switch_block": half,
+        "block_seconds": bs,
+        "adherence_new": new,
+        "adherence_old": old,
+        "before": before,
+        "steady": steady,
+        "blocks": None,
+        "seconds": None,
+    }
+    if np.isfinite(steady) and np.isfinite(before) and steady - before >= 0.05:
+        threshold = before + cfg.settle * (steady - before)
+        hit = next((k for k in range(half, 2 * half) if new[k] >= threshold), 2 * half - 1)
+        result.update(threshold=threshold, blocks=hit - half + 1, seconds=(hit - half + 1) * bs)
+    return result
+
+
+def evaluate_model(
+    model, text, clf: Classifier, prompts: list[dict], real: dict, cfg: EvalConfig, progress=None
+):
+    """Every prompt's stream scored per window; per-window aggregates over prompts; transitions; summary."""
+    blocks = max(1, math.ceil(cfg.seconds / model.block_seconds))
+    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
+    pairs = [(prompts[i], prompts[(i + len(prompts) // 2) % len(prompts)]) for i in range(len(prompts))]
+    pairs = [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]][: cfg.transitions]
+    tick = progress(len(prompts) * blocks + len(pairs) * 2 * half) if progress else None
+    per_prompt, window_embs = [], []
+    for k, prompt in enumerate(prompts):
+        audio = generate(model, text, stream_params(prompt, cfg), blocks, cfg.seed + k, tick=tick)
+        wins, embs = score_stream(clf, audio, model.sample_rate, prompt, cfg)
+        per_prompt.append({**prompt, "windows": [w.to_dict() for w in wins], "_w": wins})
+        window_embs.append(embs)
+    n_windows = min(len(p["_w"]) for p in per_prompt)
+    windows = []
+    for w in range(n_windows):
+        ms = [p["_w"][w] for p in per_prompt]
+        fd = frechet_distance(np.concatenate([e[w] for e in window_embs]), real["embeddings"])
+        windows.append(
+            {
+                "index": w,
+                "start": ms[0].start,
+                "end": ms[0].end,
+                "adherence": nanmean(m.adherence for m in ms),
+                "heads": {h: nanmean(m.heads.get(h) for m in ms) for h in HEADS},
+                "adherence_soft": nanmean(m.adherence_soft for m in ms),
+                "families_f1": nanmean(m.families_f1 for m in ms),
+                "fd": fd,
+                "tempo_error": nanmean(m.tempo_error for m in ms),
+                "tempo_error_median": _nanmedian([m.tempo_error for m in ms]),
+                "tempo_error_octave": nanmean(m.tempo_error_octave for m in ms),
+            }
+        )
+    for p in per_prompt:
+        del p["_w"]
+    transitions = [measure_transition(model, text, clf, a, b, cfg.seed, cfg, tick) for a, b in pairs]
+    return {
+        "model": model.name,
+        "block_seconds": model.block_seconds,
+        "summary": _summary(windows, transitions),
+        "windows": [_clean(w) for w in windows],
+        "prompts": [_clean(p) for p in per_prompt],
+        "transitions": [_clean(t) for t in transitions],
+    }
+
+
+def _nanmedian(values) -> float:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    return float(np.median(v)) if len(v) else float("nan")
+
+
+def _summary(windows: list[dict], transitions: list[dict]) -> dict:
+    first, last = windows[0], windows[-1]
+    timed = [t["blocks"] for t in transitions if t["blocks"] is not None]
+    return {
+        "adherence": nanmean(w["adherence"] for w in windows),
+        "adherence_first": first["adherence"],
+        "adherence_last": last["adherence"],
+        "heads": {h: nanmean(w["heads"][h] for w in windows) for h in HEADS},
+        "fd": nanmean(w["fd"] for w in windows),
+        "fd_first": first["fd"],
+        "fd_last": last["fd"],
+        "tempo_error": nanmean(w["tempo_error"] for w in windows),
+        "tempo_error_octave": nanmean(w["tempo_error_octave"] for w in windows),
+        "transition_blocks": nanmean(timed),
+        "transitions_timed": f"{len(timed)}/{len(transitions)}",
+    }
+
+
+def _clean(v):
+    """JSON-ready: NaN -> null, numpy scalars -> Python, floats rounded."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return None if not math.isfinite(v) else round(v, 6)
+    return v
+
+
+# --- the whole evaluation -------------------------------------------------------------------------------
+
+
+def load_model(ref: str, device: str = "cpu"):
+    """A preset name or an LMDM checkpoint path (with the window it was saved with)."""
+    from ..model.bundle import PRESETS, LMDMModel
+
+    if ref in PRESETS:
+        return LMDMModel.preset(ref).to(device)
+    return LMDMModel.load(ref, device=device)
+
+
+def evaluate(
+    model_ref: str,
+    classifier_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: EvalConfig | None = None,
+    prompts_file: str | Path | None = None,
+    compare: str | None = None,
+    label: str | None = None,
+    compare_label: str | None = None,
+    device: str = "cpu",
+    t5: str | None = None,
+    progress=None,
+) -> dict:
+    """Evaluate one model (and optionally a second on the same prompts and seeds); write metrics.json and
+    metrics.png into `out_dir`. `progress(name)` returns a factory `(total) -> tick`, for progress bars."""
+    cfg = cfg or EvalConfig()
+    index = load_index(data_dir)
+    clf = Classifier.load(classifier_dir)
+    prompts = load_prompts(prompts_file) if prompts_file else default_prompts(index)
+    if cfg.max_prompts:
+        prompts = prompts[: cfg.max_prompts]
+    if not prompts:
+        raise ValueError("no prompts: the test split has no captions and no --prompts file was given")
+    real = real_reference(clf, data_dir, index, cfg)
+    runs = [(model_ref, label or Path(model_ref).stem)]
+    if compare:
+        runs.append((compare, compare_label or Path(compare).stem))
+    if len(runs) == 2 and runs[0][1] == runs[1][1]:
+        runs = [(runs[0][0], runs[0][1] + " (1)"), (runs[1][0], runs[1][1] + " (2)")]
+    results = []
+    for ref, name in runs:
+        model = load_model(ref, device)
+        text = model.text_encoder(t5)
+        res = evaluate_model(model, text, clf, prompts, real, cfg, progress(name) if progress else None)
+        results.append({"label": name, "ref": str(ref), **res})
+    metrics = {
+        "format": "lmdm-eval",
+        "version": 1,
+        "config": asdict(cfg),
+        "data": str(data_dir),
+        "classifier": str(classifier_dir),
+        "prompts": len(prompts),
+        "real": {"adherence": real["adherence"], "fd_floor": real["fd_floor"]},
+        "models": results,
+    }
+    metrics = _clean(metrics)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    plot(metrics, out / "metrics.png")
+    return metrics
+
+
+def plot(metrics: dict, path: str | Path) -> None:
+    """Adherence, FD and tempo error per window over stream time, and adherence after a prompt switch;
+    one curve per model, the real-music level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    (ax_a, ax_f), (ax_t, ax_s) = axes
+    real = metrics["real"]
+
+    def val(x):
+        return np.nan if x is None else x
+
+    for m in metrics["models"]:
+        t = [(w["start"] + w["end"]) / 2 for w in m["windows"]]
+        ax_a.plot(t, [val(w["adherence"]) for w in m["windows"]], marker="o", label=m["label"])
+        ax_f.plot(t, [val(w["fd"]) for w in m["windows"]], marker="o", label=m["label"])
+        ax_t.plot(t, [val(w["tempo_error_median"]) for w in m["windows"]], marker="o", label=m["label"])
+        curves = [tr["adherence_new"] for tr in m["transitions"]]
+        if curves:
+            n = min(len(c) for c in curves)
+            sw = m["transitions"][0]["switch_block"]
+            x = (np.arange(n) + 1 - sw) * m["block_seconds"]
+            with warnings.catch_warnings():  # columns before the first whole window are all NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean([[val(v) for v in c[:n]] for c in curves], axis=0)
+            ax_s.plot(x, mean, label=m["label"])
+    if real.get("adherence") is not None:
+        ax_a.axhline(real["adherence"], ls="--", c="grey", label="real test music")
+    if real.get("fd_floor") is not None:
+        ax_f.axhline(real["fd_floor"], ls="--", c="grey", label="real vs real")
+    ax_s.axvline(0, ls=":", c="grey")
+    for ax, title, ylabel in (
+        (ax_a, "prompt adherence per window", "adherence (mean over heads)"),
+        (ax_f, "Fréchet distance to real test music", "FD"),
+        (ax_t, "tempo error per window (median over prompts)", "|bpm - requested| / requested"),
+        (ax_s, "after a prompt switch", "P(new prompt's classes)"),
+    ):
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_xlabel("seconds since switch" if ax is ax_s else "stream time (s)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)

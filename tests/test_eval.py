@@ -1,0 +1,323 @@
+"""Evaluation: tempo, Fréchet distance, the label classifier and `eval model`, on a synthetic dataset.
+
+The dataset is numpy-synthesised in the training-data format (index.json + audio/<id>.wav): each lead
+family has its own timbre, each style its own drum pattern, chords are major or minor triads and every
+clip has onsets on its beat, so a working classifier must get every head right on held-out clips.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lmdm_live.eval.labels import tempo_bucket
+
+SR = 16000
+CLIP_SECONDS = 8.0
+SYNTH_STYLES = ("techno", "hiphop", "rock", "ambient")
+SYNTH_LEADS = ("piano", "organ", "synth_lead", "reed")
+KEYS = {"C": 0, "E": 4, "G": 7}
+BPMS = {"slow": (72, 88), "mid": (100, 118), "fast": (132, 165)}
+
+
+def _note(freq: float, seconds: float, family: str, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    if family == "piano":  # struck: all harmonics, fast decay
+        partials, env = [(k, 1 / k) for k in range(1, 9)], np.exp(-t / 0.25)
+    elif family == "organ":  # drawbars: octaves and fifths, flat sustain
+        partials, env = [(1, 1), (2, 0.8), (3, 0.6), (4, 0.6), (8, 0.4)], np.ones_like(t)
+    elif family == "synth_lead":  # sawtooth with a fast tremolo
+        partials, env = [(k, 1 / k) for k in range(1, 16)], 0.6 + 0.4 * np.sin(2 * np.pi * 7 * t)
+    else:  # reed: odd harmonics, slow attack
+        partials, env = [(k, 1 / k) for k in (1, 3, 5, 7, 9)], np.minimum(t / 0.06, 1.0)
+    env = env * np.minimum(1.0, (seconds - t) / 0.01)
+    x = sum(
+        a * np.sin(2 * np.pi * freq * k * t + rng.uniform(0, 6.3)) for k, a in partials if freq * k < SR / 2
+    )
+    return (x * env).astype(np.float32)
+
+
+def _hit(kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "kick":
+        t = np.arange(int(0.15 * SR)) / SR
+        return np.sin(2 * np.pi * np.cumsum(50 + 70 * np.exp(-t / 0.03)) / SR) * np.exp(-t / 0.05) * 1.5
+    n = int((0.12 if kind == "snare" else 0.03) * SR)
+    noise = rng.standard_normal(n)
+    if kind == "hat":
+        noise = np.diff(noise, prepend=0.0)  # brighter
+    return noise * np.exp(-np.arange(n) / (0.3 * n)) * (0.6 if kind == "snare" else 0.3)
+
+
+def synth_clip(style: str, lead: str, bpm: float, mode: str, key: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(CLIP_SECONDS * SR)
+    out = np.zeros(n + SR, np.float32)
+    beat = 60.0 / bpm
+    root = 261.63 * 2 ** (KEYS[key] / 12)
+    triad = (0, 3 if mode == "minor" else 4, 7)
+    for i, semis in enumerate(triad):  # the chord, sustained underneath
+        out[:n] += 0.15 * _note(root / 2 * 2 ** (semis / 12), CLIP_SECONDS, "organ", rng)[:n] / (1 + i)
+    arpeggio = (*triad, 12)
+    for b in range(int(CLIP_SECONDS / beat) + 1):
+        start = int(b * beat * SR)
+        if start >= n:
+            break
+        note = _note(root * 2 ** (arpeggio[b % 4] / 12), beat * 0.95, lead, rng) * 0.35
+        out[start : start + len(note)] += note[: len(out) - start]
+        hits = []
+        if style == "techno":
+            hits = [("kick", 0.0), ("hat", 0.5)]
+        elif style in ("hiphop", "rock"):
+            hits = [("kick" if b % 2 == 0 else "snare", 0.0)]
+            if style == "rock":
+                hits += [("hat", 0.0), ("hat", 0.5)]
+        for kind, offset in hits:
+            s = start + int(offset * beat * SR)
+            h = _hit(kind, rng)
+            out[s : s + len(h)] += h[: max(0, len(out) - s)]
+    out = out[:n] + 0.003 * rng.standard_normal(n).astype(np.float32)
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+def build_dataset(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    examples = []
+    for split_name, count in counts.items():
+        for _ in range(count):
+            i = len(examples)
+            style, lead = SYNTH_STYLES[i % 4], SYNTH_LEADS[(i // 4) % 4]  # every pairing, in turn
+            bucket = ("slow", "mid", "fast")[int(rng.integers(3))]
+            bpm = float(rng.integers(*BPMS[bucket]))
+            mode, key = ("major", "minor")[int(rng.integers(2))], str(rng.choice(list(KEYS)))
+            assert tempo_bucket(bpm) == bucket
+            ex_id = f"{i:06d}"
+            sf.write(str(root / "audio" / f"{ex_id}.wav"), synth_clip(style, lead, bpm, mode, key, i), SR)
+            families = [lead, "synth_pad"] + ([] if style == "ambient" else ["drums"])
+            examples.append(
+                {
+                    "id": ex_id,
+                    "seconds": CLIP_SECONDS,
+                    "split": split_name,
+                    "caption": f"{bucket} {style} with {lead.replace('_', ' ')} in {key} {mode}, {bpm:.0f} bpm",
+                    "labels": {
+                        "style": style,
+                        "families": families,
+                        "lead": lead,
+                        "tempo_bucket": bucket,
+                        "mode": mode,
+                        "key": key,
+                        "bpm": bpm,
+                    },
+                    "source": "procedural",
+                }
+            )
+    index = {"format": "lmdm-dataset", "version": 1, "sample_rate": SR, "hop": 512, "examples": examples}
+    (root / "index.json").write_text(json.dumps(index, indent=1))
+    return root
+
+
+def click_track(bpm: float, seconds: float = 12.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = 0.01 * rng.standard_normal(int(seconds * SR))
+    t = 0.1
+    while t < seconds - 0.05:
+        i, n = int(t * SR), int(0.02 * SR)
+        x[i : i + n] += rng.standard_normal(n) * np.exp(-np.arange(n) / (0.004 * SR))
+        t += 60.0 / bpm
+    return x.astype(np.float32)
+
+
+# --- tempo and FD ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bpm", [80.0, 120.0, 170.0])
+def test_tempo_of_click_tracks_within_2_percent(bpm):
+    from lmdm_live.eval.tempo import estimate_bpm, tempo_error
+
+    est = estimate_bpm(click_track(bpm), SR)
+    assert tempo_error(est, bpm) < 0.02, est
+
+
+def test_tempo_error_and_octaves():
+    from lmdm_live.eval.tempo import estimate_bpm, tempo_error
+
+    assert tempo_error(132.0, 120.0) == pytest.approx(0.1)
+    assert tempo_error(60.0, 120.0) == pytest.approx(0.5)
+    assert tempo_error(60.0, 120.0, octave=True) == 0.0
+    assert np.isnan(estimate_bpm(np.zeros(SR * 4, np.float32), SR))
+
+
+def test_frechet_distance_is_zero_for_a_set_vs_itself_and_grows_with_a_shift():
+    from lmdm_live.eval.metrics import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 16)) @ rng.standard_normal((16, 16))
+    assert frechet_distance(a, a) < 1e-3
+    fds = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    assert fds[0] < fds[1] < fds[2]
+    assert fds[1] == pytest.approx(16.0, rel=0.01)  # |shift|^2 = 16 dims x 1.0^2
+    # fewer vectors than dimensions: still finite, and still ~0 against itself
+    small = rng.standard_normal((5, 32))
+    assert 0.0 <= frechet_distance(small, small) < 1e-3
+    assert np.isfinite(frechet_distance(small, rng.standard_normal((7, 32))))
+
+
+def test_log_mel_shape_and_gain():
+    from lmdm_live.eval.features import MelConfig, log_mel
+
+    cfg = MelConfig()
+    x = click_track(120.0, seconds=2.0)
+    m = log_mel(x, cfg)
+    assert m.shape == (cfg.n_mels, 1 + len(x) // cfg.hop)
+    # 20 dB louder is +20 dB in every band above the floor
+    assert np.allclose((log_mel(10 * x, cfg) - m).numpy()[m.numpy() > m.max().item() - 60], 20.0, atol=1e-2)
+
+
+# --- the classifier on a synthetic dataset -------------------------------------------------------------
+
+
+TEST_CLF = dict(channels=(8, 16, 32, 64), crop_max=4.0, lr=3e-3, batch=24)
+TRAIN_STEPS = 200
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("synth"), {"train": 8, "valid": 64, "test": 24})
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(dataset, tmp_path_factory) -> Path:
+    import torch
+
+    from lmdm_live.eval.classifier import ClassifierConfig, ClassifierTrainer, MelBank
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("clf")
+    trainer = ClassifierTrainer(ClassifierConfig(**TEST_CLF))
+    bank = MelBank.from_dataset(dataset, "valid", trainer.cfg)
+    while trainer.step < TRAIN_STEPS:
+        trainer.train_step(bank)
+    trainer.save(out)
+    return out
+
+
+def test_classifier_is_near_perfect_on_held_out_synthetic_renders(dataset, classifier_dir):
+    from lmdm_live.eval.classifier import Classifier, test_report
+
+    report = test_report(Classifier.load(classifier_dir), dataset, windows=(8.0, 4.0))
+    print(json.dumps(report))
+    for r in report.values():
+        assert r["adherence"] >= 0.9, report
+        assert min(r["accuracy"].values()) >= 0.8, report
+        assert r["families_f1"] >= 0.9, report
+
+
+def test_classifier_trains_on_valid_only_and_resumes_exactly(dataset, tmp_path):
+    import torch
+
+    from lmdm_live.eval.classifier import ClassifierConfig, ClassifierTrainer, MelBank
+
+    cfg = ClassifierConfig(channels=(4, 4, 4, 4), crop_max=2.0, batch=4, seed=3)
+    bank = MelBank.from_dataset(dataset, "valid", cfg)
+    assert len(bank.mels) == 64  # the generator's train split (8 clips) is not in it
+    straight = ClassifierTrainer(cfg)
+    for _ in range(4):
+        straight.train_step(bank)
+    first = ClassifierTrainer(cfg)
+    for _ in range(2):
+        first.train_step(bank)
+    first.save(tmp_path)
+    resumed = ClassifierTrainer.resume(tmp_path)
+    assert resumed.step == 2
+    for _ in range(2):
+        resumed.train_step(bank)
+    for (k, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert resumed.history == straight.history
+
+
+def test_adherence_per_head():
+    from lmdm_live.eval.classifier import Prediction, adherence
+    from lmdm_live.eval.labels import HEADS
+
+    probs = {h: np.eye(len(v))[0] for h, v in HEADS.items()}
+    pred = Prediction(
+        {"style": "techno", "tempo_bucket": "slow", "mode": "major", "lead": "piano"}, ("piano",), probs
+    )
+    a = adherence(
+        pred, {"style": "techno", "bpm": 128.0, "mode": "major", "lead": "piano", "families": ["piano"]}
+    )
+    assert a["heads"] == {"style": 1.0, "mode": 1.0, "lead": 1.0, "tempo_bucket": 0.0}  # 128 bpm is fast
+    assert a["mean"] == 0.75 and a["families_f1"] == 1.0
+
+
+def test_default_prompts_vary(dataset):
+    from lmdm_live.eval.data import load_index
+    from lmdm_live.eval.run import default_prompts
+
+    prompts = default_prompts(load_index(dataset))
+    assert len(prompts) >= 20
+    assert len({p["prompt"] for p in prompts}) == len(prompts)
+    assert len({p["labels"]["style"] for p in prompts}) == len(SYNTH_STYLES)
+    assert len({p["labels"]["lead"] for p in prompts}) == len(SYNTH_LEADS)
+    assert len({p["labels"]["tempo_bucket"] for p in prompts}) == 3
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+
+def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_path, capsys):
+    from lmdm_live.cli import main
+
+    out = tmp_path / "eval"
+    # the classifier resumes for a few steps through the CLI, then prints its test report
+    assert (
+        main(
+            [
+                "eval",
+                "classifier",
+                "--data",
+                str(dataset),
+                "--out",
+                str(classifier_dir),
+                "--steps",
+                str(TRAIN_STEPS + 2),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "adherence" in printed and "style" in printed
+    args = ["eval", "model", "--model", "tiny", "--classifier", str(classifier_dir), "--data", str(dataset)]
+    args += ["--out", str(out), "--seconds", "4.5", "--window", "2", "--max-prompts", "2", "--steps", "1"]
+    args += [
+        "--transitions",
+        "1",
+        "--transition-seconds",
+        "4.5",
+        "--compare",
+        "tiny",
+        "--compare-label",
+        "again",
+    ]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["label"] for m in metrics["models"]] == ["tiny", "again"]
+    m = metrics["models"][0]
+    assert len(m["windows"]) == 2 and len(m["prompts"]) == 2
+    w = m["windows"][0]
+    assert 0.0 <= w["adherence"] <= 1.0 and w["fd"] >= 0.0
+    assert set(w["heads"]) == {"style", "tempo_bucket", "mode", "lead"}
+    assert len(m["prompts"][0]["windows"]) == 2 and "tempo_error" in m["prompts"][0]["windows"][0]
+    assert len(m["transitions"]) == 1 and len(m["transitions"][0]["adherence_new"]) == 6
+    # same model, same seeds: the comparison curve is the same stream
+    assert metrics["models"][1]["windows"] == m["windows"]
+    assert metrics["real"]["adherence"] >= 0.9
+    png = out / "metrics.png"
+    assert png.is_file() and png.stat().st_size > 10_000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
