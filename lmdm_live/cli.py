@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from .eval import cli as eval_cli
+from .train import cli as train_cli
+
 DEFAULT_OUT = Path("out/lmdm-live.wav")
 
 
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
     _add_model_args(render)
     _add_sampler_args(render)
+    render.add_argument("--bpm", type=float, default=120.0, help="tempo for models with tempo channels")
     render.add_argument("--prompt", action="append", type=_prompt_arg, help="TEXT[:WEIGHT], repeatable")
     render.add_argument(
         "--change",
@@ -142,22 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--engine-only", action="store_true", help="skip the per-mode cache figures")
 
-    train = sub.add_parser("train", help="train models")
-    tsub = train.add_subparsers(dest="stage", required=True)
-    s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR fine-tuning on pre-encoded latents")
-    s1.add_argument(
-        "--data", type=Path, required=True, help="a latent set (.safetensors: latents.<i>, tokens)"
-    )
-    s1.add_argument("--model", default="tiny", help="preset or LMDM checkpoint to start from")
-    s1.add_argument("--mode", choices=("encdec", "causal"), default="encdec")
-    s1.add_argument("--context", type=int, default=192)
-    s1.add_argument("--block", type=int, default=48)
-    s1.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
-    s1.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
-    s1.add_argument("--batch", type=int, default=8)
-    s1.add_argument("--lr", type=float, default=5e-5)
-    s1.add_argument("--save-every", type=int, default=200)
-    s1.add_argument("--seed", type=int, default=0)
+    train_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
 
     convert = sub.add_parser("convert", help="convert checkpoints into the lmdm_live format")
     csub = convert.add_subparsers(dest="source", required=True)
@@ -193,16 +183,16 @@ def load_script(path: Path, start, block_seconds: float) -> dict:
             block = when
         else:
             raise ValueError(f"at() takes a block index or 'N.Ns', got {when!r}")
-        unknown = set(kw) - {"prompt", "prompts", "eject_frames", *sampler_keys}
+        unknown = set(kw) - {"prompt", "prompts", "eject_frames", "bpm", *sampler_keys}
         if unknown:
             raise ValueError(f"at() does not know {', '.join(sorted(unknown))}")
         p = current[0]
         if "prompt" in kw:
             p = replace(p, prompts=((kw["prompt"], 1.0),))
         if "prompts" in kw:
-            p = StreamParams(
-                prompts=tuple(kw["prompts"].items()), sampler=p.sampler, eject_frames=p.eject_frames
-            )
+            p = replace(p, prompts=tuple(kw["prompts"].items()))
+        if "bpm" in kw:
+            p = replace(p, bpm=float(kw["bpm"]))
         if "eject_frames" in kw:
             p = replace(p, eject_frames=kw["eject_frames"])
         s = {k: kw[k] for k in sampler_keys if k in kw}
@@ -245,6 +235,8 @@ def _load(args):
 
 
 def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
+    from dataclasses import replace
+
     import numpy as np
     import soundfile as sf
 
@@ -254,10 +246,10 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
     model = _load(args)
     text = model.text_encoder(getattr(args, "t5", None))
     loaded = time.perf_counter() - t0
-    params = StreamParams(prompts=tuple(prompts), sampler=sampler)
+    params = StreamParams(prompts=tuple(prompts), sampler=sampler, bpm=getattr(args, "bpm", None))
     stream = LMDMStream(model, text, seed=args.seed, params=params)
     for block, prompt in changes:
-        stream.at(block, StreamParams(prompts=(_prompt_arg(prompt),), sampler=sampler))
+        stream.at(block, replace(params, prompts=(_prompt_arg(prompt),)))
     if script is not None:
         for block, p in load_script(script, params, model.block_seconds).items():
             stream.at(block, p)
@@ -386,7 +378,9 @@ async def _session(inst, args) -> None:
                     osc.set_aliases(dict(controls.osc_aliases))
 
             ns["patch"] = inst.watch(args.patch, at="now", on_load=install)
-        if osc is not None:  # listen once the patch is in: a message never lands under a patch applied after it
+        if (
+            osc is not None
+        ):  # listen once the patch is in: a message never lands under a patch applied after it
             await osc.start()
             print(f"lmdm-live: OSC on {args.osc_host}:{args.osc_port} (docs/osc.md)", file=sys.stderr)
         if args.headless:
@@ -501,36 +495,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .bench import load_model
-    from .model.lmdm import LMDMConfig
-    from .train.stage1 import LatentSet, Stage1Config, Stage1Trainer
-
-    data = LatentSet.load(args.data)
-    if (args.out / "progress.json").is_file():
-        trainer = Stage1Trainer.resume(args.out)
-        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
-    else:
-        window = LMDMConfig(mode=args.mode, context_frames=args.context, block_frames=args.block)
-        model = load_model(args.model, window, "cpu", torch.float32)
-        trainer = Stage1Trainer(model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed))
-    columns = (
-        TextColumn("stage 1"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as bar:
-        task = bar.add_task("train", total=args.steps, completed=trainer.step, loss="-")
-        while trainer.step < args.steps:
-            loss = trainer.train_step(data)
-            bar.update(task, completed=trainer.step, loss=f"{loss:.4f}")
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-                trainer.save(args.out)
-    print(json.dumps({"out": str(args.out), "step": trainer.step, "loss_last": trainer.history[-1]}))
-    return 0
+    return train_cli.run(args)
 
 
 def cmd_convert(args) -> int:
@@ -554,6 +519,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "convert": cmd_convert,
     "train": cmd_train,
+    "eval": eval_cli.run,
 }
 
 

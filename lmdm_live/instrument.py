@@ -98,7 +98,7 @@ class Instrument:
             from .model.lmdm import LMDMConfig
 
             self.model = load_model(ref, None if Path(ref).is_file() else LMDMConfig(), "cpu", torch.float32)
-        self._params = StreamParams.of(prompt, sampler=SamplerSettings(steps=steps, cfg=cfg))
+        self._params = StreamParams.of(prompt, sampler=SamplerSettings(steps=steps, cfg=cfg), bpm=float(bpm))
         self._gain = 1.0
         self._unmuted_gain = 1.0
         self._seed = int(seed)
@@ -183,15 +183,7 @@ class Instrument:
             return dict(self._params.prompts)
         if not isinstance(weights, dict) or not weights:
             raise ValueError("prompts takes a non-empty {text: weight} dict")
-        self._set(
-            StreamParams(
-                prompts=tuple(weights.items()),
-                sampler=self._params.sampler,
-                eject_frames=self._params.eject_frames,
-                seconds=self._params.seconds,
-            ),
-            at,
-        )
+        self._set(StreamParams(**{**vars(self._params), "prompts": tuple(weights.items())}), at)
         return None
 
     def cfg(self, scale: float | None = None, at: Any = "now") -> float | None:
@@ -277,7 +269,8 @@ class Instrument:
         self.engine.submit("reset", None, _check_at(at))
 
     def bpm(self, value: float | None = None) -> float | None:
-        """Tempo of the beat/bar grid that `at="beat"`/`"bar"` quantise to."""
+        """Tempo: the beat/bar grid `at="beat"`/`"bar"` quantise to, and what a model with tempo channels
+        plays at (from the next block on)."""
         if value is None:
             return self._bpm
         value = float(value)
@@ -285,6 +278,7 @@ class Instrument:
             raise ValueError(f"bpm must be in 20..400, got {value}")
         self._bpm = value
         self.engine.bpm = value
+        self._set(replace(self._params, bpm=value), "now")
         return None
 
     # --- figures, recording --------------------------------------------------------------------------------

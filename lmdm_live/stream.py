@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .extras import tempo_grid
 from .model.bundle import LMDMModel
 from .model.conditioners import TextEncoder
 from .model.lmdm import LMDM, BlockState, Conditioning
@@ -38,6 +39,7 @@ class StreamParams:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     eject_frames: int | None = None  # context frames dropped when the dominant prompt changes; None: half
     seconds: float | None = None  # seconds_total conditioning; None: the model's own
+    bpm: float | None = None  # the tempo a model with tempo channels plays at; None: no clock (free time)
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -56,6 +58,8 @@ class StreamParams:
         object.__setattr__(self, "prompts", tuple(norm))
         if self.eject_frames is not None and self.eject_frames < 0:
             raise ValueError(f"eject_frames must be >= 0, got {self.eject_frames}")
+        if self.bpm is not None and not (np.isfinite(self.bpm) and 20.0 <= self.bpm <= 400.0):
+            raise ValueError(f"bpm must be in 20..400, got {self.bpm}")
 
     @classmethod
     def of(cls, prompt: str | dict[str, float] | None = None, **kw) -> StreamParams:
@@ -75,11 +79,12 @@ class StreamParams:
             "sampler": asdict(self.sampler),
             "eject_frames": self.eject_frames,
             "seconds": self.seconds,
+            "bpm": self.bpm,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamParams:
-        unknown = set(d) - {"prompts", "sampler", "eject_frames", "seconds"}
+        unknown = set(d) - {"prompts", "sampler", "eject_frames", "seconds", "bpm"}
         if unknown:
             raise ValueError(f"unknown stream parameter(s): {', '.join(sorted(unknown))}")
         return cls(
@@ -87,6 +92,7 @@ class StreamParams:
             sampler=SamplerSettings(**d.get("sampler", {})),
             eject_frames=d.get("eject_frames"),
             seconds=d.get("seconds"),
+            bpm=d.get("bpm"),
         )
 
     @property
@@ -121,6 +127,7 @@ class LMDMStream:
         """Back to block 0 with an empty context (the schedule is kept)."""
         self.params = params or self._initial
         self.block_index = 0
+        self.beat = 0.0  # beat position at the start of the next block (tempo channels)
         self.state: BlockState = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
         if self.decoder is not None:
             self.decoder.reset()
@@ -132,6 +139,8 @@ class LMDMStream:
         """
         rows = 2 if self.params.sampler.guided else 1
         self.state = self.lmdm.new_state(rows)
+        skipped = max(next_block - self.block_index, 0)  # the beat goes on through skipped blocks
+        self.beat += skipped * self.model.lmdm.block_frames * self.beats_per_frame
         self.block_index = max(self.block_index, next_block)
         if self.decoder is not None:
             self.decoder.reset()
@@ -153,12 +162,19 @@ class LMDMStream:
     # --- generation ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def next_latents(self, extras: Tensor | None = None) -> Tensor:
-        """The next block of clean latents (1, io, T)."""
+    def next_latents(
+        self, extras: Tensor | None = None, *, sketch: Tensor | None = None, accomp: Tensor | None = None
+    ) -> Tensor:
+        """The next block of clean latents (1, io, T).
+
+        A model with named extras (`model.layout`) gets its tempo channels from `params.bpm`, and the
+        sketch (5, T) / accompaniment (1+io, T) channels when given; `extras` (1, E, T) overrides them all."""
         new = self.schedule.pop(self.block_index, None)
         if new is not None:
             self._apply(new)
         p = self.params
+        if extras is None:
+            extras = self._named_extras(p, sketch, accomp)
         cond = self._conditioning(p)
         self.lmdm.resize(self.state, cond.rows)
         gen = torch.Generator().manual_seed(block_seed(self.seed, self.block_index))
@@ -170,6 +186,7 @@ class LMDMStream:
             self.state.rebootstrap()
             block = torch.zeros_like(block)
         self.block_index += 1
+        self.beat += self.model.lmdm.block_frames * self.beats_per_frame
         return block
 
     @torch.no_grad()
@@ -192,7 +209,22 @@ class LMDMStream:
     def latency_samples(self) -> int:
         return 0 if self.decoder is None else self.decoder.latency_samples
 
+    @property
+    def beats_per_frame(self) -> float:
+        bpm = self.params.bpm or 0.0
+        return bpm / 60.0 * self.model.hop / self.model.sample_rate
+
     # --- internals ----------------------------------------------------------------------------------------
+
+    def _named_extras(self, p: StreamParams, sketch: Tensor | None, accomp: Tensor | None) -> Tensor | None:
+        layout = self.model.layout
+        if not layout.channels:
+            return None
+        t_len = self.model.lmdm.block_frames
+        tempo = None
+        if layout.tempo and p.bpm is not None:
+            tempo = tempo_grid(self.beat, t_len, self.beats_per_frame, p.bpm)
+        return layout.build(t_len, tempo, sketch, accomp)[None]
 
     def _apply(self, new: StreamParams) -> None:
         old = self.params

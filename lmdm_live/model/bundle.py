@@ -7,12 +7,13 @@ same loader reads checkpoints converted from SAOS (`sao.convert_sao`) and the pr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..extras import ExtrasLayout
 from ..sao import (
     LMDM_FORMAT,
     VAE_PREFIX,
@@ -39,6 +40,16 @@ class LMDMModel:
     text: dict  # {"type": "minilm"} or {"type": "t5", "max_length": 64, ...}
     seconds_total: float  # the seconds value the model conditions on (SAOS: length of the window)
     name: str = "model"
+    extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.extras)
+
+    @property
+    def layout(self) -> ExtrasLayout:
+        layout = ExtrasLayout.from_config(self.extras, self.dit.cfg.io_channels)
+        if layout.channels > self.dit.cfg.extra_add_channels:
+            raise ValueError(
+                f"the extras layout needs {layout.channels} channels, the DiT has {self.dit.cfg.extra_add_channels}"
+            )
+        return layout
 
     @property
     def dit(self) -> DiT:
@@ -101,6 +112,7 @@ class LMDMModel:
             "self_attention": "fused",
             "lmdm": asdict(self.lmdm),
             "vae": self.vae.cfg.to_dict(),
+            "extras": dict(self.extras),
         }
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -146,6 +158,7 @@ class LMDMModel:
             dict(config.get("text", {})),
             secs,
             config.get("name", path.stem),
+            dict(config.get("extras", {})),
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (

@@ -124,37 +124,43 @@ class ARCConfig:
     seed: int = 0
 
 
-def _slide(frames: Tensor, block: Tensor) -> Tensor:
-    new = torch.cat(
-        [
-            torch.ones_like(block[:, :1]),
-            block,
-            frames.new_zeros(block.shape[0], frames.shape[1] - 1 - block.shape[1], block.shape[-1]),
-        ],
-        dim=1,
-    )
+def _slide(frames: Tensor, block: Tensor, extras: Tensor | None = None) -> Tensor:
+    """The context window after `block`: oldest frames out, the block (with its extras) in."""
+    e = frames.shape[1] - 1 - block.shape[1]
+    if extras is None:
+        extras = frames.new_zeros(block.shape[0], e, block.shape[-1])
+    new = torch.cat([torch.ones_like(block[:, :1]), block, extras.to(block)], dim=1)
     return torch.cat([frames[:, :, block.shape[-1] :], new], dim=2)
 
 
 def rollout(
-    lmdm: LMDM, frames: Tensor, cond: Conditioning, rounds: int, steps: int, gen: torch.Generator
+    lmdm: LMDM,
+    frames: Tensor,
+    cond: Conditioning,
+    rounds: int,
+    steps: int,
+    gen: torch.Generator,
+    extras: Tensor | None = None,
 ) -> Tensor:
-    """R blocks, each from the previous ones; gradient only through each block's exit step."""
+    """R blocks, each from the previous ones; gradient only through each block's exit step.
+
+    `extras` (B, E, R*T): each rolled-out block's extra channels (tempo, sketch, accompaniment)."""
     ts = logsnr_schedule(steps)
     b, io, t_len = frames.shape[0], lmdm.dit.cfg.io_channels, lmdm.cfg.block_frames
     blocks = []
-    for _ in range(rounds):
+    for r in range(rounds):
+        ext = None if extras is None else extras[..., r * t_len : (r + 1) * t_len]
         k = int(torch.randint(1, steps, (1,), generator=gen))  # exit after k steps, 1..S-1
         x = torch.randn(b, io, t_len, generator=gen).to(frames)
         with torch.no_grad():
             for i in range(k - 1):
                 t = torch.full((b,), ts[i]).to(frames)
-                x0 = x - ts[i] * lmdm.window_velocity(frames, x, t, cond)
+                x0 = x - ts[i] * lmdm.window_velocity(frames, x, t, cond, ext)
                 x = (1 - ts[i + 1]) * x0 + ts[i + 1] * torch.randn(x.shape, generator=gen).to(x)
         t = torch.full((b,), ts[k - 1]).to(frames)
-        block = x - ts[k - 1] * lmdm.window_velocity(frames, x, t, cond)
+        block = x - ts[k - 1] * lmdm.window_velocity(frames, x, t, cond, ext)
         blocks.append(block)
-        frames = _slide(frames, block.detach())
+        frames = _slide(frames, block.detach(), ext)
     return torch.cat(blocks, dim=2)
 
 
@@ -177,16 +183,28 @@ class ARCTrainer:
 
     def _batch(self, data: LatentSet, gen: torch.Generator):
         c, t_len = self.lmdm.cfg.context_frames, self.lmdm.cfg.block_frames
-        real, tokens = data.batch(self.cfg.batch, c + self.cfg.rounds * t_len, gen)
+        n = c + self.cfg.rounds * t_len
+        layout = self.model.layout
         p = next(self.model.net.parameters())
+        e = self.model.dit.cfg.extra_add_channels
+        if layout.channels:
+            from .windows import ExtrasConfig, window_batch
+
+            real, tokens, ext = window_batch(data, layout, ExtrasConfig(), self.cfg.batch, c, n - c, gen)
+            extras = real.new_zeros(real.shape[0], e, n)
+            extras[:, : ext.shape[1]] = ext
+            extras = extras.to(p.device, p.dtype)
+        else:
+            real, tokens = data.batch(self.cfg.batch, n, gen)
+            extras = None
         real, tokens = real.to(p.device, p.dtype), tokens.to(p.device, p.dtype)
         b, io, _ = real.shape
-        e = self.model.dit.cfg.extra_add_channels
-        frames = torch.cat([real.new_ones(b, 1, c), real[..., :c], real.new_zeros(b, e, c)], dim=1)
+        ctx_extras = real.new_zeros(b, e, c) if extras is None else extras[..., :c]
+        frames = torch.cat([real.new_ones(b, 1, c), real[..., :c], ctx_extras], dim=1)
         frames = context_dropout(frames, t_len, self.cfg.p_uncond, self.cfg.p_partial, gen)
         real = torch.cat([frames[:, 1 : 1 + io], real[..., c:]], dim=2)  # Y = X' (context as the G saw it)
         cross, glob = self.model.net.conditioning(tokens, [self.model.seconds_total] * b)
-        return real, frames, cross, glob
+        return real, frames, cross, glob, None if extras is None else extras[..., c:]
 
     def _scores(self, real: Tensor, fake: Tensor, cross: Tensor, glob: Tensor, gen: torch.Generator):
         """Paired re-noising: one noise level and one noise for the real and the generated window."""
@@ -199,9 +217,9 @@ class ARCTrainer:
 
     def g_step(self, data: LatentSet) -> dict:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        real, frames, cross, glob = self._batch(data, gen)
+        real, frames, cross, glob, target_extras = self._batch(data, gen)
         cond = Conditioning(self.model.dit.cross_kv(cross), glob)
-        blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen)
+        blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen, target_extras)
         fake = torch.cat([real[..., : self.lmdm.cfg.context_frames], blocks], dim=2)
         for p in self.d_params:
             p.requires_grad_(False)
@@ -219,10 +237,10 @@ class ARCTrainer:
 
     def d_step(self, data: LatentSet) -> dict:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        real, frames, cross, glob = self._batch(data, gen)
+        real, frames, cross, glob, target_extras = self._batch(data, gen)
         with torch.no_grad():
             cond = Conditioning(self.model.dit.cross_kv(cross), glob)
-            blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen)
+            blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen, target_extras)
         fake = torch.cat([real[..., : self.lmdm.cfg.context_frames], blocks], dim=2).detach()
         cross, glob = cross.detach(), glob.detach()
         d_real, d_fake, y_s, s = self._scores(real, fake, cross, glob, gen)

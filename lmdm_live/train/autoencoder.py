@@ -6,13 +6,18 @@ reported as a multi-resolution STFT distance and SI-SDR, so numbers are comparab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import soundfile as sf
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..model.oobleck import OobleckVAE
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.oobleck import OobleckConfig, OobleckVAE
 
 
 def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
@@ -95,3 +100,100 @@ class AETrainer:
             }
         finally:
             self.vae.train()
+
+
+# --- data, checkpoints, latent scale -------------------------------------------------------------------
+
+
+class AudioClips:
+    """The mixes of a dataset split held in memory as one float32 array each, cropped at random."""
+
+    def __init__(self, data: str | Path, splits: tuple[str, ...] = ("train",)) -> None:
+        from .dataset import load_index
+
+        index = load_index(data)
+        self.sample_rate, self.hop = index["sample_rate"], index["hop"]
+        self.clips = [
+            torch.from_numpy(sf.read(Path(data) / "audio" / f"{e['id']}.wav", dtype="float32")[0])
+            for e in index["examples"]
+            if e["split"] in splits
+        ]
+        if not self.clips:
+            raise ValueError(f"no {'/'.join(splits)} examples in {data}")
+
+    def batch(self, n: int, length: int, gen: torch.Generator) -> Tensor:
+        out = torch.empty(n, 1, length)
+        for b in range(n):
+            x = self.clips[int(torch.randint(len(self.clips), (1,), generator=gen))]
+            start = int(torch.randint(max(len(x) - length, 0) + 1, (1,), generator=gen))
+            crop = x[start : start + length]
+            out[b, 0] = F.pad(crop, (0, length - len(crop)))
+        return out
+
+
+def save_ae(trainer: AETrainer, out: str | Path, extra: dict | None = None) -> None:
+    """`vae.safetensors` (weights + config), optimizer state and a JSON progress file."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "vae.safetensors", trainer.vae.state_dict(), {"vae": trainer.vae.cfg.to_dict()})
+    opt = trainer.opt.state_dict()
+    tensors = {
+        f"{i}.{k}": v.detach().cpu().contiguous()
+        for i, st in opt["state"].items()
+        for k, v in st.items()
+        if isinstance(v, Tensor)
+    }
+    save_file(tensors, str(out / "optimizer.safetensors"))
+    progress = {
+        "step": trainer.step,
+        "history": trainer.history,
+        "config": asdict(trainer.cfg),
+        **(extra or {}),
+    }
+    tmp = out / "progress.json.tmp"
+    tmp.write_text(json.dumps(progress))
+    tmp.replace(out / "progress.json")
+
+
+def load_vae(path: str | Path) -> OobleckVAE:
+    sd, config = load_checkpoint(path)
+    if "vae" not in config:
+        raise ValueError(f"{Path(path).name} has no VAE config")
+    vae = OobleckVAE(OobleckConfig.from_dict(config["vae"]))
+    vae.load_state_dict(sd, strict=True)
+    return vae
+
+
+def resume_ae(out: str | Path) -> AETrainer:
+    out = Path(out)
+    progress = json.loads((out / "progress.json").read_text())
+    cfg = progress["config"]
+    cfg["ffts"] = tuple(cfg["ffts"])
+    trainer = AETrainer(load_vae(out / "vae.safetensors"), AEConfig(**cfg))
+    tensors = load_file(str(out / "optimizer.safetensors"))
+    state = trainer.opt.state_dict()
+    for key, v in tensors.items():
+        i, _, name = key.partition(".")
+        state["state"].setdefault(int(i), {})[name] = v
+    trainer.opt.load_state_dict(state)
+    trainer.step, trainer.history = progress["step"], list(progress["history"])
+    return trainer
+
+
+@torch.no_grad()
+def rescale_latents(vae: OobleckVAE, sigma: float) -> None:
+    """Make the VAE's latents 1/sigma as large (encoder mean rows and decoder input both rescaled), so the
+    diffusion model sees roughly unit-variance latents while audio in = audio out is unchanged."""
+    ld = vae.cfg.latent_dim
+    last = vae.encoder.layers[-1]
+    first = vae.decoder.layers[0]
+    for conv, rows, f in ((last, slice(0, ld), 1.0 / sigma), (first, slice(None), sigma)):
+        if conv.folded:
+            if rows == slice(None):
+                conv.weight.mul_(f)
+            else:
+                conv.weight[rows].mul_(f)
+        else:
+            conv.weight_g[rows].mul_(f)
+        if conv.bias is not None and rows != slice(None):
+            conv.bias[rows].mul_(f)

@@ -47,19 +47,36 @@ class Stage1Config:
 
 @dataclass
 class LatentSet:
-    """Pre-encoded examples: latents (io, L_i) with L_i >= C+T, and per-example text tokens (S, D)."""
+    """Pre-encoded examples: latents (io, L_i) with L_i >= C+T, and per-example text tokens (S, D).
+
+    Optional, per example: `controls` (7, L_i) raw frame controls (bpm, beat phase, bar phase, pitch_midi,
+    voiced, loudness_db, centroid_hz), and `drums`/`rest` (io, L_i), the latents of the drum stem and of the
+    mix without it (the accompaniment pairs jamming is trained on).
+    """
 
     latents: list[Tensor]
     tokens: Tensor  # (N, S, D)
+    controls: list[Tensor] | None = None
+    drums: list[Tensor | None] | None = None
+    rest: list[Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         if len(self.latents) != self.tokens.shape[0] or not self.latents:
             raise ValueError(f"{len(self.latents)} latent clips for {self.tokens.shape[0]} token sets")
+        for name in ("controls", "drums", "rest"):
+            v = getattr(self, name)
+            if v is not None and len(v) != len(self.latents):
+                raise ValueError(f"{len(v)} {name} entries for {len(self.latents)} latent clips")
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file: `latents.<i>` (io, L_i) and `tokens` (N, S, D)."""
+        """One safetensors file: `latents.<i>` (io, L_i), `tokens` (N, S, D), optional `controls.<i>`,
+        `drums.<i>`, `rest.<i>`."""
         tensors = {f"latents.{i}": x.contiguous() for i, x in enumerate(self.latents)}
         tensors["tokens"] = self.tokens.contiguous()
+        for name in ("controls", "drums", "rest"):
+            for i, x in enumerate(getattr(self, name) or []):
+                if x is not None:
+                    tensors[f"{name}.{i}"] = x.contiguous()
         save_file(tensors, str(path))
 
     @classmethod
@@ -73,18 +90,31 @@ class LatentSet:
         missing = [i for i in range(n) if f"latents.{i}" not in t]
         if missing:
             raise ValueError(f"{Path(path).name}: latents missing for examples {missing[:5]}")
-        return cls([t[f"latents.{i}"] for i in range(n)], t["tokens"])
+
+        def opt(name: str) -> list | None:
+            if not any(k.startswith(name + ".") for k in t):
+                return None
+            return [t.get(f"{name}.{i}") for i in range(n)]
+
+        controls = opt("controls")
+        if controls is not None and any(c is None for c in controls):
+            raise ValueError(f"{Path(path).name}: controls missing for some examples")
+        return cls([t[f"latents.{i}"] for i in range(n)], t["tokens"], controls, opt("drums"), opt("rest"))
+
+    def crop_starts(self, idx: list[int], frames: int, gen: torch.Generator) -> list[int]:
+        starts = []
+        for i in idx:
+            x = self.latents[i]
+            if x.shape[-1] < frames:
+                raise ValueError(f"clip {i} has {x.shape[-1]} frames, a window needs {frames}")
+            starts.append(int(torch.randint(x.shape[-1] - frames + 1, (1,), generator=gen)))
+        return starts
 
     def batch(self, n: int, frames: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """n random crops of `frames` frames and their tokens."""
         idx = torch.randint(len(self.latents), (n,), generator=gen)
-        crops = []
-        for i in idx.tolist():
-            x = self.latents[i]
-            if x.shape[-1] < frames:
-                raise ValueError(f"clip {i} has {x.shape[-1]} frames, a window needs {frames}")
-            start = int(torch.randint(x.shape[-1] - frames + 1, (1,), generator=gen))
-            crops.append(x[:, start : start + frames])
+        starts = self.crop_starts(idx.tolist(), frames, gen)
+        crops = [self.latents[i][:, s : s + frames] for i, s in zip(idx.tolist(), starts)]
         return torch.stack(crops), self.tokens[idx]
 
 
@@ -112,16 +142,27 @@ def sample_t(n: int, kind: str, gen: torch.Generator) -> Tensor:
 
 
 def stage1_loss(
-    model: LMDMModel, lmdm: LMDM, latents: Tensor, tokens: Tensor, cfg: Stage1Config, gen: torch.Generator
+    model: LMDMModel,
+    lmdm: LMDM,
+    latents: Tensor,
+    tokens: Tensor,
+    cfg: Stage1Config,
+    gen: torch.Generator,
+    extras: Tensor | None = None,
 ) -> Tensor:
-    """MSE between predicted and true velocity on the target block of each window."""
+    """MSE between predicted and true velocity on the target block of each window.
+
+    `extras` (B, E_layout, C+T) are the window's named extra channels; the DiT's remaining ones stay 0."""
     c, t_len = lmdm.cfg.context_frames, lmdm.cfg.block_frames
     p = next(model.net.parameters())
     latents = latents.to(p.device, p.dtype)
     b, io, _ = latents.shape
     ctx, x0 = latents[..., :c], latents[..., c : c + t_len]
     e = model.dit.cfg.extra_add_channels
-    frames = torch.cat([latents.new_ones(b, 1, c), ctx, latents.new_zeros(b, e, c)], dim=1)
+    full = latents.new_zeros(b, e, c + t_len)
+    if extras is not None:
+        full[:, : extras.shape[1]] = extras.to(full)
+    frames = torch.cat([latents.new_ones(b, 1, c), ctx, full[..., :c]], dim=1)
     frames = context_dropout(frames, t_len, cfg.p_uncond, cfg.p_partial, gen)
     t = sample_t(b, cfg.timesteps, gen).to(p.device, p.dtype)
     eps = torch.randn(x0.shape, generator=gen).to(p.device, p.dtype)
@@ -132,7 +173,9 @@ def stage1_loss(
     cross, glob = model.net.conditioning(tokens, seconds)
     cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
     cond = Conditioning(model.dit.cross_kv(cross), glob)
-    v = lmdm.window_velocity(frames, x_t, t, cond)
+    v = lmdm.window_velocity(
+        frames, x_t, t, cond, target_extras=full[..., c:] if extras is not None else None
+    )
     return F.mse_loss(v.float(), (eps - x0).float())
 
 
@@ -154,9 +197,16 @@ class Stage1Trainer:
 
     def train_step(self, data: LatentSet) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        frames = self.lmdm.cfg.context_frames + self.lmdm.cfg.block_frames
-        latents, tokens = data.batch(self.cfg.batch, frames, gen)
-        loss = stage1_loss(self.model, self.lmdm, latents, tokens, self.cfg, gen)
+        c, t = self.lmdm.cfg.context_frames, self.lmdm.cfg.block_frames
+        layout = self.model.layout
+        extras = None
+        if layout.channels:
+            from .windows import ExtrasConfig, window_batch
+
+            latents, tokens, extras = window_batch(data, layout, ExtrasConfig(), self.cfg.batch, c, t, gen)
+        else:
+            latents, tokens = data.batch(self.cfg.batch, c + t, gen)
+        loss = stage1_loss(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {loss.item()}")
         self.opt.zero_grad(set_to_none=True)

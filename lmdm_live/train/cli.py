@@ -1,0 +1,196 @@
+"""`lmdm-live train …`: data, ae, latents, stage1, arc — each resumable, each with a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_parser(sub) -> None:
+    train = sub.add_parser("train", help="render data and train models (each stage resumes where it stopped)")
+    tsub = train.add_subparsers(dest="stage", required=True)
+
+    d = tsub.add_parser(
+        "data", help="render multi-stem training music (FluidSynth), or import an audio folder"
+    )
+    d.add_argument("--out", type=Path, required=True, help="dataset directory (resumed when it exists)")
+    d.add_argument("--hours", type=float, default=1.0, help="render until the dataset holds this much audio")
+    d.add_argument("--from-folder", type=Path, help="import a folder of your own audio + captions instead")
+    d.add_argument("--sample-rate", type=int, default=16000)
+    d.add_argument("--hop", type=int, default=512, help="latent hop of the autoencoder the data is for")
+    d.add_argument("--seconds", type=float, default=20.0, help="length of each example")
+    d.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
+    d.add_argument("--seed", type=int, default=0)
+
+    ae = tsub.add_parser("ae", help="train the Oobleck autoencoder on a dataset's mixes")
+    ae.add_argument("--data", type=Path, required=True)
+    ae.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
+    ae.add_argument("--steps", type=int, default=2000, help="train until this many steps in total")
+    ae.add_argument("--batch", type=int, default=6)
+    ae.add_argument("--crop", type=int, default=8192, help="samples per training crop")
+    ae.add_argument("--lr", type=float, default=5e-4)
+    ae.add_argument("--kl", type=float, default=1e-4, help="KL weight")
+    ae.add_argument("--channels", type=int, default=32)
+    ae.add_argument("--latent-dim", type=int, default=32)
+    ae.add_argument("--strides", default="4,4,4,8", help="encoder strides; their product is the hop")
+    ae.add_argument("--save-every", type=int, default=100)
+    ae.add_argument("--seed", type=int, default=0)
+
+    lat = tsub.add_parser(
+        "latents", help="encode a dataset with a trained autoencoder (+ text tokens, controls)"
+    )
+    lat.add_argument("--data", type=Path, required=True)
+    lat.add_argument("--vae", type=Path, required=True, help="vae.safetensors from `train ae`")
+    lat.add_argument("--out", type=Path, required=True, help="latent set file (.safetensors)")
+    lat.add_argument("--split", default="train", help="which split(s) to encode, comma-separated")
+
+    s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
+    s1.add_argument("--data", type=Path, required=True, help="a latent set (.safetensors)")
+    s1.add_argument("--model", default="tiny", help="preset or LMDM checkpoint to start from")
+    s1.add_argument("--vae", type=Path, help="the autoencoder the latents came from (replaces the preset's)")
+    s1.add_argument("--mode", choices=("encdec", "causal"), default="encdec")
+    s1.add_argument("--context", type=int, default=192)
+    s1.add_argument("--block", type=int, default=48)
+    s1.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
+    s1.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
+    s1.add_argument("--batch", type=int, default=8)
+    s1.add_argument("--lr", type=float, default=5e-5)
+    s1.add_argument("--save-every", type=int, default=200)
+    s1.add_argument("--seed", type=int, default=0)
+    s1.add_argument("--device", default="cpu")
+    s1.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
+
+    arc = tsub.add_parser("arc", help="LMDM stage 2: ARC-Forcing post-training of a stage-1 model")
+    arc.add_argument("--data", type=Path, required=True, help="a latent set (.safetensors)")
+    arc.add_argument("--model", type=Path, required=True, help="stage-1 model.safetensors")
+    arc.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
+    arc.add_argument("--steps", type=int, default=300)
+    arc.add_argument("--batch", type=int, default=4)
+    arc.add_argument("--rollout", type=int, default=3, help="blocks rolled out per window")
+    arc.add_argument("--sampler-steps", type=int, default=4)
+    arc.add_argument("--lr", type=float, default=1e-5)
+    arc.add_argument("--save-every", type=int, default=50)
+    arc.add_argument("--seed", type=int, default=0)
+    arc.add_argument("--device", default="cpu")
+
+
+def _bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
+
+
+def run(args) -> int:
+    return {
+        "data": _data,
+        "ae": _ae,
+        "latents": _latents,
+        "stage1": _stage1,
+        "arc": _arc,
+    }[args.stage](args)
+
+
+def _data(args) -> int:
+    from .dataset import RenderConfig, add_sketch_controls, import_folder, render_dataset
+
+    cfg = RenderConfig(args.sample_rate, args.hop, args.seconds, args.seed, soundfont=args.soundfont)
+    with _bar("render" if args.from_folder is None else "import") as bar:
+        task = bar.add_task("", total=None, info="")
+
+        def tick(i: int, n: int) -> None:
+            bar.update(task, completed=i, total=n)
+
+        if args.from_folder is not None:
+            writer = import_folder(args.from_folder, args.out, cfg, tick)
+        else:
+            writer = render_dataset(args.out, args.hours, cfg, tick)
+        ctl = bar.add_task("", total=None, info="sketch controls")
+        add_sketch_controls(args.out, lambda i, n: bar.update(ctl, completed=i, total=n))
+    print(f"{args.out}: {len(writer.examples)} examples, {writer.seconds / 3600:.2f} h")
+    return 0
+
+
+def _ae(args) -> int:
+    from ..model.oobleck import OobleckConfig, OobleckVAE
+    from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae, save_ae
+
+    clips = AudioClips(args.data, ("train",))
+    held = AudioClips(args.data, ("test",))
+    if (args.out / "progress.json").is_file():
+        trainer = resume_ae(args.out)
+        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    else:
+        strides = tuple(int(s) for s in args.strides.split(","))
+        vae_cfg = OobleckConfig(
+            in_channels=1,
+            out_channels=1,
+            channels=args.channels,
+            c_mults=tuple(2**i for i in range(len(strides))),
+            strides=strides,
+            latent_dim=args.latent_dim,
+        )
+        if vae_cfg.hop != clips.hop:
+            raise SystemExit(
+                f"error: strides give hop {vae_cfg.hop}, the dataset was made for hop {clips.hop}"
+            )
+        torch.manual_seed(args.seed)
+        trainer = AETrainer(
+            OobleckVAE(vae_cfg), AEConfig(lr=args.lr, kl_weight=args.kl, batch=args.batch, seed=args.seed)
+        )
+    progress_path = args.out / "progress.json"
+    evals = json.loads(progress_path.read_text()).get("evals", []) if progress_path.is_file() else []
+    gen_eval = torch.Generator().manual_seed(12345)
+    held_batch = held.batch(8, 4 * args.crop, gen_eval)
+    t0 = time.time()
+    with _bar("ae") as bar:
+        task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
+        while trainer.step < args.steps:
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + trainer.step)
+            out = trainer.train_step(clips.batch(trainer.cfg.batch, args.crop, gen))
+            bar.update(task, completed=trainer.step, info=f"loss {out['loss']:.3f} stft {out['stft']:.3f}")
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                ev = {"step": trainer.step, "seconds": time.time() - t0, **trainer.evaluate(held_batch)}
+                evals.append(ev)
+                save_ae(trainer, args.out, {"evals": evals, "sample_rate": clips.sample_rate})
+                bar.console.print(
+                    f"step {trainer.step}: held-out STFT {ev['stft_distance']:.3f}, SI-SDR {ev['si_sdr_db']:.2f} dB"
+                )
+    return 0
+
+
+def _latents(args) -> int:
+    from .latents import encode_dataset
+
+    splits = tuple(s.strip() for s in args.split.split(","))
+    with _bar("encode") as bar:
+        task = bar.add_task("", total=None, info="")
+        vae_out = args.out.with_name(args.out.name.removesuffix(".safetensors") + ".vae.safetensors")
+        ls = encode_dataset(
+            args.data, args.vae, splits, lambda i, n: bar.update(task, completed=i, total=n), vae_out
+        )
+    ls.save(args.out)
+    frames = sum(x.shape[-1] for x in ls.latents)
+    print(f"{args.out}: {len(ls.latents)} clips, {frames} frames; the VAE to build on: {vae_out}")
+    return 0
+
+
+def _stage1(args) -> int:
+    from .runs import run_stage1
+
+    return run_stage1(args, _bar)
+
+
+def _arc(args) -> int:
+    from .runs import run_arc
+
+    return run_arc(args, _bar)

@@ -1,0 +1,88 @@
+"""Pre-encode a dataset for LMDM training: VAE latents of the mix (and of the drums / the rest, for jamming),
+MiniLM tokens of the caption, and the frame controls, in one `LatentSet` file.
+
+The latents are rescaled to unit variance over the set; the VAE written beside the set
+(`<out>.vae.safetensors`) has that scale folded in, so it decodes what the LMDM generates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..model.checkpoint import save_checkpoint
+from ..model.conditioners import MiniLMTextEncoder
+from .autoencoder import load_vae, rescale_latents
+from .dataset import SKETCH_KEYS, load_index
+from .stage1 import LatentSet
+
+CONTROL_KEYS = ("bpm", "beat_phase", "bar_phase", *SKETCH_KEYS)
+
+
+def _read(path: Path) -> torch.Tensor:
+    return torch.from_numpy(sf.read(path, dtype="float32")[0])[None, None]
+
+
+@torch.no_grad()
+def encode_dataset(
+    data: str | Path,
+    vae_path: str | Path,
+    splits: tuple[str, ...] = ("train",),
+    progress: Callable[[int, int], None] | None = None,
+    out_vae: str | Path | None = None,
+) -> LatentSet:
+    data = Path(data)
+    index = load_index(data)
+    vae = load_vae(vae_path).eval()
+    if vae.cfg.hop != index["hop"]:
+        raise ValueError(f"the VAE's hop is {vae.cfg.hop}, the dataset was made for hop {index['hop']}")
+    examples = [e for e in index["examples"] if e["split"] in splits]
+    if not examples:
+        raise ValueError(f"no {'/'.join(splits)} examples in {data}")
+    text = MiniLMTextEncoder()
+    latents, controls, drums, rest, captions = [], [], [], [], []
+    for k, e in enumerate(examples):
+        mix = _read(data / "audio" / f"{e['id']}.wav")
+        z = vae.encode(mix)[0]
+        n = z.shape[-1]
+        with np.load(data / "controls" / f"{e['id']}.npz") as c:
+            missing = [key for key in CONTROL_KEYS if key not in c]
+            if missing:
+                raise ValueError(
+                    f"example {e['id']} lacks controls {missing}: run `train data` again to add them"
+                )
+            controls.append(torch.stack([torch.from_numpy(c[key][:n]).float() for key in CONTROL_KEYS]))
+        d_path = data / "stems" / e["id"] / "drums.wav"
+        if d_path.is_file():
+            d = _read(d_path)
+            drums.append(vae.encode(d)[0])
+            rest.append(vae.encode(mix - d)[0])
+        else:
+            drums.append(None)
+            rest.append(None)
+        latents.append(z)
+        captions.append(e["caption"])
+        if progress:
+            progress(k + 1, len(examples))
+    sigma = float(torch.cat([z.flatten() for z in latents]).std())
+    latents = [z / sigma for z in latents]
+    drums = [None if z is None else z / sigma for z in drums]
+    rest = [None if z is None else z / sigma for z in rest]
+    tokens = []
+    for i in range(0, len(captions), 32):
+        tk, mask = text.encode(captions[i : i + 32])
+        tokens.append(tk.float() * mask[..., None].float())
+    rescale_latents(vae, sigma)
+    if out_vae is not None:
+        save_checkpoint(
+            out_vae,
+            vae.state_dict(),
+            {"vae": vae.cfg.to_dict(), "latent_sigma": sigma, "sample_rate": index["sample_rate"]},
+        )
+    ls = LatentSet(latents, torch.cat(tokens), controls, drums, rest)
+    ls.sigma = sigma  # type: ignore[attr-defined]
+    return ls

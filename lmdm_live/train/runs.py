@@ -1,0 +1,157 @@
+"""The stage-1 and ARC-Forcing training loops behind `lmdm-live train stage1|arc`: build or resume, step,
+checkpoint every few minutes' worth of steps, print the loss curve as it goes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..extras import ExtrasLayout
+from ..model.bundle import LMDMModel
+from ..model.dit import DiTConfig
+from ..model.lmdm import LMDMConfig
+from ..sao import SAODiT
+from .autoencoder import load_vae
+from .stage1 import LatentSet, Stage1Config, Stage1Trainer
+
+DIT_SHAPES = {"tiny": (256, 8, 4), "small": (512, 12, 8)}  # width, depth, heads
+TEXT = {"type": "minilm", "max_length": 64}
+
+
+def build_model(
+    shape: str,
+    vae_path: str | Path,
+    window: LMDMConfig,
+    extras: dict | None = None,
+    seed: int = 0,
+) -> LMDMModel:
+    """A fresh LMDM over a trained VAE: the DiT's io is the VAE's latent, its input_add carries the extras."""
+    from ..model.checkpoint import load_checkpoint_config
+
+    if shape not in DIT_SHAPES:
+        raise ValueError(f"unknown DiT shape {shape!r}; known: {', '.join(DIT_SHAPES)}")
+    vae = load_vae(vae_path)
+    vae_config = load_checkpoint_config(vae_path)
+    sr = int(vae_config.get("sample_rate", 16000))
+    z = vae.cfg.latent_dim
+    layout = ExtrasLayout.from_config(extras or {}, z)
+    width, depth, heads = DIT_SHAPES[shape]
+    cfg = DiTConfig(
+        io_channels=z,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        cond_token_dim=384,
+        global_cond_dim=384,
+        input_add_dim=1 + z + layout.channels,
+    )
+    torch.manual_seed(seed)
+    net = SAODiT(cfg, seconds_dim=cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
+    secs = (window.context_frames + window.block_frames) * vae.cfg.hop / sr
+    return LMDMModel(
+        net.eval(), window, vae.eval().requires_grad_(False), sr, dict(TEXT), secs, shape, layout.to_dict()
+    )
+
+
+def _save_progress(out: Path, progress: dict) -> None:
+    tmp = out / "progress.json.tmp"
+    tmp.write_text(json.dumps(progress))
+    tmp.replace(out / "progress.json")
+
+
+def run_stage1(args, bar_factory) -> int:
+    from ..bench import load_model
+
+    data = LatentSet.load(args.data)
+    out: Path = args.out
+    if (out / "progress.json").is_file():
+        trainer = Stage1Trainer.resume(out)
+        print(f"lmdm-live: resuming {out} at step {trainer.step}", file=sys.stderr)
+    else:
+        window = LMDMConfig(mode=args.mode, context_frames=args.context, block_frames=args.block)
+        if args.vae is not None:
+            extras = {"tempo": True, "sketch": True, "accomp": data.drums is not None}
+            model = build_model(args.model, args.vae, window, extras, args.seed)
+        else:
+            model = load_model(args.model, window, "cpu", torch.float32)
+        trainer = Stage1Trainer(model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed))
+    trainer.model.to(args.device)
+    t0 = time.time()
+    with bar_factory("stage 1") as bar:
+        task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
+        while trainer.step < args.steps:
+            with torch.autocast("cuda", torch.bfloat16, enabled=bool(getattr(args, "bf16", False))):
+                loss = trainer.train_step(data)
+            recent = trainer.history[-50:]
+            bar.update(task, completed=trainer.step, info=f"loss {sum(recent) / len(recent):.4f}")
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                trainer.save(out)
+                bar.console.print(
+                    f"step {trainer.step}: loss(50) {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s"
+                )
+    print(json.dumps({"out": str(out), "step": trainer.step, "loss_last": loss if trainer.history else None}))
+    return 0
+
+
+def run_arc(args, bar_factory) -> int:
+    from .arc import ARCConfig, ARCTrainer, Discriminator
+
+    data = LatentSet.load(args.data)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    resume = (out / "progress.json").is_file()
+    model = LMDMModel.load(out / "model.safetensors" if resume else args.model)
+    cfg = ARCConfig(
+        rounds=args.rollout,
+        steps=args.sampler_steps,
+        batch=args.batch,
+        lr_g=args.lr,
+        lr_d=args.lr,
+        seed=args.seed,
+    )
+    disc = Discriminator.from_generator(model, layers=max(2, model.dit.cfg.depth // 2))
+    history: list[dict] = []
+    if resume:
+        disc.load_state_dict(load_file(str(out / "discriminator.safetensors")))
+        progress = json.loads((out / "progress.json").read_text())
+        history = progress["history"]
+        print(
+            f"lmdm-live: resuming {out} at step {progress['step']} (optimizer moments restart)",
+            file=sys.stderr,
+        )
+    trainer = ARCTrainer(model.to(args.device), disc.to(args.device), cfg)
+    trainer.step = len(history) * 2
+    t0 = time.time()
+    with bar_factory("ARC") as bar:
+        task = bar.add_task("", total=args.steps, completed=len(history), info="")
+        while len(history) < args.steps:
+            d = trainer.d_step(data)
+            g = trainer.g_step(data)
+            history.append({**d, **g})
+            bar.update(
+                task,
+                completed=len(history),
+                info=f"D {d['loss_d']:.3f} C {d['loss_contrastive']:.3f} G {g['loss_g']:.3f}",
+            )
+            if len(history) % args.save_every == 0 or len(history) == args.steps:
+                model.save(out / "model.safetensors")
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
+                    str(out / "discriminator.safetensors"),
+                )
+                _save_progress(
+                    out,
+                    {
+                        "step": len(history),
+                        "history": history,
+                        "config": vars(args)
+                        | {"data": str(args.data), "model": str(args.model), "out": str(out)},
+                    },
+                )
+                bar.console.print(f"step {len(history)}: {history[-1]} {time.time() - t0:.0f}s")
+    return 0

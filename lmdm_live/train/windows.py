@@ -1,0 +1,71 @@
+"""Training windows with their extra channels: tempo always (dropped now and then), sketch controls with
+control dropout and a random causal median filter, and accompaniment pairs for jamming.
+
+A jamming window's target is the mix without its drums (`rest`); the drums' latents are the accompaniment
+input, visible up to t_f frames past the block start, with t_f drawn from [-T, T] (negative: only the past).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..extras import ExtrasLayout, accomp_channels, sketch_channels, tempo_channels
+from .stage1 import LatentSet
+
+
+@dataclass(frozen=True)
+class ExtrasConfig:
+    p_tempo_off: float = 0.1
+    p_sketch: float = 0.3
+    p_accomp: float = 0.25
+    median_kernels: tuple[int, ...] = (1, 3, 5, 9)
+
+
+def causal_median(x: Tensor, k: int) -> Tensor:
+    """Median over the last k frames (the first frames repeat), along the last dim of (ch, n)."""
+    if k <= 1:
+        return x
+    padded = F.pad(x[None], (k - 1, 0), mode="replicate")[0]
+    return padded.unfold(-1, k, 1).median(dim=-1).values
+
+
+def window_batch(
+    data: LatentSet,
+    layout: ExtrasLayout,
+    cfg: ExtrasConfig,
+    n: int,
+    context: int,
+    block: int,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(latents (n, io, C+T), tokens (n, S, D), extras (n, E, C+T))."""
+    frames = context + block
+    idx = torch.randint(len(data.latents), (n,), generator=gen).tolist()
+    starts = data.crop_starts(idx, frames, gen)
+    lat, ext = [], []
+    for i, s in zip(idx, starts):
+        sl = slice(s, s + frames)
+        x = data.latents[i][:, sl]
+        u = torch.rand(4, generator=gen)
+        tempo = sketch = accomp = None
+        if data.controls is not None:
+            c = data.controls[i][:, sl].float()
+            if layout.tempo and u[0] >= cfg.p_tempo_off:
+                tempo = tempo_channels(c[0], c[1], c[2])
+            if layout.sketch and u[1] < cfg.p_sketch:
+                k = cfg.median_kernels[int(torch.randint(len(cfg.median_kernels), (1,), generator=gen))]
+                curves = causal_median(c[3:7], k)
+                sketch = sketch_channels(curves[0], curves[1], curves[2], curves[3])
+        has_pair = data.drums is not None and data.rest is not None and data.drums[i] is not None
+        if layout.accomp and has_pair and u[2] < cfg.p_accomp:
+            t_f = int(torch.randint(-block, block + 1, (1,), generator=gen))
+            visible = torch.arange(frames) < context + t_f
+            accomp = accomp_channels(data.drums[i][:, sl], visible)
+            x = data.rest[i][:, sl]
+        lat.append(x)
+        ext.append(layout.build(frames, tempo, sketch, accomp))
+    return torch.stack(lat), data.tokens[torch.tensor(idx)], torch.stack(ext)
