@@ -190,12 +190,14 @@ class LMDMStream:
         return block
 
     @torch.no_grad()
-    def next_block(self, extras: Tensor | None = None) -> np.ndarray:
+    def next_block(
+        self, extras: Tensor | None = None, *, sketch: Tensor | None = None, accomp: Tensor | None = None
+    ) -> np.ndarray:
         """The next block as audio, float32 (channels, samples). The first blocks are shorter by the decoder's
         latency (`latency_samples`); afterwards every block is exactly `block_frames * hop` samples."""
         if self.decoder is None:
             raise RuntimeError("this stream was made with decode=False")
-        lat = self.next_latents(extras)
+        lat = self.next_latents(extras, sketch=sketch, accomp=accomp)
         audio = self.decoder.push(lat.to(next(self.decoder.decoder.parameters()).dtype))
         return audio[0].float().cpu().numpy()
 

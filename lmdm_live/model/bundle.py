@@ -169,7 +169,9 @@ class LMDMModel:
     # --- presets ----------------------------------------------------------------------------------------
 
     @classmethod
-    def preset(cls, name: str, lmdm: LMDMConfig | None = None, seed: int = 0) -> LMDMModel:
+    def preset(
+        cls, name: str, lmdm: LMDMConfig | None = None, seed: int = 0, extras: dict | None = None
+    ) -> LMDMModel:
         """Randomly initialised models of fixed shapes, for benchmarks and tests (they make noise, not music).
 
         tiny (256x8) and small (512x12): DiTs over MiniLM text with a small mono VAE, for two CPU cores.
@@ -187,7 +189,7 @@ class LMDMModel:
                 num_heads=heads,
                 cond_token_dim=384,
                 global_cond_dim=384,
-                input_add_dim=1 + 64,
+                input_add_dim=1 + 64 + ExtrasLayout.from_config(extras, 64).channels,
             )
             vae_cfg, sr, text = (
                 OobleckConfig.small(audio_channels=1),
@@ -195,7 +197,7 @@ class LMDMModel:
                 {"type": "minilm", "max_length": 64},
             )
         elif name == "saos-random":
-            dit_cfg = DiTConfig(input_add_dim=1 + 64)
+            dit_cfg = DiTConfig(input_add_dim=1 + 64 + ExtrasLayout.from_config(extras, 64).channels)
             vae_cfg, sr, text = OobleckConfig.saos(), 44100, {"type": "t5", "max_length": 64}
         else:
             raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
@@ -206,7 +208,14 @@ class LMDMModel:
             vae = OobleckVAE(vae_cfg)
         secs = (lmdm.context_frames + lmdm.block_frames) * vae_cfg.hop / sr
         return cls(
-            net.eval().requires_grad_(False), lmdm, vae.eval().requires_grad_(False), sr, text, secs, name
+            net.eval().requires_grad_(False),
+            lmdm,
+            vae.eval().requires_grad_(False),
+            sr,
+            text,
+            secs,
+            name,
+            ExtrasLayout.from_config(extras, 64).to_dict() if extras else {},
         )
 
 
