@@ -178,6 +178,7 @@ class Engine:
         self._record_lock = threading.Lock()  # inference thread vs control thread; never the audio callback
         self.errors: collections.deque[str] = collections.deque(maxlen=32)
         self.fault_injector = None  # tests: a callable(block_index) that may raise, run before a block
+        self.live = None  # a live_input.LiveInput: sketch / jam / delay inputs for each block
         self.running = False
 
     # --- control side -------------------------------------------------------------------------------------
@@ -328,7 +329,10 @@ class Engine:
         try:
             if self.fault_injector is not None:
                 self.fault_injector(block)
-            audio = s.next_block()
+            live = self.live
+            audio = s.next_block(**live.block_inputs(block)) if live is not None else s.next_block()
+            if live is not None:
+                audio = live.mix(audio, block)
             if s.nonfinite_blocks != bad_before or not np.isfinite(audio).all():
                 raise FloatingPointError(f"block {block}: the model produced NaN/Inf")
             out = self.chain.push(audio)
@@ -366,6 +370,16 @@ class Engine:
         held-back fade tail and the resampler's filter delay."""
         held = (self.stream.latency_samples + self.chain.fade) / self.chain.in_rate
         return held + float(self.chain.resampler.latency_frames) / self.out_rate
+
+    def heard_in_s(self) -> float:
+        """From now until the first sample of the block about to be made is heard."""
+        return self.ring.fill / self.out_rate + self.pipeline_delay_s() + self._device_latency()
+
+    def lead_s(self) -> float:
+        """The longest `heard_in_s` gets when a block is made (the loop starts one below this lead)."""
+        return max(self.lead_frames(), self.headroom_frames) / self.out_rate + (
+            self.pipeline_delay_s() + self._device_latency()
+        )
 
     def _device_latency(self) -> float:
         return (
@@ -451,4 +465,5 @@ class Engine:
             "block_ms": round(block_ms, 1),
             "compute_ms": round(compute, 1),
             "total_ms": round(buffer_ms + block_ms + compute, 1),
+            **(self.live.latency() if self.live is not None else {}),
         }

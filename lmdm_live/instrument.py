@@ -147,6 +147,8 @@ class Instrument:
     def stop(self) -> None:
         self.unwatch()
         self.engine.stop()
+        if self.engine.live is not None:
+            self.engine.live.close()
 
     def __enter__(self) -> Instrument:
         return self
@@ -280,6 +282,137 @@ class Instrument:
         self.engine.bpm = value
         self._set(replace(self._params, bpm=value), "now")
         return None
+
+    # --- live input: sketch, jam, generative delay -----------------------------------------------------------
+
+    def sketch(self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False) -> None:
+        """Steer the music with a hummed, sung or played line: pitch, voicing, loudness and brightness of
+        `source` (an input spec, see `open_input`, or an `AudioInput`) become the sketch channels.
+        strength 0..2 (below 1 blends toward no sketch), filter: causal median in frames (odd)."""
+        from .live_input import SketchSettings
+
+        self._needs("sketch")
+        settings = SketchSettings(strength, filter, bool(hold))
+        self._live().set("sketch", self._feed("sketch", source), settings)
+
+    def sketch_off(self) -> None:
+        self._live().set("sketch", None)
+
+    def sketch_notes(self, on: bool = True) -> None:
+        """Let notes (MIDI, OSC /lmdm/sketch/note, `sketch_note`) stand in for the sketch's pitch."""
+        from .live_input import NoteSketch
+
+        self._needs("sketch")
+        self._held_notes: dict[int, int] = {}
+        self._live().set_notes(NoteSketch(on=bool(on)))
+
+    @property
+    def notes_drive_sketch(self) -> bool:
+        live = self.engine.live
+        return live is not None and live.plan.notes.on
+
+    def sketch_note(self, note: int, velocity: int = 100) -> None:
+        """A note on (velocity > 0) or off (0) for the sketch's pitch; the newest held note sounds."""
+        from .live_input import NoteSketch
+
+        if not self.notes_drive_sketch:
+            raise ValueError("sketch notes are off: call inst.sketch_notes() first")
+        for name, v in (("note", note), ("velocity", velocity)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 127:
+                raise ValueError(f"{name} must be an integer in 0..127, got {v!r}")
+        held = self._held_notes
+        held.pop(note, None)
+        if velocity > 0:
+            held[note] = velocity
+        last = next(reversed(held), None)
+        self._live().set_notes(NoteSketch(True, last, held.get(last, 0) if last is not None else 0))
+
+    def jam(self, source: Any, t_f: int = 0, mix: float = 0.0) -> None:
+        """Play along with `source` (drums work best: the model was trained to add the rest of the mix):
+        its latents are the accompaniment, seen `t_f` frames past each block start (-T..T; negative: less
+        delay, the model plays ahead). mix 0..1 adds the input to the output."""
+        from .live_input import JamSettings
+
+        self._needs("accomp")
+        t = self.model.lmdm.block_frames
+        settings = JamSettings(t_f, mix)
+        if not -t <= settings.t_f <= t:
+            raise ValueError(f"t_f must be an integer in {-t}..{t} (frames), got {t_f!r}")
+        self._live().set("jam", self._feed("jam", source), settings)
+
+    def jam_off(self) -> None:
+        self._live().set("jam", None)
+
+    def delay(self, source: Any, blocks: int = 4, prompt: str | None = None) -> None:
+        """The generative delay: `source` as it was `blocks` blocks ago becomes the context, and each block
+        is generated from it (under `prompt`, when given)."""
+        from .live_input import SAFETY_S, DelaySettings
+
+        settings = DelaySettings(blocks)
+        block_s = self.model.block_seconds
+        least = self.engine.lead_s() + SAFETY_S
+        if settings.blocks * block_s < least:
+            raise ValueError(
+                f"a delay of {settings.blocks} blocks ({settings.blocks * block_s * 1e3:.0f} ms) is shorter "
+                f"than the instrument's lead ({least * 1e3:.0f} ms): use blocks >= {math.ceil(least / block_s)}"
+            )
+        if prompt is not None:
+            self.prompt(prompt)
+        self._live().set("delay", self._feed("delay", source), settings)
+
+    def delay_off(self) -> None:
+        self._live().set("delay", None)
+
+    def _needs(self, part: str) -> None:
+        layout = self.model.layout
+        if not getattr(layout, part):
+            have = ", ".join(k for k, v in layout.to_dict().items() if v) or "none"
+            raise ValueError(f"this model has no {part} channels (its extras: {have})")
+
+    def _live(self) -> Any:
+        if self.engine.live is None:
+            from .live_input import LiveInput
+
+            def report(msg: str) -> None:
+                self.engine.errors.append(msg)
+                self.engine.stats.last_error = msg
+
+            self.engine.live = LiveInput(self.engine, on_error=report)
+        return self.engine.live
+
+    def _feed(self, mode: str, source: Any) -> Any:
+        """The feed for `source`: the one `mode` already reads, or a newly opened input."""
+        from .audio.backend import BackendUnavailable
+        from .audio.input import INPUT_SPECS, AudioInput, open_input
+        from .live_input import Feed
+
+        live = self._live()
+        in_use = live.feed_of(source.strip() if isinstance(source, str) else source)
+        if in_use is not None and in_use[0] == mode:
+            return in_use[1]
+        if isinstance(source, AudioInput):
+            if in_use is not None:
+                raise ValueError(f"this input already feeds the {in_use[0]}; open another one for the {mode}")
+            if source.sample_rate != self.model.sample_rate or source.channels != 1:
+                raise ValueError(
+                    f"{mode} input must be mono at the model's {self.model.sample_rate} Hz, got "
+                    f"{source.channels} ch at {source.sample_rate} Hz"
+                )
+            return Feed(source, source, self.model.hop, owned=False)
+        if not isinstance(source, str) or not source.strip():
+            raise ValueError(f"{mode} source must be {INPUT_SPECS}, or an AudioInput; got {source!r}")
+        spec = source.strip()
+        opts: dict[str, Any] = {}
+        if spec.partition(":")[0] == "jack":
+            opts["client_name"] = f"lmdm-{mode}"
+        elif Path(spec).is_file():
+            opts["realtime"] = True  # played in as if live
+        try:
+            inp = open_input(spec, self.model.sample_rate, 1, **opts)
+            inp.start()
+        except (ValueError, BackendUnavailable, OSError) as e:
+            raise ValueError(f"{mode}: {' '.join(str(e).split())}") from None
+        return Feed(inp, spec, self.model.hop)
 
     # --- figures, recording --------------------------------------------------------------------------------
 
