@@ -538,8 +538,10 @@ class MidiControl:
             if kind == "control_change":
                 self._control(msg.channel, msg.control, msg.value)
             elif kind == "note_on" and msg.velocity > 0:
+                self._sketch_note(msg.note, msg.velocity)
                 self._note_on(msg.note)
             elif kind in ("note_on", "note_off"):
+                self._sketch_note(msg.note, 0)
                 self._note_off(msg.note)
             elif kind == "program_change":
                 self._program(msg.program)
@@ -585,6 +587,11 @@ class MidiControl:
                 inst.drop_context(v)
         else:
             getattr(inst, kind)(v)
+
+    def _sketch_note(self, note: int, velocity: int) -> None:
+        """With `inst.sketch_notes()` on, every key also plays the sketch's pitch (velocity: its loudness)."""
+        if getattr(self.inst, "notes_drive_sketch", False):
+            self.inst.sketch_note(note, velocity)
 
     def _note_on(self, note: int) -> None:
         m = self._notes.get(note)

@@ -241,6 +241,14 @@ ROUTES: dict[str, Route] = {
     "/lmdm/record/stop": Route("_record_stop", 0, 0, "no arguments", timed=False),
     "/lmdm/status": Route("_status", 0, 0, "no arguments", timed=False),
     "/lmdm/play": Route("_play", 0, 2 * 64, "s:key value [s:key value ...]", pairs=True),
+    "/lmdm/sketch": Route("_sketch", 1, 3, "s:source [f:strength 0..2] [i:filter odd 1..31]", timed=False),
+    "/lmdm/sketch/off": Route("_sketch_off", 0, 0, "no arguments", timed=False),
+    "/lmdm/sketch/notes": Route("_sketch_notes", 1, 1, "i:on 0|1", timed=False),
+    "/lmdm/sketch/note": Route("_sketch_note", 2, 2, "i:note 0..127 i:velocity 0..127", timed=False),
+    "/lmdm/jam": Route("_jam", 1, 3, "s:source [i:t_f frames] [f:mix 0..1]", timed=False),
+    "/lmdm/jam/off": Route("_jam_off", 0, 0, "no arguments", timed=False),
+    "/lmdm/delay": Route("_delay", 1, 2, "s:source [i:blocks 1..64]", timed=False),
+    "/lmdm/delay/off": Route("_delay_off", 0, 0, "no arguments", timed=False),
     # another instrument's reply: consumed without an answer, so two servers never bounce errors forever
     "/lmdm/error": Route("_ignore", 0, 0, "", timed=False),
 }
@@ -649,8 +657,46 @@ class OSCControl:
         for key, value in values.items():
             setters[key](value, at=c.at)
 
+    def _sketch(self, c: Call) -> None:
+        a = c.args
+        strength = _number(a[1], "strength", 0.0, 2.0) if len(a) > 1 else 1.0
+        median = _integer(a[2], "filter", 1, 31) if len(a) > 2 else 5
+        self.inst.sketch(_source(a[0]), strength=strength, filter=median)
+
+    def _sketch_off(self, c: Call) -> None:
+        self.inst.sketch_off()
+
+    def _sketch_notes(self, c: Call) -> None:
+        self.inst.sketch_notes(bool(_integer(c.args[0], "on", 0, 1)))
+
+    def _sketch_note(self, c: Call) -> None:
+        self.inst.sketch_note(_integer(c.args[0], "note", 0, 127), _integer(c.args[1], "velocity", 0, 127))
+
+    def _jam(self, c: Call) -> None:
+        a = c.args
+        t_f = _integer(a[1], "t_f", -4096, 4096) if len(a) > 1 else 0
+        mix = _number(a[2], "mix", 0.0, 1.0) if len(a) > 2 else 0.0
+        self.inst.jam(_source(a[0]), t_f=t_f, mix=mix)
+
+    def _jam_off(self, c: Call) -> None:
+        self.inst.jam_off()
+
+    def _delay(self, c: Call) -> None:
+        blocks = _integer(c.args[1], "blocks", 1, 64) if len(c.args) > 1 else 4
+        self.inst.delay(_source(c.args[0]), blocks=blocks)
+
+    def _delay_off(self, c: Call) -> None:
+        self.inst.delay_off()
+
     def _alias(self, c: Call) -> None:
         apply_param(self.inst, self._aliases[c.address], c.args[0], c.at)
+
+
+def _source(v: Any) -> str:
+    text = _text(v, "source")
+    if not text.strip():
+        raise Bad('source must name an input: "jack", "jack:PORT", "sd", "sd:DEVICE" or a sound file')
+    return text
 
 
 def _lambda(v: Any) -> float | str:
