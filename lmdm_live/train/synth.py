@@ -38,20 +38,28 @@ class StemSynth:
     """One FluidSynth instance with the soundfont loaded once; renders a part at a time."""
 
     def __init__(self, sample_rate: int, soundfont: str | Path | None = None, reverb: bool = True) -> None:
+        self.sample_rate = int(sample_rate)
+        self.soundfont = str(find_soundfont(soundfont))
+        self.reverb = reverb
+        self.fs = None
+
+    def _fresh(self) -> None:
+        """A new synth per part: reverb and voice state never leak from one stem or example into the next,
+        so a piece renders the same whatever was rendered before it."""
         import fluidsynth
 
-        self.sample_rate = int(sample_rate)
-        self.fs = fluidsynth.Synth(gain=0.6, samplerate=float(sample_rate))
+        self.close()
+        self.fs = fluidsynth.Synth(gain=0.6, samplerate=float(self.sample_rate))
         self.fs.setting("synth.chorus.active", 0)
-        self.fs.setting("synth.reverb.active", 1 if reverb else 0)
-        self.sfid = self.fs.sfload(str(find_soundfont(soundfont)))
+        self.fs.setting("synth.reverb.active", 1 if self.reverb else 0)
+        self.sfid = self.fs.sfload(self.soundfont)
         if self.sfid < 0:
-            raise RuntimeError(f"FluidSynth could not load the soundfont {soundfont}")
+            raise RuntimeError(f"FluidSynth could not load the soundfont {self.soundfont}")
 
     def render(self, part: Part, n_samples: int) -> np.ndarray:
         """The part as mono float32 of exactly `n_samples` (notes past the end are cut, tails rendered)."""
+        self._fresh()
         fs, sr = self.fs, self.sample_rate
-        fs.system_reset()
         chan = 9 if part.program == DRUMS else 0
         fs.program_select(
             chan, self.sfid, 128 if part.program == DRUMS else 0, 0 if part.program == DRUMS else part.program
@@ -84,7 +92,9 @@ class StemSynth:
         return s.mean(axis=1) / 32768.0
 
     def close(self) -> None:
-        self.fs.delete()
+        if self.fs is not None:
+            self.fs.delete()
+            self.fs = None
 
 
 def render_piece(synth: StemSynth, piece: Piece) -> dict[str, np.ndarray]:

@@ -1,0 +1,291 @@
+"""The training-data renderer, the folder importer, training windows and the whole `train` pipeline, for real:
+FluidSynth with the GM soundfont, music21's corpus, swift-f0, MiniLM."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lmdm_live.cli import main
+from lmdm_live.eval.labels import FAMILIES, STYLES, tempo_bucket
+from lmdm_live.extras import ExtrasLayout, tempo_channels
+from lmdm_live.train.dataset import (
+    SKETCH_KEYS,
+    RenderConfig,
+    add_sketch_controls,
+    import_folder,
+    load_index,
+    render_dataset,
+)
+from lmdm_live.train.music import NOTE_NAMES, STYLE_WORDS, caption, procedural_piece
+from lmdm_live.train.stage1 import LatentSet
+from lmdm_live.train.windows import ExtrasConfig, causal_median, window_batch
+
+SECONDS = 4.0
+N = 16  # two examples of each of the 8 styles
+CFG = RenderConfig(seconds=SECONDS)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    render_dataset(out, N * SECONDS / 3600, CFG)
+    add_sketch_controls(out)
+    return out
+
+
+def test_stems_sum_to_the_mix_and_captions_match_the_parameters(dataset):
+    index = load_index(dataset)
+    assert index["sample_rate"] == 16000 and index["hop"] == 512 and len(index["examples"]) == N
+    assert {e["labels"]["style"] for e in index["examples"]} == set(STYLES)
+    assert {e["split"] for e in index["examples"]} == {"train", "valid", "test"}
+    for e in index["examples"]:
+        mix, sr = sf.read(dataset / "audio" / f"{e['id']}.wav", dtype="float32")
+        assert sr == 16000 and len(mix) == int(SECONDS * sr) and np.abs(mix).max() > 0.05
+        stems = [sf.read(dataset / "stems" / e["id"] / f"{s}.wav", dtype="float32")[0] for s in e["stems"]]
+        assert "lead" in e["stems"] and len(stems) >= 2
+        assert np.abs(np.sum(stems, axis=0) - mix).max() < 1e-6  # stems sum to the mix
+        assert all(np.abs(s).max() > 1e-3 for s in stems)  # every stem sounds
+        lab, cap = e["labels"], e["caption"]
+        assert lab["style"] in STYLES and lab["lead"] in FAMILIES and set(lab["families"]) <= set(FAMILIES)
+        assert lab["tempo_bucket"] == tempo_bucket(lab["bpm"])
+        assert STYLE_WORDS[lab["style"]] in cap
+        assert f"in {lab['key']} {lab['mode']}" in cap and lab["key"] in NOTE_NAMES
+        assert re.search(rf"\b{round(lab['bpm'])} bpm$", cap)
+        assert cap.startswith({"slow": "slow", "mid": "mid-tempo", "fast": "fast"}[lab["tempo_bucket"]])
+        assert ("drums" in lab["families"]) == ("drums" in cap and "no drums" not in cap)
+
+
+def test_controls_are_on_the_latent_grid(dataset):
+    index = load_index(dataset)
+    frames = int(SECONDS * 16000) // 512
+    voiced_somewhere = 0
+    for e in index["examples"]:
+        with np.load(dataset / "controls" / f"{e['id']}.npz") as z:
+            c = dict(z)
+        assert all(len(c[k]) == frames for k in ("bpm", "beat_phase", "bar_phase", *SKETCH_KEYS))
+        bpm = e["labels"]["bpm"]
+        step = np.diff(c["beat_phase"]) % 1.0  # the beat advances bpm/60 * hop/sr per frame
+        assert np.allclose(step, (bpm / 60 * 512 / 16000) % 1.0, atol=1e-4)
+        assert np.all(c["bpm"] == bpm)
+        voiced_somewhere += c["voiced"].mean() > 0.2
+        lead_pitch = c["pitch_midi"][c["voiced"] > 0]
+        if len(lead_pitch):
+            assert 24 < np.median(lead_pitch) < 108
+    assert voiced_somewhere >= N // 2  # the lead stem's pitch is tracked
+
+
+def test_rendering_is_deterministic_and_resumes(dataset, tmp_path):
+    first = load_index(dataset)["examples"][:4]
+    render_dataset(tmp_path, 2 * SECONDS / 3600, CFG)  # a fresh run of the first two ...
+    before = (tmp_path / "audio" / "000000.wav").stat().st_mtime_ns
+    render_dataset(tmp_path, 4 * SECONDS / 3600, CFG)  # ... then resumed to four
+    index = load_index(tmp_path)
+    assert [e["id"] for e in index["examples"]] == ["000000", "000001", "000002", "000003"]
+    assert (tmp_path / "audio" / "000000.wav").stat().st_mtime_ns == before  # kept, not re-rendered
+    for a, b in zip(first, index["examples"]):
+        assert a["caption"] == b["caption"]
+        x = sf.read(dataset / "audio" / f"{a['id']}.wav")[0]
+        y = sf.read(tmp_path / "audio" / f"{b['id']}.wav")[0]
+        assert np.array_equal(x, y)
+
+
+def test_caption_words_follow_the_piece():
+    import random
+
+    p = procedural_piece("techno", random.Random(3), 8.0)
+    c = caption(p)
+    assert "techno" in c and "four-on-the-floor" in c and f"{round(p.bpm)} bpm" in c
+    assert "lead lead" not in c
+
+
+def _click_track(bpm: float, seconds: float, sr: int = 16000) -> np.ndarray:
+    x = np.zeros(int(seconds * sr), np.float32)
+    period = 60.0 / bpm
+    t = np.arange(int(0.03 * sr)) / sr
+    click = (np.sin(2 * np.pi * 900 * t) * np.exp(-t * 120)).astype(np.float32)
+    for k in range(int(seconds / period)):
+        i = int(k * period * sr)
+        x[i : i + len(click)] += click[: len(x) - i]
+    return x * 0.5
+
+
+def test_import_folder_with_captions_and_estimated_tempo(tmp_path):
+    src = tmp_path / "mine"
+    src.mkdir()
+    sf.write(src / "loop_a.wav", _click_track(100, 9.0, 22050), 22050)
+    (src / "loop_a.txt").write_text("sparse clicks, 100 bpm\n")
+    sf.write(src / "b.flac", _click_track(140, 5.0), 16000)
+    (src / "captions.json").write_text(json.dumps({"b.flac": {"caption": "fast clicks", "bpm": 140}}))
+    out = tmp_path / "data"
+    import_folder(src, out, RenderConfig(seconds=4.0))
+    add_sketch_controls(out)
+    ex = load_index(out)["examples"]
+    caps = [e["caption"] for e in ex]
+    assert caps.count("sparse clicks, 100 bpm") == 2 and caps.count("fast clicks") == 1
+    a = next(e for e in ex if e["caption"].startswith("sparse"))
+    assert abs(a["labels"]["bpm"] - 100) / 100 < 0.03  # estimated from the audio
+    assert next(e for e in ex if e["caption"] == "fast clicks")["labels"]["bpm"] == 140  # given
+    for e in ex:
+        with np.load(out / "controls" / f"{e['id']}.npz") as z:
+            assert all(k in z for k in SKETCH_KEYS)
+    with pytest.raises(ValueError, match="no audio files"):
+        import_folder(tmp_path / "data" / "stems", tmp_path / "x", RenderConfig())
+
+
+def test_causal_median_and_training_windows():
+    x = torch.tensor([[0.0, 0, 0, 9, 0, 0, 5, 5, 5, 5]])
+    assert causal_median(x, 3).tolist() == [[0.0, 0, 0, 0, 0, 0, 0, 5, 5, 5]]  # spike gone, no look-ahead
+    io, frames = 8, 40
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    beat = (torch.arange(frames) * 0.1) % 1.0
+    controls = [
+        torch.stack([torch.full((frames,), 120.0), beat, beat / 4, *torch.rand(4, frames, generator=g)])
+    ]
+    data = LatentSet(
+        [torch.randn(io, frames, generator=g) for _ in range(n)],
+        torch.randn(n, 3, 4),
+        controls * n,
+        [torch.full((io, frames), 7.0)] * n,
+        [torch.full((io, frames), -3.0)] * n,
+    )
+    layout = ExtrasLayout(True, True, True, io)
+    lat, tok, ext = window_batch(data, layout, ExtrasConfig(p_tempo_off=0, p_accomp=0.5), 64, 16, 8, g)
+    assert lat.shape == (64, io, 24) and tok.shape == (64, 3, 4) and ext.shape == (64, layout.channels, 24)
+    off = layout.offsets()
+    jam = ext[:, off["accomp"]][:, 0].amax(-1) > 0  # the accompaniment's on-flag
+    assert 10 < int(jam.sum()) < 54
+    assert torch.all(lat[jam] == -3.0)  # a jamming window's target is the mix without the drums
+    vis = ext[jam][:, off["accomp"]][:, 0]  # visible up to C + t_f, t_f in [-T, T]
+    assert torch.all(vis[:, :8] == 1) and torch.all(vis.diff(dim=-1) <= 0)  # a prefix: nothing after t_f
+    assert len(set(vis.sum(-1).tolist())) > 3  # t_f varies
+    assert torch.all(ext[jam][:, off["accomp"]][:, 1:] == 7.0 * vis[:, None])
+    tempo = ext[:, off["tempo"]]
+    phase = (torch.atan2(tempo[:, 0], tempo[:, 1]) / (2 * np.pi)) % 1.0  # decodes to the 0.1/frame beat
+    assert torch.allclose(phase.diff(dim=-1) % 1.0, torch.full((64, 23), 0.1), atol=1e-4)
+    assert torch.allclose(tempo[:, 4], torch.zeros(64, 24))  # 120 bpm
+    assert torch.allclose(
+        tempo[0], tempo_channels(torch.full((24,), 120.0), phase[0], tempo_channels_bar(tempo[0]))
+    )
+
+
+def tempo_channels_bar(t: torch.Tensor) -> torch.Tensor:
+    return (torch.atan2(t[2], t[3]) / (2 * np.pi)) % 1.0
+
+
+@pytest.mark.integration
+def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
+    """data -> ae -> latents -> stage1 -> arc, each a CLI call; the result plays with tempo channels."""
+    from lmdm_live.model.bundle import LMDMModel
+    from lmdm_live.stream import LMDMStream, StreamParams
+
+    ae, lat, s1, arc = tmp_path / "ae", tmp_path / "lat.safetensors", tmp_path / "s1", tmp_path / "arc"
+    assert (
+        main(
+            [
+                "train",
+                "ae",
+                "--data",
+                str(dataset),
+                "--out",
+                str(ae),
+                "--steps",
+                "3",
+                "--save-every",
+                "3",
+                "--channels",
+                "8",
+                "--batch",
+                "2",
+            ]
+        )
+        == 0
+    )
+    evals = json.loads((ae / "progress.json").read_text())["evals"]
+    assert evals and np.isfinite(evals[-1]["stft_distance"])
+    assert (
+        main(
+            [
+                "train",
+                "latents",
+                "--data",
+                str(dataset),
+                "--vae",
+                str(ae / "vae.safetensors"),
+                "--out",
+                str(lat),
+            ]
+        )
+        == 0
+    )
+    ls = LatentSet.load(lat)
+    assert ls.controls is not None and ls.drums is not None and len(ls.latents) == 14
+    assert abs(float(torch.cat([z.flatten() for z in ls.latents]).std()) - 1.0) < 1e-3  # unit variance
+    assert (
+        main(
+            [
+                "train",
+                "stage1",
+                "--data",
+                str(lat),
+                "--vae",
+                str(tmp_path / "lat.vae.safetensors"),
+                "--model",
+                "tiny",
+                "--mode",
+                "causal",
+                "--context",
+                "32",
+                "--block",
+                "16",
+                "--out",
+                str(s1),
+                "--steps",
+                "3",
+                "--batch",
+                "2",
+                "--save-every",
+                "3",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "arc",
+                "--data",
+                str(lat),
+                "--model",
+                str(s1 / "model.safetensors"),
+                "--out",
+                str(arc),
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "--rollout",
+                "2",
+                "--sampler-steps",
+                "3",
+            ]
+        )
+        == 0
+    )
+    hist = json.loads((arc / "progress.json").read_text())["history"]
+    assert len(hist) == 1 and all(np.isfinite(v) for v in hist[0].values())
+    model = LMDMModel.load(arc / "model.safetensors")
+    assert model.layout == ExtrasLayout(True, True, True, 32) and model.sample_rate == 16000
+    stream = LMDMStream(model, model.text_encoder(), params=StreamParams.of("fast techno", bpm=128.0))
+    audio = np.concatenate([stream.next_block() for _ in range(3)], axis=1)
+    assert np.isfinite(audio).all() and audio.shape[0] == 1
+    assert stream.beat == pytest.approx(3 * 16 * 128 / 60 * 512 / 16000)
