@@ -44,9 +44,11 @@ class RenderConfig:
             raise ValueError("sample_rate >= 8000, hop >= 1 and seconds > 0 are required")
 
 
-def split_of(i: int) -> str:
-    """80/10/10: 'valid' and 'test' are held out from the generator (the eval classifier trains on 'valid')."""
-    return {8: "valid", 9: "test"}.get(i % 10, "train")
+def split_of(i: int, cycle: int = 1) -> str:
+    """80/10/10 by whole cycles of `cycle` consecutive examples (the renderer's one-per-style turn), so
+    every split holds every style. 'valid' and 'test' are held out from the generator; the eval
+    classifier trains on 'valid' and is scored on 'test'."""
+    return {8: "valid", 9: "test"}.get((i // cycle) % 10, "train")
 
 
 def beat_grid(n_frames: int, hop: int, sr: int, bpm: float, beats_per_bar: int) -> tuple[np.ndarray, ...]:
@@ -161,7 +163,7 @@ def render_example(i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str
     entry = {
         "id": f"{i:06d}",
         "seconds": len(mix) / cfg.sample_rate,
-        "split": split_of(i),
+        "split": split_of(i, len(STYLES_ORDER)),
         "caption": caption(piece),
         "labels": {
             "style": piece.style,
@@ -268,7 +270,7 @@ def import_folder(
             entry = {
                 "id": ex_id,
                 "seconds": len(piece) / cfg.sample_rate,
-                "split": split_of(n),
+                "split": split_of(n),  # a folder has no style cycle
                 "caption": meta["caption"],
                 "labels": labels,
                 "stems": [],
