@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     d.add_argument("--seconds", type=float, default=20.0, help="length of each example")
     d.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--split", choices=("train", "valid", "test"), help="put newly rendered examples in this split"
+    )
 
     ae = tsub.add_parser("ae", help="train the Oobleck autoencoder on a dataset's mixes")
     ae.add_argument("--data", type=Path, required=True)
@@ -113,7 +116,7 @@ def _data(args) -> int:
         if args.from_folder is not None:
             writer = import_folder(args.from_folder, args.out, cfg, tick)
         else:
-            writer = render_dataset(args.out, args.hours, cfg, tick)
+            writer = render_dataset(args.out, args.hours, cfg, tick, args.split)
         ctl = bar.add_task("", total=None, info="sketch controls")
         add_sketch_controls(args.out, lambda i, n: bar.update(ctl, completed=i, total=n))
     print(f"{args.out}: {len(writer.examples)} examples, {writer.seconds / 3600:.2f} h")

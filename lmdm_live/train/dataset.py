@@ -27,6 +27,7 @@ from .synth import StemSynth, render_piece
 
 FORMAT = "lmdm-dataset"
 STYLES_ORDER = PROCEDURAL_STYLES + SCORE_STYLES
+SPLITS = ("train", "valid", "test")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
@@ -147,7 +148,9 @@ def piece_for(i: int, cfg: RenderConfig, scores: dict[str, list[str]]) -> Piece:
     return procedural_piece(style, rng, cfg.seconds)
 
 
-def render_example(i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str, list[str]]):
+def render_example(
+    i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str, list[str]], split: str | None = None
+):
     piece = piece_for(i, cfg, scores)
     stems = render_piece(synth, piece)
     mix = np.sum(list(stems.values()), axis=0)
@@ -163,7 +166,7 @@ def render_example(i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str
     entry = {
         "id": f"{i:06d}",
         "seconds": len(mix) / cfg.sample_rate,
-        "split": split_of(i, len(STYLES_ORDER)),
+        "split": split or split_of(i, len(STYLES_ORDER)),
         "caption": caption(piece),
         "labels": {
             "style": piece.style,
@@ -182,9 +185,17 @@ def render_example(i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str
 
 
 def render_dataset(
-    out: str | Path, hours: float, cfg: RenderConfig, progress: Callable[[int, int], None] | None = None
+    out: str | Path,
+    hours: float,
+    cfg: RenderConfig,
+    progress: Callable[[int, int], None] | None = None,
+    split: str | None = None,
 ) -> DatasetWriter:
-    """Render until the dataset holds `hours` of audio (examples already there are kept)."""
+    """Render until the dataset holds `hours` of audio (examples already there are kept). `split` puts the
+    new examples in one split, e.g. more held-out `valid` renders for the evaluation classifier after the
+    generator's training set was encoded."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     writer = DatasetWriter(out, cfg.sample_rate, cfg.hop)
     total = max(1, int(np.ceil(hours * 3600 / cfg.seconds)))
     synth = StemSynth(cfg.sample_rate, cfg.soundfont)
@@ -192,7 +203,7 @@ def render_dataset(
     try:
         for i in range(total):
             if not writer.has(f"{i:06d}"):
-                writer.add(*render_example(i, cfg, synth, scores))
+                writer.add(*render_example(i, cfg, synth, scores, split))
                 if i % 20 == 0:
                     writer.flush()
             if progress:
