@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..model.checkpoint import load_checkpoint_config, save_checkpoint
 from .data import load_index, read_mix, split
-from .features import MelConfig, log_mel
+from .features import ChromaConfig, MelConfig, chroma, log_mel
 from .labels import FAMILIES, HEADS, head_targets
 
 CLASSIFIER_FORMAT = "lmdm-eval-classifier"
@@ -37,12 +37,15 @@ class ClassifierConfig:
     channels: tuple[int, ...] = (16, 32, 64, 96)
     embed_dim: int = 128
     tempo_lags: tuple[int, int] = (16, 96)  # flux-autocorrelation lags in frames: 234..39 bpm at hop 256
+    chroma_channels: int = 32  # width of the pitch-class branch (0: none, as in version-1 checkpoints)
+    pool: str = "attention"  # how conv features are pooled over time: "attention" (+ mean) or "meanmax"
     dropout: float = 0.2
     crop_min: float = 2.0  # seconds
     crop_max: float = 10.0
     batch: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    balance: bool = True  # sample training clips so every lead family is drawn about equally often
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -52,10 +55,21 @@ class ClassifierConfig:
             raise ValueError(f"need 0 < crop_min <= crop_max, got {self.crop_min}, {self.crop_max}")
         if self.n_mels % 2 ** len(self.channels):
             raise ValueError(f"n_mels ({self.n_mels}) must divide by 2^{len(self.channels)}")
+        if self.pool not in ("attention", "meanmax"):
+            raise ValueError(f"pool must be 'attention' or 'meanmax', got {self.pool!r}")
 
     @property
     def mel(self) -> MelConfig:
         return MelConfig(self.sample_rate, self.n_fft, self.hop, self.n_mels)
+
+    @property
+    def chroma(self) -> ChromaConfig:
+        return ChromaConfig(self.sample_rate, hop=self.hop)
+
+    def features(self, audio) -> tuple[Tensor, Tensor | None]:
+        """(..., samples) audio -> log-mel (..., n_mels, T) and chroma (..., 2, 12, T) (None without the
+        pitch-class branch); both have one frame per hop."""
+        return log_mel(audio, self.mel), (chroma(audio, self.chroma) if self.chroma_channels else None)
 
     def frames(self, seconds: float) -> int:
         return max(1, int(round(seconds * self.sample_rate / self.hop)))
@@ -79,9 +93,39 @@ def flux_autocorrelation(x: Tensor, lags: tuple[int, int]) -> Tensor:
     return out
 
 
+def _circular_conv(x: Tensor, conv: nn.Module) -> Tensor:
+    """A kernel-12 convolution over the pitch-class axis (dim -2 of (B, C, 12, T), or -1 of (B, C, 12)),
+    wrapped around so it sees every interval from every pitch class alike."""
+    if x.dim() == 4:
+        return conv(F.pad(x, (0, 0, 6, 5), mode="circular"))
+    return conv(F.pad(x, (6, 5), mode="circular"))
+
+
+class ChromaBranch(nn.Module):
+    """Transposition-invariant pitch-class features, for the mode (and the embedding).
+
+    A circular kernel-12 convolution per frame (chord shapes from each candidate root), averaged over time,
+    a second circular one over those (a key profile from each candidate tonic), then max and mean over the
+    12 rotations: the same output for the same music in any key.
+    """
+
+    def __init__(self, bands: int, width: int) -> None:
+        super().__init__()
+        self.frame = nn.Conv2d(bands, width, (12, 1))
+        self.key = nn.Conv1d(2 * width, width, 12)
+        self.out_dim = 2 * width
+
+    def forward(self, c: Tensor) -> Tensor:
+        h = torch.relu(_circular_conv(c, self.frame))  # (B, width, 12, T)
+        h = torch.cat([h.mean(-1), h.amax(-1)], dim=1)  # (B, 2 width, 12)
+        h = torch.relu(_circular_conv(h, self.key))  # (B, width, 12)
+        return torch.cat([h.amax(-1), h.mean(-1)], dim=1)
+
+
 class LabelNet(nn.Module):
-    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) -> mean and max over time, plus the
-    periodicity branch -> embedding -> one linear head per label."""
+    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) over the log-mel -> pooled over time
+    (attention and mean, or mean and max), plus the periodicity branch and the pitch-class branch ->
+    embedding -> one linear head per label; the mode head also sees the pitch-class features directly."""
 
     def __init__(self, cfg: ClassifierConfig) -> None:
         super().__init__()
@@ -92,29 +136,54 @@ class LabelNet(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
             c_in = c
         self.conv = nn.Sequential(*layers)
-        pooled = 2 * c_in * (cfg.n_mels // 2 ** len(cfg.channels))
+        feat = c_in * (cfg.n_mels // 2 ** len(cfg.channels))
+        self.attn = nn.Conv1d(feat, 1, 1) if cfg.pool == "attention" else None
         n_lags = cfg.tempo_lags[1] - cfg.tempo_lags[0]
         self.tempo = nn.Sequential(nn.Linear(n_lags, 64), nn.ReLU())
-        self.embed = nn.Sequential(nn.Linear(pooled + 64, cfg.embed_dim), nn.ReLU())
+        bands = len(ChromaConfig().bands) - 1
+        self.pitch = ChromaBranch(bands, cfg.chroma_channels) if cfg.chroma_channels else None
+        n_pitch = self.pitch.out_dim if self.pitch is not None else 0
+        self.embed = nn.Sequential(nn.Linear(2 * feat + 64 + n_pitch, cfg.embed_dim), nn.ReLU())
         self.drop = nn.Dropout(cfg.dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(cfg.embed_dim, len(v)) for name, v in HEADS.items()})
         self.heads["families"] = nn.Linear(cfg.embed_dim, len(FAMILIES))
+        if self.pitch is not None:
+            self.heads["mode"] = nn.Linear(cfg.embed_dim + n_pitch, len(HEADS["mode"]))
 
-    def embedding(self, mel_db: Tensor) -> Tensor:
-        """(B, mels, T) log-mel in dB -> (B, embed_dim). Each crop is standardised: loudness is not a label."""
+    def _features(self, mel_db: Tensor, chroma_: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(B, mels, T) log-mel in dB (+ (B, 2, 12, T) chroma) -> (B, embed_dim) embedding and the
+        pitch-class features. Each crop's log-mel is standardised: loudness is not a label."""
         x = mel_db - mel_db.mean(dim=(-2, -1), keepdim=True)
         x = x / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
         if x.shape[-1] < 2 ** len(self.cfg.channels):  # shorter than the pooling: pad with the mean
             x = F.pad(x, (0, 2 ** len(self.cfg.channels) - x.shape[-1]))
-        h = self.conv(x[:, None]).flatten(1, 2)
-        pooled = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
-        periodic = self.tempo(flux_autocorrelation(x, self.cfg.tempo_lags))
-        return self.embed(torch.cat([pooled, periodic], dim=1))
+        h = self.conv(x[:, None]).flatten(1, 2)  # (B, feat, T')
+        if self.attn is not None:
+            w = self.attn(h).softmax(-1)
+            pooled = torch.cat([(h * w).sum(-1), h.mean(-1)], dim=1)
+        else:
+            pooled = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+        parts = [pooled, self.tempo(flux_autocorrelation(x, self.cfg.tempo_lags))]
+        pitch = None
+        if self.pitch is not None:
+            if chroma_ is None:
+                raise ValueError("this classifier needs chroma beside the log-mel")
+            pitch = self.pitch(chroma_)
+            parts.append(pitch)
+        return self.embed(torch.cat(parts, dim=1)), pitch
 
-    def forward(self, mel_db: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        e = self.embedding(mel_db)
+    def embedding(self, mel_db: Tensor, chroma_: Tensor | None = None) -> Tensor:
+        return self._features(mel_db, chroma_)[0]
+
+    def forward(self, mel_db: Tensor, chroma_: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        e, pitch = self._features(mel_db, chroma_)
         h = self.drop(e)
-        return {name: head(h) for name, head in self.heads.items()}, e
+        out = {}
+        for name, head in self.heads.items():
+            out[name] = head(
+                torch.cat([h, self.drop(pitch)], 1) if name == "mode" and pitch is not None else h
+            )
+        return out, e
 
 
 # --- training data --------------------------------------------------------------------------------------
@@ -122,12 +191,13 @@ class LabelNet(nn.Module):
 
 @dataclass
 class MelBank:
-    """Whole-clip log-mels of one split and their targets; crops are slices of these."""
+    """Whole-clip log-mels (and chroma) of one split and their targets; crops are slices of these."""
 
     mels: list[Tensor]
     targets: dict[str, Tensor]  # head -> (N,) class index, -100 where unlabelled; families -> (N, 12)
     families_mask: Tensor  # (N,) 1 where the families are labelled
     ids: list[str] = field(default_factory=list)
+    chromas: list[Tensor] | None = None  # (2, 12, T) per clip, frame-aligned with mels
 
     @classmethod
     def from_dataset(cls, data_dir: str | Path, split_name: str, cfg: ClassifierConfig) -> MelBank:
@@ -135,11 +205,16 @@ class MelBank:
         examples = split(index, split_name)
         if not examples:
             raise ValueError(f"{data_dir}: the {split_name!r} split is empty")
-        mels = [log_mel(read_mix(data_dir, ex, cfg.sample_rate), cfg.mel) for ex in examples]
-        return cls.from_labels(mels, [ex.get("labels", {}) for ex in examples], [ex["id"] for ex in examples])
+        feats = [cfg.features(read_mix(data_dir, ex, cfg.sample_rate)) for ex in examples]
+        mels = [m for m, _ in feats]
+        chromas = [c for _, c in feats] if cfg.chroma_channels else None
+        labels, ids = [ex.get("labels", {}) for ex in examples], [ex["id"] for ex in examples]
+        return cls.from_labels(mels, labels, ids, chromas)
 
     @classmethod
-    def from_labels(cls, mels: list[Tensor], labels: list[dict], ids: list[str]) -> MelBank:
+    def from_labels(
+        cls, mels: list[Tensor], labels: list[dict], ids: list[str], chromas: list[Tensor] | None = None
+    ) -> MelBank:
         targets = {name: torch.full((len(labels),), -100, dtype=torch.long) for name in HEADS}
         fam = torch.zeros(len(labels), len(FAMILIES))
         mask = torch.zeros(len(labels))
@@ -153,23 +228,46 @@ class MelBank:
                         raise ValueError(f"unknown family {f!r}; known: {', '.join(FAMILIES)}")
                     fam[i, FAMILIES.index(f)] = 1.0
         targets["families"] = fam
-        return cls(mels, targets, mask, ids)
+        return cls(mels, targets, mask, ids, chromas)
+
+    def lead_balanced(self) -> np.ndarray:
+        """Sampling probabilities that draw every labelled lead family equally often (unlabelled clips
+        get the mean weight)."""
+        lead = self.targets["lead"].numpy()
+        w = np.ones(len(lead))
+        known = lead >= 0
+        if known.any():
+            counts = np.bincount(lead[known], minlength=len(FAMILIES))
+            w[known] = 1.0 / counts[lead[known]]
+            w[~known] = w[known].mean()
+        return w / w.sum()
 
     def batch(
-        self, rng: np.random.Generator, n: int, frames: int
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """`n` random crops of `frames` frames (a shorter clip gives all of itself, edge-padded)."""
-        idx = rng.integers(0, len(self.mels), n)
-        crops = []
+        self, rng: np.random.Generator, n: int, frames: int, p: np.ndarray | None = None
+    ) -> tuple[tuple[Tensor, Tensor | None], dict[str, Tensor], Tensor]:
+        """`n` random crops of `frames` frames (a shorter clip gives all of itself, edge-padded), clips
+        drawn uniformly or with probabilities `p`: ((log-mels, chroma or None), targets, families mask)."""
+        idx = rng.integers(0, len(self.mels), n) if p is None else rng.choice(len(self.mels), n, p=p)
+        crops, chroma_crops = [], []
         for i in idx:
             m = self.mels[i]
+            c = self.chromas[i] if self.chromas is not None else None
             if m.shape[-1] <= frames:
                 crops.append(F.pad(m, (0, frames - m.shape[-1]), mode="replicate"))
+                if c is not None:
+                    chroma_crops.append(F.pad(c, (0, frames - c.shape[-1]), mode="replicate"))
             else:
                 s = int(rng.integers(0, m.shape[-1] - frames + 1))
                 crops.append(m[:, s : s + frames])
+                if c is not None:
+                    chroma_crops.append(c[..., s : s + frames])
         sel = torch.as_tensor(idx)
-        return torch.stack(crops), {k: v[sel] for k, v in self.targets.items()}, self.families_mask[sel]
+        chroma_ = torch.stack(chroma_crops) if chroma_crops else None
+        return (
+            (torch.stack(crops), chroma_),
+            {k: v[sel] for k, v in self.targets.items()},
+            self.families_mask[sel],
+        )
 
 
 # --- training -------------------------------------------------------------------------------------------
@@ -203,9 +301,10 @@ class ClassifierTrainer:
         rng = np.random.default_rng([self.cfg.seed, self.step])
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)  # dropout
         seconds = float(rng.uniform(self.cfg.crop_min, self.cfg.crop_max))
-        x, targets, fam_mask = bank.batch(rng, self.cfg.batch, self.cfg.frames(seconds))
+        p = bank.lead_balanced() if self.cfg.balance else None
+        x, targets, fam_mask = bank.batch(rng, self.cfg.batch, self.cfg.frames(seconds), p)
         self.net.train()
-        logits, _ = self.net(x)
+        logits, _ = self.net(*x)
         loss = _loss(logits, targets, fam_mask)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -286,7 +385,7 @@ class Classifier:
         if any(len(w) != n for w in mono):
             raise ValueError("all windows of one call must have the same length")
         self.net.eval()
-        logits, emb = self.net(log_mel(np.stack(mono), self.cfg.mel))
+        logits, emb = self.net(*self.cfg.features(np.stack(mono)))
         return logits, emb
 
     def predict(self, windows, sample_rate: int) -> list[Prediction]:
@@ -308,7 +407,7 @@ class Classifier:
         return self._run(windows, sample_rate)[1].numpy()
 
     def save(self, out: str | Path, step: int = 0) -> None:
-        config = {"format": CLASSIFIER_FORMAT, "version": 1, "step": step, "config": asdict(self.cfg)}
+        config = {"format": CLASSIFIER_FORMAT, "version": 2, "step": step, "config": asdict(self.cfg)}
         config["vocab"] = {**{k: list(v) for k, v in HEADS.items()}, "families": list(FAMILIES)}
         save_checkpoint(Path(out) / MODEL_FILE, self.net.state_dict(), config)
 
@@ -323,7 +422,9 @@ class Classifier:
         vocab = {**{k: list(v) for k, v in HEADS.items()}, "families": list(FAMILIES)}
         if config.get("vocab") != vocab:
             raise ValueError(f"{path} was trained on other label vocabularies than labels.py's")
-        cfg = ClassifierConfig(**config["config"])
+        # version 1 had no pitch-class branch, mean+max pooling and uniform sampling
+        legacy = {"chroma_channels": 0, "pool": "meanmax", "balance": False}
+        cfg = ClassifierConfig(**{**legacy, **config["config"]})
         net = LabelNet(cfg)
         net.load_state_dict(load_file(str(path)))
         return cls(net.eval(), cfg)

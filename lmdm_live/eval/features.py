@@ -108,3 +108,53 @@ def onset_strength(audio, sample_rate: int, cfg: MelConfig | None = None) -> tup
     width = max(1, int(round(0.5 * cfg.frame_rate)))
     local = np.convolve(flux, np.ones(width) / width, mode="same")
     return np.maximum(flux - local, 0.0), cfg.frame_rate
+
+
+@dataclass(frozen=True)
+class ChromaConfig:
+    """n_fft 4096 at 16 kHz gives 3.9 Hz bins: a semitone apart from about 70 Hz up. The same hop as
+    MelConfig, so chroma frames line up with log-mel frames. Two bands: the bass (roots) and the rest."""
+
+    sample_rate: int = 16000
+    n_fft: int = 4096
+    hop: int = 256
+    bands: tuple[float, ...] = (65.0, 262.0, 2100.0)  # band edges in Hz: C2..C4, C4..C7
+    gain: float = 10.0  # log compression: log1p(gain * level relative to the frame's loudest pitch class)
+
+
+@lru_cache(maxsize=16)
+def _chroma_fold(sr: int, n_fft: int, bands: tuple[float, ...]) -> Tensor:
+    """(bands * 12, n_fft // 2 + 1): each FFT bin in a band, shared between its two nearest pitch classes
+    by distance in semitones (triangular weights)."""
+    freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+    fold = np.zeros((len(bands) - 1, 12, len(freqs)))
+    ok = freqs > 0
+    pitch = np.zeros_like(freqs)
+    pitch[ok] = 69.0 + 12.0 * np.log2(freqs[ok] / 440.0)  # MIDI pitch, C = 0 mod 12
+    for b, (lo, hi) in enumerate(zip(bands[:-1], bands[1:])):
+        inside = (freqs >= lo) & (freqs < hi)
+        for pc in range(12):
+            d = np.abs((pitch - pc + 6.0) % 12.0 - 6.0)  # circular distance to pitch class pc
+            fold[b, pc] = np.where(inside, np.maximum(0.0, 1.0 - d), 0.0)
+    return torch.from_numpy(fold.reshape(-1, len(freqs)).astype(np.float32))
+
+
+def chroma(audio, cfg: ChromaConfig = ChromaConfig()) -> Tensor:
+    """Log-compressed chroma of (..., samples) audio: (..., bands - 1, 12, frames), pitch class 0 = C.
+
+    Each frame is relative to its own loudest pitch class (so loudness and crops do not matter), then
+    log1p(gain * x) / log1p(gain) puts it in [0, 1]; near-silent frames stay near 0.
+    """
+    x = _as_tensor(audio)
+    lead = x.shape[:-1]
+    x = x.reshape(-1, x.shape[-1])
+    if x.shape[-1] < cfg.n_fft // 2 + 1:
+        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - x.shape[-1]))
+    window = torch.hann_window(cfg.n_fft, device=x.device)
+    spec = torch.stft(x, cfg.n_fft, cfg.hop, window=window, center=True, return_complex=True).abs()
+    spec = spec / window.sum()  # a full-scale sine peaks near 0.5
+    c = _chroma_fold(cfg.sample_rate, cfg.n_fft, tuple(cfg.bands)).to(x.device) @ spec
+    c = c.reshape(x.shape[0], len(cfg.bands) - 1, 12, -1)
+    ref = c.amax(dim=(1, 2), keepdim=True) + 1e-4  # -80 dB: silence does not blow up to full scale
+    c = torch.log1p(cfg.gain * c / ref) / np.log1p(cfg.gain)
+    return c.reshape(*lead, *c.shape[1:])
