@@ -178,6 +178,57 @@ def test_log_mel_shape_and_gain():
     assert np.allclose((log_mel(10 * x, cfg) - m).numpy()[m.numpy() > m.max().item() - 60], 20.0, atol=1e-2)
 
 
+def test_chroma_names_the_pitch_classes_of_a_chord_and_lines_up_with_the_log_mel():
+    from lmdm_live.eval.features import ChromaConfig, chroma, log_mel
+
+    t = np.arange(2 * SR) / SR
+    c_major = sum(np.sin(2 * np.pi * 440.0 * 2 ** ((m - 69) / 12) * t) for m in (48, 64, 67, 72))
+    c = chroma(c_major.astype(np.float32), ChromaConfig())
+    assert c.shape == (2, 12, log_mel(c_major).shape[-1])
+    bass, upper = c.mean(-1).numpy()
+    assert int(bass.argmax()) == 0  # C3 in the bass band
+    assert set(np.argsort(upper)[-3:]) == {0, 4, 7}  # C, E, G above it
+    assert 0.0 <= float(c.min()) and float(c.max()) <= 1.0 + 1e-6
+    # loudness does not change it
+    assert np.allclose(chroma(0.1 * c_major.astype(np.float32)).numpy(), c.numpy(), atol=2e-3)
+
+
+def test_pitch_class_branch_is_transposition_invariant():
+    import torch
+
+    from lmdm_live.eval.classifier import ChromaBranch
+
+    torch.manual_seed(0)
+    branch = ChromaBranch(2, 8).eval()
+    c = torch.rand(3, 2, 12, 40)
+    out = branch(c)
+    for k in (1, 5, 11):
+        assert torch.allclose(branch(torch.roll(c, k, dims=2)), out, atol=1e-5)
+    assert not torch.allclose(branch(torch.flip(c, dims=[2])), out, atol=1e-3)  # not blind to intervals
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    from dataclasses import asdict
+
+    import torch
+
+    from lmdm_live.eval.classifier import MODEL_FILE, Classifier, ClassifierConfig, LabelNet
+    from lmdm_live.eval.labels import FAMILIES, HEADS
+    from lmdm_live.model.checkpoint import save_checkpoint
+
+    cfg = ClassifierConfig(channels=(4, 4, 4, 4), chroma_channels=0, pool="meanmax", balance=False)
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("chroma_channels", "pool", "balance")}
+    config = {"format": "lmdm-eval-classifier", "version": 1, "step": 0, "config": old}
+    config["vocab"] = {**{k: list(v) for k, v in HEADS.items()}, "families": list(FAMILIES)}
+    torch.manual_seed(0)
+    net = LabelNet(cfg)
+    save_checkpoint(tmp_path / MODEL_FILE, net.state_dict(), config)
+    clf = Classifier.load(tmp_path)
+    assert clf.cfg.chroma_channels == 0 and clf.cfg.pool == "meanmax" and clf.net.pitch is None
+    pred = clf.predict(click_track(120.0, seconds=2.0), SR)[0]
+    assert set(pred.labels) == set(HEADS)
+
+
 # --- the classifier on a synthetic dataset -------------------------------------------------------------
 
 
