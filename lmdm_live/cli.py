@@ -44,9 +44,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--sampler", choices=("pingpong", "euler"), default="pingpong")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, else 8)")
+    p.add_argument("--sampler", choices=("pingpong", "euler"), default=None, help="default: the model's")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-pp", type=float, default=None, help="CFG++ lambda (replaces --cfg)")
 
 
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     play.add_argument("--headroom", default="normal", help="ring headroom: tight|normal|safe or milliseconds")
     play.add_argument("--seed", type=int, default=0)
-    play.add_argument("--steps", type=int, default=8)
-    play.add_argument("--cfg", type=float, default=1.0)
+    play.add_argument("--steps", type=int, default=None, help="default: the model's own (else 8)")
+    play.add_argument("--cfg", type=float, default=None, help="default: the model's own (else 1)")
     play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
     play.add_argument("--headless", action="store_true", help="no REPL: run until SIGINT/SIGTERM")
     play.add_argument("--seconds", type=float, default=None, help="headless: stop after this many seconds")
@@ -246,6 +246,8 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
     model = _load(args)
     text = model.text_encoder(getattr(args, "t5", None))
     loaded = time.perf_counter() - t0
+    if isinstance(sampler, dict):  # overrides on top of the model's own sampler defaults
+        sampler = model.sampler_settings(**sampler)
     params = StreamParams(prompts=tuple(prompts), sampler=sampler, bpm=getattr(args, "bpm", None))
     stream = LMDMStream(model, text, seed=args.seed, params=params)
     for block, prompt in changes:
@@ -410,11 +412,9 @@ async def _session(inst, args) -> None:
 
 
 def cmd_render(args) -> int:
-    from .model.samplers import SamplerSettings
-
     if args.log is not None:
         return _write_replay(args.log, args.out, args.t5)
-    sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, cfg_pp=args.cfg_pp)
+    sampler = {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_pp": args.cfg_pp}
     info = _render(args, args.prompt or [("", 1.0)], args.change, sampler, script=args.script)
     print(json.dumps(info))
     return 0

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from .engine import HEADROOM_PRESETS_MS, Engine
-from .model.samplers import SamplerSettings
 from .stream import LMDMStream, StreamParams
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -66,8 +65,9 @@ class Instrument:
         headroom_ms: float | str = "normal",
         seed: int = 0,
         prompt: str = "",
-        steps: int = 8,
-        cfg: float = 1.0,
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
         bpm: float = 120.0,
         log: str | Path | None = None,
         t5: str | None = None,
@@ -98,7 +98,9 @@ class Instrument:
             from .model.lmdm import LMDMConfig
 
             self.model = load_model(ref, None if Path(ref).is_file() else LMDMConfig(), "cpu", torch.float32)
-        self._params = StreamParams.of(prompt, sampler=SamplerSettings(steps=steps, cfg=cfg), bpm=float(bpm))
+        # None: the model's own sampler defaults (a trained model records what it plays best with)
+        settings = self.model.sampler_settings(steps=steps, cfg=cfg, sampler=sampler)
+        self._params = StreamParams.of(prompt, sampler=settings, bpm=float(bpm))
         self._gain = 1.0
         self._unmuted_gain = 1.0
         self._seed = int(seed)

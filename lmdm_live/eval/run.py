@@ -31,8 +31,8 @@ Tick = Callable[[int], None]
 class EvalConfig:
     seconds: float = 120.0  # length of each generated stream
     window: float = 10.0  # scoring window
-    steps: int = 8
-    cfg: float = 1.0
+    steps: int | None = None  # None: the model's own sampler defaults
+    cfg: float | None = None
     seed: int = 0  # prompt k streams with seed + k, the same for every model compared
     max_prompts: int | None = None
     fd_crop: float = 2.0  # FD sets are crops of this length (the classifier's shortest training crop) ...
@@ -98,12 +98,17 @@ def load_prompts(path: str | Path) -> list[dict]:
 # --- generation -----------------------------------------------------------------------------------------
 
 
-def stream_params(prompt: dict, cfg: EvalConfig):
-    """StreamParams for a prompt; its bpm is passed on where StreamParams has a `bpm` field."""
+def stream_params(prompt: dict, cfg: EvalConfig, model=None):
+    """StreamParams for a prompt (the model's sampler defaults under cfg's overrides), with its bpm."""
     from ..model.samplers import SamplerSettings
     from ..stream import StreamParams
 
-    kw: dict = {"sampler": SamplerSettings(steps=cfg.steps, cfg=cfg.cfg)}
+    over = {"steps": cfg.steps, "cfg": cfg.cfg}
+    if model is not None:
+        sampler = model.sampler_settings(**over)
+    else:
+        sampler = SamplerSettings(**{k: v for k, v in over.items() if v is not None})
+    kw: dict = {"sampler": sampler}
     if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
         kw["bpm"] = float(prompt["bpm"])
     return StreamParams.of(prompt["prompt"], **kw)
@@ -199,7 +204,13 @@ def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int
     bs = model.block_seconds
     half = max(2, math.ceil(cfg.transition_seconds / 2 / bs))
     audio = generate(
-        model, text, stream_params(a, cfg), 2 * half, seed, {half: stream_params(b, cfg)}, tick=tick
+        model,
+        text,
+        stream_params(a, cfg, model),
+        2 * half,
+        seed,
+        {half: stream_params(b, cfg, model)},
+        tick=tick,
     )
     sr = clf.cfg.sample_rate
     audio = resample(audio, model.sample_rate, sr)
@@ -243,7 +254,7 @@ def evaluate_model(
     tick = progress(len(prompts) * blocks + len(pairs) * 2 * half) if progress else None
     per_prompt, window_embs = [], []
     for k, prompt in enumerate(prompts):
-        audio = generate(model, text, stream_params(prompt, cfg), blocks, cfg.seed + k, tick=tick)
+        audio = generate(model, text, stream_params(prompt, cfg, model), blocks, cfg.seed + k, tick=tick)
         wins, embs = score_stream(clf, audio, model.sample_rate, prompt, cfg)
         per_prompt.append({**prompt, "windows": [w.to_dict() for w in wins], "_w": wins})
         window_embs.append(embs)

@@ -27,6 +27,7 @@ from .conditioners import MiniLMTextEncoder, T5TextEncoder, TextEncoder
 from .dit import DiT, DiTConfig
 from .lmdm import LMDMConfig
 from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
+from .samplers import SamplerSettings
 
 PRESETS = ("tiny", "small", "saos-random")
 
@@ -41,6 +42,11 @@ class LMDMModel:
     seconds_total: float  # the seconds value the model conditions on (SAOS: length of the window)
     name: str = "model"
     extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.extras)
+    sampler: dict = field(default_factory=dict)  # the sampler settings it plays best with (SamplerSettings)
+
+    def sampler_settings(self, **overrides) -> SamplerSettings:
+        """The model's own sampler defaults with `overrides` (those that are not None) on top."""
+        return SamplerSettings(**{**self.sampler, **{k: v for k, v in overrides.items() if v is not None}})
 
     @property
     def layout(self) -> ExtrasLayout:
@@ -113,6 +119,7 @@ class LMDMModel:
             "lmdm": asdict(self.lmdm),
             "vae": self.vae.cfg.to_dict(),
             "extras": dict(self.extras),
+            "sampler": dict(self.sampler),
         }
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -159,6 +166,7 @@ class LMDMModel:
             secs,
             config.get("name", path.stem),
             dict(config.get("extras", {})),
+            dict(config.get("sampler", {})),
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (

@@ -53,8 +53,18 @@ def build_model(
     torch.manual_seed(seed)
     net = SAODiT(cfg, seconds_dim=cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
     secs = (window.context_frames + window.block_frames) * vae.cfg.hop / sr
+    # Euler: the ping-pong sampler re-noises from x0 estimates, which an undertrained model makes too smooth
+    sampler = {"sampler": "euler", "steps": 8}
     return LMDMModel(
-        net.eval(), window, vae.eval().requires_grad_(False), sr, dict(TEXT), secs, shape, layout.to_dict()
+        net.eval(),
+        window,
+        vae.eval().requires_grad_(False),
+        sr,
+        dict(TEXT),
+        secs,
+        shape,
+        layout.to_dict(),
+        sampler,
     )
 
 
