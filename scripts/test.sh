@@ -60,6 +60,6 @@ echo "[test] ruff check ." >&2
 
 # Any non-zero pytest exit fails the run, including 5 ("no tests collected").
 echo "[test] pytest" >&2
-.venv/bin/python -m pytest -m "not slow" -q "$@" || status=$?
+.venv/bin/python -m pytest -m "not slow and not acceptance" -q "$@" || status=$?
 
 exit "$status"
