@@ -25,7 +25,6 @@ from lmdm_live.engine import Engine
 from lmdm_live.eval.tempo import estimate_bpm, tempo_error
 from lmdm_live.live_input import Feed, JamSettings, LiveInput, SketchSettings
 from lmdm_live.model.bundle import LMDMModel
-from lmdm_live.model.samplers import SamplerSettings
 from lmdm_live.sketch import SketchConfig, control_curves
 from lmdm_live.stream import LMDMStream, StreamParams
 
@@ -77,11 +76,13 @@ def drums(sr: int, seconds: float, bpm: float) -> np.ndarray:
     return np.clip(x, -1, 1)
 
 
-def render(model, tmp_path, mode: str | None, signal: np.ndarray, settings, prompt: str) -> np.ndarray:
-    """SECONDS of audio, sample i = stream sample i, with `mode` fed from `signal` (None: no input)."""
-    stream = LMDMStream(
-        model, model.text_encoder(), seed=0, params=StreamParams.of(prompt, sampler=SamplerSettings(steps=8))
-    )
+def render(
+    model, tmp_path, mode: str | None, signal: np.ndarray, settings, prompt: str, bpm: float | None = None
+) -> np.ndarray:
+    """SECONDS of audio, sample i = stream sample i, with `mode` fed from `signal` (None: no input), at the
+    model's own sampler settings; `bpm` sets the tempo channels (a jam plays at the band's tempo)."""
+    params = StreamParams.of(prompt, sampler=model.sampler_settings(), bpm=bpm)
+    stream = LMDMStream(model, model.text_encoder(), seed=0, params=params)
     engine = Engine(stream, None, out_rate=model.sample_rate, out_channels=1)
     live = engine.live = LiveInput(engine, on_error=pytest.fail)
     if mode is not None:
@@ -120,7 +121,7 @@ def test_output_pitch_follows_a_hummed_sketch(model, tmp_path):
 
 def test_jam_follows_the_drums_tempo(model, tmp_path):
     stem = drums(model.sample_rate, SECONDS, JAM_BPM)
-    out = render(model, tmp_path, "jam", stem, JamSettings(t_f=0), "a band")
+    out = render(model, tmp_path, "jam", stem, JamSettings(t_f=0), "a band", bpm=JAM_BPM)
     skip = int(2 * model.sample_rate)  # let the context fill with the jam first
     bpm, ref = estimate_bpm(out[skip:], model.sample_rate), estimate_bpm(stem[skip:], model.sample_rate)
     print(f"jam tempo: {bpm:.1f} bpm against the drums' {ref:.1f} ({JAM_BPM:g} written)")
