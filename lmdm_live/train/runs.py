@@ -54,7 +54,7 @@ def build_model(
     net = SAODiT(cfg, seconds_dim=cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
     secs = (window.context_frames + window.block_frames) * vae.cfg.hop / sr
     # Euler: the ping-pong sampler re-noises from x0 estimates, which an undertrained model makes too smooth
-    sampler = {"sampler": "euler", "steps": 8}
+    sampler = {"sampler": "euler", "steps": 8, "cfg": 3.0}
     return LMDMModel(
         net.eval(),
         window,
