@@ -130,7 +130,11 @@ def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "playing" in p.stderr and "0 underruns" in p.stderr
     played, sr = sf.read(str(out), dtype="float32")
-    assert sr == 44100 and len(played) > sr  # about two seconds, paced in real time
+    from lmdm_live.instrument import default_model_ref
+    from lmdm_live.model.checkpoint import load_checkpoint_config
+
+    rate = load_checkpoint_config(default_model_ref())["sample_rate"]  # a file plays at the model's rate
+    assert sr == rate and len(played) > sr  # about two seconds, paced in real time
     again = tmp_path / "again.wav"
     p = subprocess.run([exe, "replay", str(log), str(again)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

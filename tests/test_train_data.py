@@ -34,7 +34,9 @@ CFG = RenderConfig(seconds=SECONDS)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
-    render_dataset(out, N * SECONDS / 3600, CFG)
+    render_dataset(out, 8 * SECONDS / 3600, CFG)  # one style cycle: train
+    render_dataset(out, 12 * SECONDS / 3600, CFG, split="valid")  # held out, as `train data --split` does
+    render_dataset(out, N * SECONDS / 3600, CFG, split="test")
     add_sketch_controls(out)
     return out
 
@@ -225,7 +227,7 @@ def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
         == 0
     )
     ls = LatentSet.load(lat)
-    assert ls.controls is not None and ls.drums is not None and len(ls.latents) == 14
+    assert ls.controls is not None and ls.drums is not None and len(ls.latents) == 8
     assert abs(float(torch.cat([z.flatten() for z in ls.latents]).std()) - 1.0) < 1e-3  # unit variance
     assert (
         main(
@@ -289,3 +291,13 @@ def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
     audio = np.concatenate([stream.next_block() for _ in range(3)], axis=1)
     assert np.isfinite(audio).all() and audio.shape[0] == 1
     assert stream.beat == pytest.approx(3 * 16 * 128 / 60 * 512 / 16000)
+
+
+def test_splits_hold_every_style():
+    from lmdm_live.train.dataset import STYLES_ORDER, split_of
+
+    n = len(STYLES_ORDER)
+    by_split: dict[str, set[str]] = {}
+    for i in range(20 * n):
+        by_split.setdefault(split_of(i, n), set()).add(STYLES_ORDER[i % n])
+    assert by_split == {s: set(STYLES_ORDER) for s in ("train", "valid", "test")}
