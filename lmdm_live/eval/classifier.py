@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..model.checkpoint import load_checkpoint_config, save_checkpoint
+from ..model.checkpoint import load_checkpoint_config, load_optimizer, save_checkpoint, save_optimizer
 from .data import load_index, read_mix, split
 from .features import ChromaConfig, MelConfig, chroma, log_mel
 from .labels import FAMILIES, HEADS, head_targets
@@ -323,16 +323,7 @@ class ClassifierTrainer:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.classifier().save(out, step=self.step)
-        state = self.opt.state_dict()
-        tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
-        for i, st in state["state"].items():
-            meta["state"][str(i)] = {}
-            for k, v in st.items():
-                if isinstance(v, Tensor):
-                    tensors[f"{i}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    meta["state"][str(i)][k] = v
-        save_file(tensors, str(out / "optimizer.safetensors"))
+        meta = save_optimizer(self.opt, out / "optimizer.safetensors")
         progress = {"step": self.step, "history": self.history, "optimizer": meta}
         (out / "progress.json").write_text(json.dumps(progress))
 
@@ -343,17 +334,7 @@ class ClassifierTrainer:
         trainer = cls(clf.cfg)
         trainer.net.load_state_dict(clf.net.state_dict())
         progress = json.loads((out / "progress.json").read_text())
-        tensors = load_file(str(out / "optimizer.safetensors"))
-        meta = progress["optimizer"]
-        state: dict = {"param_groups": meta["param_groups"], "state": {}}
-        for i, st in meta["state"].items():
-            entry = dict(st)
-            for key, v in tensors.items():
-                idx, _, name = key.partition(".")
-                if idx == i:
-                    entry[name] = v
-            state["state"][int(i)] = entry
-        trainer.opt.load_state_dict(state)
+        load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
         return trainer
 

@@ -67,3 +67,36 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         names = f.keys()  # safe_open is not iterable
         state = {k: f.get_tensor(k) for k in names}
     return state, config
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: str | Path) -> dict:
+    """Write an optimizer's tensors to `path` (.safetensors); return the rest (param groups, scalars) as
+    JSON-ready metadata for the run's progress file. `load_optimizer` inverts it."""
+    from safetensors.torch import save_file as save_tensors
+
+    state = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    meta: dict = {"param_groups": state["param_groups"], "state": {}}
+    for i, st in state["state"].items():
+        meta["state"][str(i)] = {}
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"{i}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["state"][str(i)][k] = v
+    save_tensors(tensors, str(path))
+    return meta
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: str | Path, meta: dict) -> None:
+    """Restore what `save_optimizer` wrote (tensors from `path`, the rest from `meta`)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    state: dict = {"param_groups": meta["param_groups"], "state": {}}
+    for i, st in meta["state"].items():
+        state["state"][int(i)] = dict(st)
+    for key, v in tensors.items():
+        i, _, name = key.partition(".")
+        state["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(state)

@@ -13,10 +13,9 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.checkpoint import load_checkpoint, load_optimizer, save_checkpoint, save_optimizer
 from ..model.oobleck import OobleckConfig, OobleckVAE
 
 
@@ -136,18 +135,12 @@ def save_ae(trainer: AETrainer, out: str | Path, extra: dict | None = None) -> N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "vae.safetensors", trainer.vae.state_dict(), {"vae": trainer.vae.cfg.to_dict()})
-    opt = trainer.opt.state_dict()
-    tensors = {
-        f"{i}.{k}": v.detach().cpu().contiguous()
-        for i, st in opt["state"].items()
-        for k, v in st.items()
-        if isinstance(v, Tensor)
-    }
-    save_file(tensors, str(out / "optimizer.safetensors"))
+    meta = save_optimizer(trainer.opt, out / "optimizer.safetensors")
     progress = {
         "step": trainer.step,
         "history": trainer.history,
         "config": asdict(trainer.cfg),
+        "optimizer": meta,
         **(extra or {}),
     }
     tmp = out / "progress.json.tmp"
@@ -170,12 +163,9 @@ def resume_ae(out: str | Path) -> AETrainer:
     cfg = progress["config"]
     cfg["ffts"] = tuple(cfg["ffts"])
     trainer = AETrainer(load_vae(out / "vae.safetensors"), AEConfig(**cfg))
-    tensors = load_file(str(out / "optimizer.safetensors"))
-    state = trainer.opt.state_dict()
-    for key, v in tensors.items():
-        i, _, name = key.partition(".")
-        state["state"].setdefault(int(i), {})[name] = v
-    trainer.opt.load_state_dict(state)
+    # runs saved before the progress file carried the optimizer's metadata: fresh param groups, saved tensors
+    fresh = {"param_groups": trainer.opt.state_dict()["param_groups"], "state": {}}
+    load_optimizer(trainer.opt, out / "optimizer.safetensors", progress.get("optimizer", fresh))
     trainer.step, trainer.history = progress["step"], list(progress["history"])
     return trainer
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..model.bundle import LMDMModel
+from ..model.checkpoint import load_optimizer, save_optimizer
 from ..model.lmdm import LMDM, Conditioning, LMDMConfig
 
 
@@ -224,16 +225,7 @@ class Stage1Trainer:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save(out / "model.safetensors")
-        state = self.opt.state_dict()
-        tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
-        for i, st in state["state"].items():
-            meta["state"][str(i)] = {}
-            for k, v in st.items():
-                if isinstance(v, Tensor):
-                    tensors[f"{i}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    meta["state"][str(i)][k] = v
-        save_file(tensors, str(out / "optimizer.safetensors"))
+        meta = save_optimizer(self.opt, out / "optimizer.safetensors")
         progress = {
             "step": self.step,
             "history": self.history,
@@ -249,16 +241,6 @@ class Stage1Trainer:
         progress = json.loads((out / "progress.json").read_text())
         model = LMDMModel.load(out / "model.safetensors", lmdm=LMDMConfig(**progress["window"]))
         trainer = cls(model, Stage1Config(**progress["config"]))
-        tensors = load_file(str(out / "optimizer.safetensors"))
-        meta = progress["optimizer"]
-        state: dict = {"param_groups": meta["param_groups"], "state": {}}
-        for i, st in meta["state"].items():
-            entry = dict(st)
-            for key, v in tensors.items():
-                idx, _, name = key.partition(".")
-                if idx == i:
-                    entry[name] = v
-            state["state"][int(i)] = entry
-        trainer.opt.load_state_dict(state)
+        load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
         return trainer
