@@ -100,3 +100,12 @@ def load_optimizer(opt: torch.optim.Optimizer, path: str | Path, meta: dict) -> 
         i, _, name = key.partition(".")
         state["state"].setdefault(int(i), {})[name] = v
     opt.load_state_dict(state)
+
+
+def write_json_atomic(path: str | Path, obj, indent: int | None = None) -> None:
+    """Write JSON through a temporary file and a rename, so a run stopped mid-write never leaves a torn
+    progress file or dataset index behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent))
+    tmp.replace(path)

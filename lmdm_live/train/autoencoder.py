@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.checkpoint import load_checkpoint, load_optimizer, save_checkpoint, save_optimizer
+from ..model.checkpoint import (
+    load_checkpoint,
+    load_optimizer,
+    save_checkpoint,
+    save_optimizer,
+    write_json_atomic,
+)
 from ..model.oobleck import OobleckConfig, OobleckVAE
 
 
@@ -143,9 +149,7 @@ def save_ae(trainer: AETrainer, out: str | Path, extra: dict | None = None) -> N
         "optimizer": meta,
         **(extra or {}),
     }
-    tmp = out / "progress.json.tmp"
-    tmp.write_text(json.dumps(progress))
-    tmp.replace(out / "progress.json")
+    write_json_atomic(out / "progress.json", progress)
 
 
 def load_vae(path: str | Path) -> OobleckVAE:

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from ..eval.labels import tempo_bucket
+from ..model.checkpoint import write_json_atomic
 from .music import PROCEDURAL_STYLES, SCORE_STYLES, Piece, caption, procedural_piece, score_paths, score_piece
 from .synth import StemSynth, render_piece
 
@@ -130,9 +131,7 @@ class DatasetWriter:
             "hop": self.hop,
             "examples": [self.examples[k] for k in sorted(self.examples)],
         }
-        tmp = self.index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(self.index_path)
+        write_json_atomic(self.index_path, index, indent=1)
 
 
 def piece_for(i: int, cfg: RenderConfig, scores: dict[str, list[str]]) -> Piece:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..extras import ExtrasLayout
 from ..model.bundle import LMDMModel
+from ..model.checkpoint import write_json_atomic
 from ..model.dit import DiTConfig
 from ..model.lmdm import LMDMConfig
 from ..sao import SAODiT
@@ -66,12 +67,6 @@ def build_model(
         layout.to_dict(),
         sampler,
     )
-
-
-def _save_progress(out: Path, progress: dict) -> None:
-    tmp = out / "progress.json.tmp"
-    tmp.write_text(json.dumps(progress))
-    tmp.replace(out / "progress.json")
 
 
 def run_stage1(args, bar_factory) -> int:
@@ -154,8 +149,8 @@ def run_arc(args, bar_factory) -> int:
                     {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
                     str(out / "discriminator.safetensors"),
                 )
-                _save_progress(
-                    out,
+                write_json_atomic(
+                    out / "progress.json",
                     {
                         "step": len(history),
                         "history": history,
