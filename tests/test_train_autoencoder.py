@@ -47,3 +47,26 @@ def test_autoencoder_loss_falls_and_reconstruction_improves():
     assert last < 0.7 * first, (first, last)
     assert after["stft_distance"] < 0.8 * before["stft_distance"], (before, after)
     assert math.isfinite(after["si_sdr_db"])
+
+
+def test_decoder_only_keeps_the_latent_space():
+    """Fine-tuning the decoder must not move the encoder: the latents every LMDM was trained on stay valid."""
+    torch.manual_seed(0)
+    vae = OobleckVAE(
+        OobleckConfig(in_channels=1, out_channels=1, channels=8, c_mults=(1, 2), strides=(2, 4), latent_dim=8)
+    )
+    x = tones(2, 4096, 5)
+    with torch.no_grad():
+        z_before = vae.encode(x)
+    enc_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    dec_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    trainer = AETrainer(vae, AEConfig(lr=2e-3, ffts=(256, 64), decoder_only=True))
+    for step in range(30):
+        trainer.train_step(tones(4, 4096, step))
+    assert all(torch.equal(v, enc_before[k]) for k, v in vae.encoder.state_dict().items())
+    assert any(not torch.equal(v, dec_before[k]) for k, v in vae.decoder.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x), z_before)
+    first = sum(h["stft"] for h in trainer.history[:5]) / 5
+    last = sum(h["stft"] for h in trainer.history[-5:]) / 5
+    assert last < first, (first, last)

@@ -292,6 +292,33 @@ def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
     assert np.isfinite(audio).all() and audio.shape[0] == 1
     assert stream.beat == pytest.approx(3 * 16 * 128 / 60 * 512 / 16000)
 
+    # decoder fine-tuning: the encoder (the latent space) is untouched, the decoder moves; re-running with
+    # the same --steps on another DiT trained on the same latents moves the decoder into that file
+    dec = tmp_path / "dec"
+    base = [
+        "train",
+        "decoder",
+        "--data",
+        str(dataset),
+        "--out",
+        str(dec),
+        "--batch",
+        "2",
+        "--save-every",
+        "2",
+    ]
+    assert main([*base, "--model", str(arc / "model.safetensors"), "--steps", "2", "--lr", "1e-3"]) == 0
+    assert main([*base, "--model", str(s1 / "model.safetensors"), "--steps", "2"]) == 0
+    out, before, dit = (
+        LMDMModel.load(p)
+        for p in (dec / "model.safetensors", arc / "model.safetensors", s1 / "model.safetensors")
+    )
+    sd_out, sd_before = out.vae.state_dict(), before.vae.state_dict()
+    assert all(torch.equal(v, sd_before[k]) for k, v in sd_out.items() if k.startswith("encoder."))
+    assert any(not torch.equal(v, sd_before[k]) for k, v in sd_out.items() if k.startswith("decoder."))
+    assert all(torch.equal(v, dit.net.state_dict()[k]) for k, v in out.net.state_dict().items())
+    assert json.loads((dec / "progress.json").read_text())["step"] == 2
+
 
 def test_splits_hold_every_style():
     from lmdm_live.train.dataset import STYLES_ORDER, split_of

@@ -60,25 +60,29 @@ class AEConfig:
     batch: int = 8
     grad_clip: float = 1.0
     seed: int = 0
+    # freeze the encoder and bottleneck: the latent space (and every model trained on it) stays valid
+    decoder_only: bool = False
 
 
 class AETrainer:
-    """Adam on the whole VAE; each step encodes (sampling the posterior), decodes and compares spectra."""
+    """Adam on the VAE (or its decoder alone); each step encodes (sampling the posterior), decodes and
+    compares spectra."""
 
     def __init__(self, vae: OobleckVAE, cfg: AEConfig) -> None:
         self.vae, self.cfg = vae, cfg
-        for p in vae.parameters():
-            p.requires_grad_(True)
+        vae.requires_grad_(not cfg.decoder_only)
+        vae.decoder.requires_grad_(True)
         vae.train()
-        self.opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr, betas=(0.8, 0.99))
+        self.params = [p for p in vae.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.8, 0.99))
         self.step = 0
         self.history: list[dict] = []
 
     def train_step(self, audio: Tensor) -> dict:
         """audio: (B, ch, n) with n a multiple of the VAE's hop."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        h = self.vae.encoder(audio)
-        mean, std = self.vae.bottleneck.posterior(h)
+        with torch.set_grad_enabled(not self.cfg.decoder_only):
+            mean, std = self.vae.bottleneck.posterior(self.vae.encoder(audio))
         z = mean + std * torch.randn(mean.shape, generator=gen).to(mean)
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec = multires_stft_loss(recon, audio, self.cfg.ffts)
@@ -86,7 +90,7 @@ class AETrainer:
         loss = rec + self.cfg.kl_weight * kl
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
         out = {"loss": float(loss.detach()), "stft": float(rec.detach()), "kl": float(kl.detach())}
@@ -161,12 +165,14 @@ def load_vae(path: str | Path) -> OobleckVAE:
     return vae
 
 
-def resume_ae(out: str | Path) -> AETrainer:
+def resume_ae(out: str | Path, vae: OobleckVAE | None = None) -> AETrainer:
+    """The trainer saved in `out`; `vae` (already holding the saved weights, e.g. from an LMDM file)
+    replaces loading `vae.safetensors`."""
     out = Path(out)
     progress = json.loads((out / "progress.json").read_text())
     cfg = progress["config"]
     cfg["ffts"] = tuple(cfg["ffts"])
-    trainer = AETrainer(load_vae(out / "vae.safetensors"), AEConfig(**cfg))
+    trainer = AETrainer(vae if vae is not None else load_vae(out / "vae.safetensors"), AEConfig(**cfg))
     # runs saved before the progress file carried the optimizer's metadata: fresh param groups, saved tensors
     fresh = {"param_groups": trainer.opt.state_dict()["param_groups"], "state": {}}
     load_optimizer(trainer.opt, out / "optimizer.safetensors", progress.get("optimizer", fresh))

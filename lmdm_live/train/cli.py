@@ -43,6 +43,22 @@ def add_parser(sub) -> None:
     ae.add_argument("--save-every", type=int, default=100)
     ae.add_argument("--seed", type=int, default=0)
 
+    dec = tsub.add_parser(
+        "decoder",
+        help="fine-tune an LMDM file's autoencoder decoder (encoder frozen: the latents and the DiT stay valid)",
+    )
+    dec.add_argument("--model", type=Path, required=True, help="the LMDM checkpoint whose decoder to train")
+    dec.add_argument("--data", type=Path, required=True, help="the dataset its latents came from")
+    dec.add_argument(
+        "--out", type=Path, required=True, help="directory for model.safetensors (resumed when it exists)"
+    )
+    dec.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
+    dec.add_argument("--batch", type=int, default=6)
+    dec.add_argument("--crop", type=int, default=8192, help="samples per training crop")
+    dec.add_argument("--lr", type=float, default=2e-4)
+    dec.add_argument("--save-every", type=int, default=100)
+    dec.add_argument("--seed", type=int, default=0)
+
     lat = tsub.add_parser(
         "latents", help="encode a dataset with a trained autoencoder (+ text tokens, controls)"
     )
@@ -97,6 +113,7 @@ def run(args) -> int:
     return {
         "data": _data,
         "ae": _ae,
+        "decoder": _decoder,
         "latents": _latents,
         "stage1": _stage1,
         "arc": _arc,
@@ -125,7 +142,7 @@ def _data(args) -> int:
 
 def _ae(args) -> int:
     from ..model.oobleck import OobleckConfig, OobleckVAE
-    from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae, save_ae
+    from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae
 
     clips = AudioClips(args.data, ("train",))
     held = AudioClips(args.data, ("test",))
@@ -150,12 +167,22 @@ def _ae(args) -> int:
         trainer = AETrainer(
             OobleckVAE(vae_cfg), AEConfig(lr=args.lr, kl_weight=args.kl, batch=args.batch, seed=args.seed)
         )
+    return _fit_ae(args, trainer, clips, held)
+
+
+def _fit_ae(args, trainer, clips, held, also_save=None) -> int:
+    """The autoencoder loop shared by `ae` and `decoder`: train, and every save_every steps evaluate on
+    held-out crops and checkpoint (plus `also_save()`, e.g. the LMDM file carrying the new decoder)."""
+    from .autoencoder import save_ae
+
     progress_path = args.out / "progress.json"
     evals = json.loads(progress_path.read_text()).get("evals", []) if progress_path.is_file() else []
     gen_eval = torch.Generator().manual_seed(12345)
     held_batch = held.batch(8, 4 * args.crop, gen_eval)
+    if not evals:
+        evals.append({"step": trainer.step, "seconds": 0.0, **trainer.evaluate(held_batch)})
     t0 = time.time()
-    with _bar("ae") as bar:
+    with _bar(args.stage) as bar:
         task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
         while trainer.step < args.steps:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + trainer.step)
@@ -165,9 +192,44 @@ def _ae(args) -> int:
                 ev = {"step": trainer.step, "seconds": time.time() - t0, **trainer.evaluate(held_batch)}
                 evals.append(ev)
                 save_ae(trainer, args.out, {"evals": evals, "sample_rate": clips.sample_rate})
+                if also_save is not None:
+                    also_save()
                 bar.console.print(
                     f"step {trainer.step}: held-out STFT {ev['stft_distance']:.3f}, SI-SDR {ev['si_sdr_db']:.2f} dB"
                 )
+    return 0
+
+
+def _decoder(args) -> int:
+    """Resuming (or re-running with the same --steps) puts the trained decoder into the current --model, so a
+    DiT trained further on the same latents can pick up the decoder without training it again."""
+    from safetensors.torch import load_file
+
+    from ..model.bundle import LMDMModel
+    from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae
+
+    clips = AudioClips(args.data, ("train",))
+    held = AudioClips(args.data, ("test",))
+    model = LMDMModel.load(args.model)
+    if model.sample_rate != clips.sample_rate or model.hop != clips.hop:
+        raise SystemExit(
+            f"error: {args.data} is not at the model's rate and hop ({model.sample_rate} Hz, {model.hop})"
+        )
+    if (args.out / "progress.json").is_file():
+        saved = load_file(str(args.out / "vae.safetensors"))
+        mine = model.vae.state_dict()
+        if any(not torch.equal(v, saved[k]) for k, v in mine.items() if not k.startswith("decoder.")):
+            raise SystemExit(f"error: {args.model}'s encoder is not the one {args.out} was trained under")
+        model.vae.load_state_dict(saved, strict=True)
+        trainer = resume_ae(args.out, vae=model.vae)
+        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    else:
+        cfg = AEConfig(lr=args.lr, batch=args.batch, seed=args.seed, decoder_only=True)
+        trainer = AETrainer(model.vae, cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _fit_ae(args, trainer, clips, held, lambda: model.save(args.out / "model.safetensors"))
+    model.save(args.out / "model.safetensors")
+    print(f"{args.out / 'model.safetensors'}: {args.model} with the decoder of step {trainer.step}")
     return 0
 
 
