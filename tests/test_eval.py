@@ -292,6 +292,44 @@ def test_classifier_trains_on_valid_only_and_resumes_exactly(dataset, tmp_path):
     assert resumed.history == straight.history
 
 
+def test_codec_round_trip_doubles_the_bank_and_is_reported_apart(dataset, classifier_dir, tmp_path, capsys):
+    """--codec: each valid clip is also learnt as it sounds through an LMDM file's autoencoder, and the test
+    split through it is reported next to the renders (a random autoencoder wrecks what the classifier hears)."""
+    import torch
+
+    from lmdm_live.cli import main
+    from lmdm_live.eval.classifier import ClassifierConfig, MelBank
+    from lmdm_live.eval.data import CodecRoundTrip
+    from lmdm_live.model.bundle import LMDMModel
+    from lmdm_live.model.oobleck import OobleckConfig, OobleckVAE
+
+    torch.manual_seed(0)
+    tiny = LMDMModel.preset("tiny")  # with a small random 16 kHz autoencoder: quick to run 88 clips through
+    cfg = OobleckConfig(
+        in_channels=1, out_channels=1, channels=4, c_mults=(1, 2), strides=(2, 4), latent_dim=64
+    )
+    tiny.vae, tiny.sample_rate = OobleckVAE(cfg).eval(), SR
+    tiny.save(tmp_path / "tiny.safetensors")
+    codec = CodecRoundTrip(tmp_path / "tiny.safetensors")
+    cfg = ClassifierConfig(**TEST_CLF)
+    bank = MelBank.from_dataset(dataset, "valid", cfg, codec=codec)
+    assert len(bank.mels) == 128 and bank.ids[64:] == [i + "~codec" for i in bank.ids[:64]]
+    assert torch.equal(bank.targets["style"][:64], bank.targets["style"][64:])
+    assert bank.mels[0].shape == bank.mels[64].shape and not torch.allclose(bank.mels[0], bank.mels[64])
+
+    import shutil
+
+    clf = tmp_path / "clf"
+    shutil.copytree(classifier_dir, clf)
+    args = ["eval", "classifier", "--data", str(dataset), "--out", str(clf), "--steps", str(TRAIN_STEPS + 1)]
+    assert main([*args, "--codec", str(tmp_path / "tiny.safetensors")]) == 0
+    assert "through the codec" in capsys.readouterr().out
+    report = json.loads((clf / "test_report.json").read_text())
+    assert report["codec"] == str(tmp_path / "tiny.safetensors")
+    assert report["through_codec"]["10s"]["adherence"] < report["10s"]["adherence"] - 0.2, report
+    assert json.loads((clf / "progress.json").read_text())["codec"] == report["codec"]
+
+
 def test_adherence_per_head():
     from lmdm_live.eval.classifier import Prediction, adherence
     from lmdm_live.eval.labels import HEADS

@@ -200,15 +200,23 @@ class MelBank:
     chromas: list[Tensor] | None = None  # (2, 12, T) per clip, frame-aligned with mels
 
     @classmethod
-    def from_dataset(cls, data_dir: str | Path, split_name: str, cfg: ClassifierConfig) -> MelBank:
+    def from_dataset(
+        cls, data_dir: str | Path, split_name: str, cfg: ClassifierConfig, codec=None
+    ) -> MelBank:
+        """`codec` (audio, rate) -> audio, e.g. `CodecRoundTrip`: each clip is also held as it sounds
+        through it (same labels, id + "~codec")."""
         index = load_index(data_dir)
         examples = split(index, split_name)
         if not examples:
             raise ValueError(f"{data_dir}: the {split_name!r} split is empty")
-        feats = [cfg.features(read_mix(data_dir, ex, cfg.sample_rate)) for ex in examples]
+        audio = [read_mix(data_dir, ex, cfg.sample_rate) for ex in examples]
+        labels, ids = [ex.get("labels", {}) for ex in examples], [ex["id"] for ex in examples]
+        if codec is not None:
+            audio += [codec(a, cfg.sample_rate) for a in audio]
+            labels, ids = labels * 2, ids + [i + "~codec" for i in ids]
+        feats = [cfg.features(a) for a in audio]
         mels = [m for m, _ in feats]
         chromas = [c for _, c in feats] if cfg.chroma_channels else None
-        labels, ids = [ex.get("labels", {}) for ex in examples], [ex["id"] for ex in examples]
         return cls.from_labels(mels, labels, ids, chromas)
 
     @classmethod
@@ -319,12 +327,12 @@ class ClassifierTrainer:
 
     # --- checkpoints: weights + config (safetensors + .json), optimizer (safetensors), progress (JSON) ---
 
-    def save(self, out: str | Path) -> None:
+    def save(self, out: str | Path, extra: dict | None = None) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.classifier().save(out, step=self.step)
         meta = save_optimizer(self.opt, out / "optimizer.safetensors")
-        progress = {"step": self.step, "history": self.history, "optimizer": meta}
+        progress = {"step": self.step, "history": self.history, "optimizer": meta, **(extra or {})}
         (out / "progress.json").write_text(json.dumps(progress))
 
     @classmethod
@@ -435,14 +443,19 @@ def adherence(pred: Prediction, labels: dict) -> dict:
     }
 
 
-def test_report(clf: Classifier, data_dir: str | Path, split_name: str = "test", windows=(10.0, 2.0)) -> dict:
+def test_report(
+    clf: Classifier, data_dir: str | Path, split_name: str = "test", windows=(10.0, 2.0), codec=None
+) -> dict:
     """The classifier on real held-out renders: per window length, accuracy per head, families F1 and
-    mean adherence (the real-vs-real level a generator is measured against; it should be near 1)."""
+    mean adherence (the real-vs-real level a generator is measured against; it should be near 1).
+    With `codec`, on the renders as they sound through it: the ceiling for a generator on that codec."""
     examples = split(load_index(data_dir), split_name)
     if not examples:
         raise ValueError(f"{data_dir}: the {split_name!r} split is empty")
-    audio = [read_mix(data_dir, ex, clf.cfg.sample_rate) for ex in examples]
     sr = clf.cfg.sample_rate
+    audio = [read_mix(data_dir, ex, sr) for ex in examples]
+    if codec is not None:
+        audio = [codec(a, sr) for a in audio]
     report = {}
     for seconds in windows:
         scores = []

@@ -20,6 +20,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=16)
     c.add_argument("--save-every", type=int, default=100)
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    c.add_argument(
+        "--codec",
+        type=Path,
+        help="an LMDM file: also train on the renders through its autoencoder, and report the test split "
+        "through it (the ceiling a generator on that codec can reach)",
+    )
     c.set_defaults(eval_run=cmd_classifier)
 
     m = esub.add_parser("model", help="generate long streams and score them window by window")
@@ -65,6 +71,7 @@ def cmd_classifier(args) -> int:
     import torch
 
     from .classifier import ClassifierConfig, ClassifierTrainer, MelBank, test_report
+    from .data import CodecRoundTrip
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,25 +80,36 @@ def cmd_classifier(args) -> int:
         print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
     else:
         trainer = ClassifierTrainer(ClassifierConfig(batch=args.batch, seed=args.seed))
-    bank = MelBank.from_dataset(args.data, "valid", trainer.cfg)  # never the generator's "train" split
-    with _progress() as bar:
-        task = bar.add_task("classifier", total=args.steps, completed=trainer.step)
-        while trainer.step < args.steps:
-            loss = trainer.train_step(bank)
-            bar.update(task, completed=trainer.step, description=f"classifier loss {loss:.3f}")
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-                trainer.save(args.out)
+    progress = json.loads((args.out / "progress.json").read_text()) if trainer.step else {}
+    codec_path = args.codec or progress.get("codec")
+    codec = CodecRoundTrip(codec_path) if codec_path else None
+    if trainer.step < args.steps:
+        # never the generator's "train" split
+        bank = MelBank.from_dataset(args.data, "valid", trainer.cfg, codec=codec)
+        with _progress() as bar:
+            task = bar.add_task("classifier", total=args.steps, completed=trainer.step)
+            while trainer.step < args.steps:
+                loss = trainer.train_step(bank)
+                bar.update(task, completed=trainer.step, description=f"classifier loss {loss:.3f}")
+                if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+                    trainer.save(args.out, {"codec": str(codec_path)} if codec_path else None)
     if not (args.out / "progress.json").is_file():
         trainer.save(args.out)
-    report = test_report(trainer.classifier(), args.data)
+    reports = {"renders": test_report(trainer.classifier(), args.data)}
+    if codec is not None:
+        reports["through the codec"] = test_report(trainer.classifier(), args.data, codec=codec)
+    report = {**reports["renders"], "codec": str(codec_path) if codec_path else None}
+    if codec is not None:
+        report["through_codec"] = reports["through the codec"]
     (args.out / "test_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"test split ({args.data}), step {trainer.step}:")
-    for window, r in report.items():
-        acc = "  ".join(f"{h} {v:.3f}" for h, v in r["accuracy"].items())
-        f1 = "-" if r["families_f1"] is None else f"{r['families_f1']:.3f}"
-        print(
-            f"  {window:>4} windows ({r['windows']}): {acc}  families F1 {f1}  adherence {r['adherence']:.3f}"
-        )
+    for what, rep in reports.items():
+        print(f"test split ({args.data}), {what}, step {trainer.step}:")
+        for window, r in rep.items():
+            acc = "  ".join(f"{h} {v:.3f}" for h, v in r["accuracy"].items())
+            f1 = "-" if r["families_f1"] is None else f"{r['families_f1']:.3f}"
+            print(
+                f"  {window:>4} windows ({r['windows']}): {acc}  families F1 {f1}  adherence {r['adherence']:.3f}"
+            )
     return 0
 
 

@@ -56,3 +56,27 @@ def read_mix(data_dir: str | Path, example: dict, sample_rate: int) -> np.ndarra
         raise FileNotFoundError(f"missing audio for example {example['id']}: {path}")
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     return resample(audio.mean(1), rate, sample_rate)
+
+
+class CodecRoundTrip:
+    """Audio through an LMDM file's autoencoder and back (posterior mean), at the caller's rate.
+
+    What any generated audio has been through: the classifier can learn from it to judge the music rather
+    than the codec, and the test split through it is the adherence ceiling a generator on that codec has.
+    """
+
+    def __init__(self, model_path: str | Path) -> None:
+        from ..model.bundle import LMDMModel
+
+        self.name = str(model_path)
+        model = LMDMModel.load(model_path)
+        self.vae, self.rate = model.vae, model.sample_rate
+
+    def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        import torch
+
+        x = resample(to_mono(audio), sample_rate, self.rate)
+        with torch.no_grad():
+            y = self.vae.decode(self.vae.encode(torch.from_numpy(x)[None, None]))[0].mean(0).numpy()
+        y = resample(y[: len(x)], self.rate, sample_rate)
+        return np.pad(y, (0, max(0, len(audio) - len(y))))[: len(audio)]
