@@ -308,10 +308,12 @@ def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
         "2",
     ]
     assert main([*base, "--model", str(arc / "model.safetensors"), "--steps", "2", "--lr", "1e-3"]) == 0
-    assert main([*base, "--model", str(s1 / "model.safetensors"), "--steps", "2"]) == 0
+    s1_dec = tmp_path / "s1_dec.safetensors"
+    assert (
+        main([*base, "--model", str(s1 / "model.safetensors"), "--steps", "2", "--save-as", str(s1_dec)]) == 0
+    )
     out, before, dit = (
-        LMDMModel.load(p)
-        for p in (dec / "model.safetensors", arc / "model.safetensors", s1 / "model.safetensors")
+        LMDMModel.load(p) for p in (s1_dec, arc / "model.safetensors", s1 / "model.safetensors")
     )
     sd_out, sd_before = out.vae.state_dict(), before.vae.state_dict()
     assert all(torch.equal(v, sd_before[k]) for k, v in sd_out.items() if k.startswith("encoder."))

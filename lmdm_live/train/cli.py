@@ -52,6 +52,11 @@ def add_parser(sub) -> None:
     dec.add_argument(
         "--out", type=Path, required=True, help="directory for model.safetensors (resumed when it exists)"
     )
+    dec.add_argument(
+        "--save-as",
+        type=Path,
+        help="where the model with the new decoder goes (default OUT/model.safetensors)",
+    )
     dec.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
     dec.add_argument("--batch", type=int, default=6)
     dec.add_argument("--crop", type=int, default=8192, help="samples per training crop")
@@ -227,9 +232,10 @@ def _decoder(args) -> int:
         cfg = AEConfig(lr=args.lr, batch=args.batch, seed=args.seed, decoder_only=True)
         trainer = AETrainer(model.vae, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
-    _fit_ae(args, trainer, clips, held, lambda: model.save(args.out / "model.safetensors"))
-    model.save(args.out / "model.safetensors")
-    print(f"{args.out / 'model.safetensors'}: {args.model} with the decoder of step {trainer.step}")
+    target = args.save_as or args.out / "model.safetensors"
+    _fit_ae(args, trainer, clips, held, lambda: model.save(target))
+    model.save(target)
+    print(f"{target}: {args.model} with the decoder of step {trainer.step}")
     return 0
 
 
