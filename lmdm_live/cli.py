@@ -246,9 +246,9 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
     model = _load(args)
     text = model.text_encoder(getattr(args, "t5", None))
     loaded = time.perf_counter() - t0
-    if isinstance(sampler, dict):  # overrides on top of the model's own sampler defaults
-        sampler = model.sampler_settings(**sampler)
-    params = StreamParams(prompts=tuple(prompts), sampler=sampler, bpm=getattr(args, "bpm", None))
+    params = StreamParams(
+        prompts=tuple(prompts), sampler=model.sampler_settings(**sampler), bpm=getattr(args, "bpm", None)
+    )
     stream = LMDMStream(model, text, seed=args.seed, params=params)
     for block, prompt in changes:
         stream.at(block, replace(params, prompts=(_prompt_arg(prompt),)))

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..model.checkpoint import load_checkpoint_config, load_optimizer, save_checkpoint, save_optimizer
+from ..model.checkpoint import (
+    load_checkpoint_config,
+    load_optimizer,
+    save_checkpoint,
+    save_optimizer,
+    write_json_atomic,
+)
 from .data import load_index, read_mix, split
 from .features import ChromaConfig, MelConfig, chroma, log_mel
 from .labels import FAMILIES, HEADS, head_targets
@@ -304,6 +310,7 @@ class ClassifierTrainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.history: list[float] = []
+        self.codec: str | None = None  # the LMDM file whose autoencoder's sound it also learns (--codec)
 
     def train_step(self, bank: MelBank) -> float:
         rng = np.random.default_rng([self.cfg.seed, self.step])
@@ -327,13 +334,15 @@ class ClassifierTrainer:
 
     # --- checkpoints: weights + config (safetensors + .json), optimizer (safetensors), progress (JSON) ---
 
-    def save(self, out: str | Path, extra: dict | None = None) -> None:
+    def save(self, out: str | Path) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.classifier().save(out, step=self.step)
         meta = save_optimizer(self.opt, out / "optimizer.safetensors")
-        progress = {"step": self.step, "history": self.history, "optimizer": meta, **(extra or {})}
-        (out / "progress.json").write_text(json.dumps(progress))
+        progress = {"step": self.step, "history": self.history, "optimizer": meta}
+        if self.codec is not None:
+            progress["codec"] = self.codec
+        write_json_atomic(out / "progress.json", progress)
 
     @classmethod
     def resume(cls, out: str | Path) -> ClassifierTrainer:
@@ -344,6 +353,7 @@ class ClassifierTrainer:
         progress = json.loads((out / "progress.json").read_text())
         load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
+        trainer.codec = progress.get("codec")
         return trainer
 
 

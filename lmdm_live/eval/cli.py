@@ -80,9 +80,9 @@ def cmd_classifier(args) -> int:
         print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
     else:
         trainer = ClassifierTrainer(ClassifierConfig(batch=args.batch, seed=args.seed))
-    progress = json.loads((args.out / "progress.json").read_text()) if trainer.step else {}
-    codec_path = args.codec or progress.get("codec")
-    codec = CodecRoundTrip(codec_path) if codec_path else None
+    if args.codec is not None:
+        trainer.codec = str(args.codec)
+    codec = CodecRoundTrip(trainer.codec) if trainer.codec else None
     if trainer.step < args.steps:
         # never the generator's "train" split
         bank = MelBank.from_dataset(args.data, "valid", trainer.cfg, codec=codec)
@@ -92,15 +92,15 @@ def cmd_classifier(args) -> int:
                 loss = trainer.train_step(bank)
                 bar.update(task, completed=trainer.step, description=f"classifier loss {loss:.3f}")
                 if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-                    trainer.save(args.out, {"codec": str(codec_path)} if codec_path else None)
+                    trainer.save(args.out)
     if not (args.out / "progress.json").is_file():
         trainer.save(args.out)
     reports = {"renders": test_report(trainer.classifier(), args.data)}
+    report = {**reports["renders"], "codec": trainer.codec}
     if codec is not None:
-        reports["through the codec"] = test_report(trainer.classifier(), args.data, codec=codec)
-    report = {**reports["renders"], "codec": str(codec_path) if codec_path else None}
-    if codec is not None:
-        report["through_codec"] = reports["through the codec"]
+        reports["through the codec"] = report["through_codec"] = test_report(
+            trainer.classifier(), args.data, codec=codec
+        )
     (args.out / "test_report.json").write_text(json.dumps(report, indent=1) + "\n")
     for what, rep in reports.items():
         print(f"test split ({args.data}), {what}, step {trainer.step}:")

@@ -68,7 +68,6 @@ class CodecRoundTrip:
     def __init__(self, model_path: str | Path) -> None:
         from ..model.bundle import LMDMModel
 
-        self.name = str(model_path)
         model = LMDMModel.load(model_path)
         self.vae, self.rate = model.vae, model.sample_rate
 

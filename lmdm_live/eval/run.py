@@ -98,17 +98,11 @@ def load_prompts(path: str | Path) -> list[dict]:
 # --- generation -----------------------------------------------------------------------------------------
 
 
-def stream_params(prompt: dict, cfg: EvalConfig, model=None):
+def stream_params(prompt: dict, cfg: EvalConfig, model):
     """StreamParams for a prompt (the model's sampler defaults under cfg's overrides), with its bpm."""
-    from ..model.samplers import SamplerSettings
     from ..stream import StreamParams
 
-    over = {"steps": cfg.steps, "cfg": cfg.cfg}
-    if model is not None:
-        sampler = model.sampler_settings(**over)
-    else:
-        sampler = SamplerSettings(**{k: v for k, v in over.items() if v is not None})
-    kw: dict = {"sampler": sampler}
+    kw: dict = {"sampler": model.sampler_settings(steps=cfg.steps, cfg=cfg.cfg)}
     if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
         kw["bpm"] = float(prompt["bpm"])
     return StreamParams.of(prompt["prompt"], **kw)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..model.bundle import LMDMModel
-from ..model.checkpoint import load_optimizer, save_optimizer
+from ..model.checkpoint import load_optimizer, save_optimizer, write_json_atomic
 from ..model.lmdm import LMDM, Conditioning, LMDMConfig
 
 
@@ -233,7 +233,7 @@ class Stage1Trainer:
             "window": asdict(self.model.lmdm),
             "optimizer": meta,
         }
-        (out / "progress.json").write_text(json.dumps(progress))
+        write_json_atomic(out / "progress.json", progress)
 
     @classmethod
     def resume(cls, out: str | Path) -> Stage1Trainer:
