@@ -21,6 +21,7 @@ from lmdm_live.train.dataset import (
     import_folder,
     load_index,
     render_dataset,
+    solo_caption,
 )
 from lmdm_live.train.music import NOTE_NAMES, STYLE_WORDS, caption, procedural_piece
 from lmdm_live.train.stage1 import LatentSet
@@ -177,6 +178,46 @@ def test_causal_median_and_training_windows():
     )
 
 
+def test_solo_windows_are_the_lead_under_its_caption_sketched_by_itself():
+    io, frames, n = 8, 24, 4  # one window per clip: the crop starts at 0
+    g = torch.Generator().manual_seed(1)
+    rows = torch.rand(9, frames, generator=g)
+    rows[0], rows[4] = 120.0, 1.0  # bpm; voiced everywhere
+    rows[3] = 60.0 + 12.0 * rows[3]  # pitch
+    rows[5], rows[6], rows[7], rows[8] = -30.0, 2000.0, -10.0, 500.0  # mix vs lead loudness and centroid
+    data = LatentSet(
+        [torch.zeros(io, frames)] * n,
+        torch.zeros(n, 3, 4),
+        [rows] * n,
+        [torch.full((io, frames), 7.0)] * n,
+        [torch.full((io, frames), -3.0)] * n,
+        [torch.full((io, frames), 5.0)] * n,
+        torch.ones(n, 3, 4),
+    )
+    layout = ExtrasLayout(True, True, True, io)
+    cfg = ExtrasConfig(p_sketch=0.0, p_accomp=1.0, p_solo=0.5, p_sketch_solo=1.0, median_kernels=(1,))
+    lat, tok, ext = window_batch(data, layout, cfg, 64, 16, 8, g)
+    solo = lat[:, 0, 0] == 5.0
+    assert 10 < int(solo.sum()) < 54
+    assert torch.all(lat[~solo] == -3.0)  # p_accomp 1: every other window is a jam
+    assert torch.all(tok[solo] == 1.0) and torch.all(tok[~solo] == 0.0)  # the solo caption's tokens
+    off = layout.offsets()
+    sk = ext[:, off["sketch"]]
+    assert torch.all(sk[~solo] == 0) and torch.all(sk[solo][:, 0] == 1)  # p_sketch 0 in the mix windows
+    assert torch.allclose(sk[solo][:, 1], ((rows[3] - 60) / 12).expand(int(solo.sum()), 24))
+    assert torch.allclose(sk[solo][:, 3], torch.full_like(sk[solo][:, 3], 1.5))  # (-10 + 40) / 20: the lead's
+    assert torch.allclose(sk[solo][:, 4], torch.full_like(sk[solo][:, 4], -1.0))  # log2(500 / 1000)
+    assert torch.all(ext[solo][:, off["accomp"]] == 0)  # a solo is never a jam
+    with pytest.raises(ValueError, match="p_solo"):
+        ExtrasConfig(p_solo=1.5)
+
+
+def test_solo_caption_names_the_lead_and_no_drums():
+    e = {"labels": {"lead": "synth_lead", "key": "D", "mode": "minor", "bpm": 127.6}}
+    assert solo_caption(e) == "a solo melody on synth lead, no drums, in D minor, 128 bpm"
+    assert solo_caption({"labels": {}}) == "a solo melody on an instrument, no drums"
+
+
 def tempo_channels_bar(t: torch.Tensor) -> torch.Tensor:
     return (torch.atan2(t[2], t[3]) / (2 * np.pi)) % 1.0
 
@@ -228,6 +269,11 @@ def test_train_pipeline_end_to_end(dataset, tmp_path, capsys):
     )
     ls = LatentSet.load(lat)
     assert ls.controls is not None and ls.drums is not None and len(ls.latents) == 8
+    assert ls.lead is not None and all(
+        z is not None and z.shape == x.shape for z, x in zip(ls.lead, ls.latents)
+    )
+    assert ls.solo_tokens.shape == ls.tokens.shape and not torch.equal(ls.solo_tokens, ls.tokens)
+    assert all(c.shape[0] == 9 for c in ls.controls)  # with the lead's own loudness and centroid
     assert abs(float(torch.cat([z.flatten() for z in ls.latents]).std()) - 1.0) < 1e-3  # unit variance
     assert (
         main(

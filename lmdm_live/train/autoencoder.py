@@ -157,9 +157,14 @@ def save_ae(trainer: AETrainer, out: str | Path, extra: dict | None = None) -> N
 
 
 def load_vae(path: str | Path) -> OobleckVAE:
+    """The VAE of `train ae`'s vae.safetensors, or the one inside an LMDM file (to encode more data for it)."""
     sd, config = load_checkpoint(path)
     if "vae" not in config:
         raise ValueError(f"{Path(path).name} has no VAE config")
+    if "dit" in config:
+        from ..model.bundle import LMDMModel
+
+        return LMDMModel.load(path).vae.requires_grad_(True)
     vae = OobleckVAE(OobleckConfig.from_dict(config["vae"]))
     vae.load_state_dict(sd, strict=True)
     return vae

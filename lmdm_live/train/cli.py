@@ -86,6 +86,15 @@ def add_parser(sub) -> None:
     s1.add_argument("--save-every", type=int, default=200)
     s1.add_argument("--seed", type=int, default=0)
     s1.add_argument("--device", default="cpu")
+    s1.add_argument(
+        "--p-sketch", type=float, default=0.3, help="share of windows with the sketch controls on"
+    )
+    s1.add_argument(
+        "--p-solo",
+        type=float,
+        default=0.0,
+        help="share of windows that are the lead stem alone under its solo caption, sketched (0.8) by itself",
+    )
     s1.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
 
     arc = tsub.add_parser("arc", help="LMDM stage 2: ARC-Forcing post-training of a stage-1 model")

@@ -4,7 +4,8 @@
     DIR/audio/<id>.wav        the mix, mono float32
     DIR/stems/<id>/<stem>.wav each stem (rendered data only); the stems sum to the mix
     DIR/controls/<id>.npz     per latent frame: bpm, beat_phase, bar_phase, pitch_midi, voiced, loudness_db,
-                              centroid_hz (pitch from the lead stem, loudness and centroid from the mix)
+                              centroid_hz (pitch from the lead stem, loudness and centroid from the mix),
+                              lead_loudness_db, lead_centroid_hz (of the lead stem alone)
 
 Rendering is resumable: examples already on disk are kept, so a stopped `train data` run goes on where it
 stopped. Example i is a pure function of (seed, i).
@@ -64,7 +65,8 @@ def beat_grid(n_frames: int, hop: int, sr: int, bpm: float, beats_per_bar: int) 
 
 
 def frame_controls(mix: np.ndarray, lead: np.ndarray | None, sr: int, hop: int) -> dict[str, np.ndarray]:
-    """Sketch controls at the latent frame rate: pitch of the lead (or the mix), loudness and centroid of the mix."""
+    """Sketch controls at the latent frame rate: pitch of the lead (or the mix), loudness and centroid of the
+    mix, and the lead's own loudness and centroid (what a solo-melody window is sketched with)."""
     from ..sketch import SketchConfig, control_curves
 
     cfg = SketchConfig(sample_rate=sr, hop=hop)
@@ -75,7 +77,21 @@ def frame_controls(mix: np.ndarray, lead: np.ndarray | None, sr: int, hop: int) 
         "voiced": pitched.voiced,
         "loudness_db": whole.loudness_db,
         "centroid_hz": whole.centroid_hz,
+        "lead_loudness_db": pitched.loudness_db,
+        "lead_centroid_hz": pitched.centroid_hz,
     }
+
+
+def solo_caption(entry: dict) -> str:
+    """The caption of an example's lead stem played alone: what a hummed sketch asks for."""
+    labels = entry["labels"]
+    family = str(labels.get("lead", "")).replace("_", " ") or "an instrument"
+    words = f"a solo melody on {family}, no drums"
+    if "key" in labels and "mode" in labels:
+        words += f", in {labels['key']} {labels['mode']}"
+    if "bpm" in labels:
+        words += f", {round(float(labels['bpm']))} bpm"
+    return words
 
 
 class DatasetWriter:
@@ -295,7 +311,7 @@ def import_folder(
     return writer
 
 
-SKETCH_KEYS = ("pitch_midi", "voiced", "loudness_db", "centroid_hz")
+SKETCH_KEYS = ("pitch_midi", "voiced", "loudness_db", "centroid_hz", "lead_loudness_db", "lead_centroid_hz")
 
 
 def add_sketch_controls(data: str | Path, progress: Callable[[int, int], None] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Pre-encode a dataset for LMDM training: VAE latents of the mix (and of the drums / the rest, for jamming),
-MiniLM tokens of the caption, and the frame controls, in one `LatentSet` file.
+"""Pre-encode a dataset for LMDM training: VAE latents of the mix (and of the drums / the rest, for jamming,
+and of the lead alone, for sketching a melody), MiniLM tokens of the captions, and the frame controls, in one
+`LatentSet` file.
 
 The latents are rescaled to unit variance over the set; the VAE written beside the set
 (`<out>.vae.safetensors`) has that scale folded in, so it decodes what the LMDM generates.
@@ -17,10 +18,19 @@ import torch
 from ..model.checkpoint import save_checkpoint
 from ..model.conditioners import MiniLMTextEncoder
 from .autoencoder import load_vae, rescale_latents
-from .dataset import SKETCH_KEYS, load_index
+from .dataset import SKETCH_KEYS, load_index, solo_caption
 from .stage1 import LatentSet
 
 CONTROL_KEYS = ("bpm", "beat_phase", "bar_phase", *SKETCH_KEYS)
+
+
+def _tokens(text: MiniLMTextEncoder, captions: list[str]) -> torch.Tensor:
+    """(N, S, D) caption tokens, padding zeroed."""
+    out = []
+    for i in range(0, len(captions), 32):
+        tk, mask = text.encode(captions[i : i + 32])
+        out.append(tk.float() * mask[..., None].float())
+    return torch.cat(out)
 
 
 def _read(path: Path) -> torch.Tensor:
@@ -44,7 +54,7 @@ def encode_dataset(
     if not examples:
         raise ValueError(f"no {'/'.join(splits)} examples in {data}")
     text = MiniLMTextEncoder()
-    latents, controls, drums, rest, captions = [], [], [], [], []
+    latents, controls, drums, rest, lead, captions = [], [], [], [], [], []
     for k, e in enumerate(examples):
         mix = _read(data / "audio" / f"{e['id']}.wav")
         z = vae.encode(mix)[0]
@@ -64,6 +74,8 @@ def encode_dataset(
         else:
             drums.append(None)
             rest.append(None)
+        l_path = data / "stems" / e["id"] / "lead.wav"
+        lead.append(vae.encode(_read(l_path))[0] if l_path.is_file() else None)
         latents.append(z)
         captions.append(e["caption"])
         if progress:
@@ -72,10 +84,10 @@ def encode_dataset(
     latents = [z / sigma for z in latents]
     drums = [None if z is None else z / sigma for z in drums]
     rest = [None if z is None else z / sigma for z in rest]
-    tokens = []
-    for i in range(0, len(captions), 32):
-        tk, mask = text.encode(captions[i : i + 32])
-        tokens.append(tk.float() * mask[..., None].float())
+    lead = [None if z is None else z / sigma for z in lead]
+    tokens = _tokens(text, captions)
+    has_lead = any(z is not None for z in lead)
+    solo = _tokens(text, [solo_caption(e) for e in examples]) if has_lead else None
     rescale_latents(vae, sigma)
     if out_vae is not None:
         save_checkpoint(
@@ -83,6 +95,6 @@ def encode_dataset(
             vae.state_dict(),
             {"vae": vae.cfg.to_dict(), "latent_sigma": sigma, "sample_rate": index["sample_rate"]},
         )
-    ls = LatentSet(latents, torch.cat(tokens), controls, drums, rest)
+    ls = LatentSet(latents, tokens, controls, drums, rest, lead if has_lead else None, solo)
     ls.sigma = sigma  # type: ignore[attr-defined]
     return ls

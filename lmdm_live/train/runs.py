@@ -19,6 +19,7 @@ from ..model.lmdm import LMDMConfig
 from ..sao import SAODiT
 from .autoencoder import load_vae
 from .stage1 import LatentSet, Stage1Config, Stage1Trainer
+from .windows import ExtrasConfig
 
 DIT_SHAPES = {"tiny": (256, 8, 4), "small": (512, 12, 8)}  # width, depth, heads
 TEXT = {"type": "minilm", "max_length": 64}
@@ -84,7 +85,12 @@ def run_stage1(args, bar_factory) -> int:
             model = build_model(args.model, args.vae, window, extras, args.seed)
         else:
             model = load_model(args.model, window, "cpu", torch.float32)
-        trainer = Stage1Trainer(model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed))
+        extras = ExtrasConfig(p_sketch=args.p_sketch, p_solo=args.p_solo)
+        trainer = Stage1Trainer(
+            model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed), extras=extras
+        )
+    if trainer.extras.p_solo > 0 and data.lead is None:
+        raise SystemExit(f"error: --p-solo needs lead-stem latents; {args.data} has none (encode it again)")
     trainer.model.to(args.device)
     t0 = time.time()
     with bar_factory("stage 1") as bar:

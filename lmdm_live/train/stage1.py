@@ -22,6 +22,7 @@ from torch import Tensor
 from ..model.bundle import LMDMModel
 from ..model.checkpoint import load_optimizer, save_optimizer, write_json_atomic
 from ..model.lmdm import LMDM, Conditioning, LMDMConfig
+from .windows import ExtrasConfig, window_batch
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ class Stage1Config:
 class LatentSet:
     """Pre-encoded examples: latents (io, L_i) with L_i >= C+T, and per-example text tokens (S, D).
 
-    Optional, per example: `controls` (7, L_i) raw frame controls (bpm, beat phase, bar phase, pitch_midi,
-    voiced, loudness_db, centroid_hz), and `drums`/`rest` (io, L_i), the latents of the drum stem and of the
-    mix without it (the accompaniment pairs jamming is trained on).
+    Optional, per example: `controls` (7 or 9, L_i) raw frame controls (bpm, beat phase, bar phase,
+    pitch_midi, voiced, loudness_db, centroid_hz[, lead_loudness_db, lead_centroid_hz]); `drums`/`rest`
+    (io, L_i), the latents of the drum stem and of the mix without it (the accompaniment pairs jamming is
+    trained on); `lead` (io, L_i), the latents of the lead stem alone, with `solo_tokens` (N, S, D), the
+    tokens of its caption (the solo-melody windows a hummed sketch is trained on).
     """
 
     latents: list[Tensor]
@@ -60,21 +63,27 @@ class LatentSet:
     controls: list[Tensor] | None = None
     drums: list[Tensor | None] | None = None
     rest: list[Tensor | None] | None = None
+    lead: list[Tensor | None] | None = None
+    solo_tokens: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.latents) != self.tokens.shape[0] or not self.latents:
             raise ValueError(f"{len(self.latents)} latent clips for {self.tokens.shape[0]} token sets")
-        for name in ("controls", "drums", "rest"):
+        for name in ("controls", "drums", "rest", "lead", "solo_tokens"):
             v = getattr(self, name)
             if v is not None and len(v) != len(self.latents):
                 raise ValueError(f"{len(v)} {name} entries for {len(self.latents)} latent clips")
+        if (self.lead is None) != (self.solo_tokens is None):
+            raise ValueError("lead latents and solo tokens come together")
 
     def save(self, path: str | Path) -> None:
         """One safetensors file: `latents.<i>` (io, L_i), `tokens` (N, S, D), optional `controls.<i>`,
-        `drums.<i>`, `rest.<i>`."""
+        `drums.<i>`, `rest.<i>`, `lead.<i>` and `solo_tokens` (N, S, D)."""
         tensors = {f"latents.{i}": x.contiguous() for i, x in enumerate(self.latents)}
         tensors["tokens"] = self.tokens.contiguous()
-        for name in ("controls", "drums", "rest"):
+        if self.solo_tokens is not None:
+            tensors["solo_tokens"] = self.solo_tokens.contiguous()
+        for name in ("controls", "drums", "rest", "lead"):
             for i, x in enumerate(getattr(self, name) or []):
                 if x is not None:
                     tensors[f"{name}.{i}"] = x.contiguous()
@@ -100,7 +109,17 @@ class LatentSet:
         controls = opt("controls")
         if controls is not None and any(c is None for c in controls):
             raise ValueError(f"{Path(path).name}: controls missing for some examples")
-        return cls([t[f"latents.{i}"] for i in range(n)], t["tokens"], controls, opt("drums"), opt("rest"))
+        lead = opt("lead")
+        solo = t.get("solo_tokens") if lead is not None else None
+        return cls(
+            [t[f"latents.{i}"] for i in range(n)],
+            t["tokens"],
+            controls,
+            opt("drums"),
+            opt("rest"),
+            lead,
+            solo,
+        )
 
     def crop_starts(self, idx: list[int], frames: int, gen: torch.Generator) -> list[int]:
         starts = []
@@ -183,8 +202,15 @@ def stage1_loss(
 class Stage1Trainer:
     """AdamW over the DiT (and seconds conditioner); deterministic per step, resumable from a directory."""
 
-    def __init__(self, model: LMDMModel, cfg: Stage1Config, window: LMDMConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: LMDMModel,
+        cfg: Stage1Config,
+        window: LMDMConfig | None = None,
+        extras: ExtrasConfig | None = None,
+    ) -> None:
         self.model, self.cfg = model, cfg
+        self.extras = extras or ExtrasConfig()
         if window is not None:
             model.lmdm = window
         self.lmdm = LMDM(model.dit, model.lmdm)
@@ -202,9 +228,7 @@ class Stage1Trainer:
         layout = self.model.layout
         extras = None
         if layout.channels:
-            from .windows import ExtrasConfig, window_batch
-
-            latents, tokens, extras = window_batch(data, layout, ExtrasConfig(), self.cfg.batch, c, t, gen)
+            latents, tokens, extras = window_batch(data, layout, self.extras, self.cfg.batch, c, t, gen)
         else:
             latents, tokens = data.batch(self.cfg.batch, c + t, gen)
         loss = stage1_loss(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras)
@@ -230,6 +254,7 @@ class Stage1Trainer:
             "step": self.step,
             "history": self.history,
             "config": asdict(self.cfg),
+            "extras": asdict(self.extras),
             "window": asdict(self.model.lmdm),
             "optimizer": meta,
         }
@@ -240,7 +265,9 @@ class Stage1Trainer:
         out = Path(out)
         progress = json.loads((out / "progress.json").read_text())
         model = LMDMModel.load(out / "model.safetensors", lmdm=LMDMConfig(**progress["window"]))
-        trainer = cls(model, Stage1Config(**progress["config"]))
+        extras = progress.get("extras", {})
+        extras["median_kernels"] = tuple(extras.get("median_kernels", ExtrasConfig.median_kernels))
+        trainer = cls(model, Stage1Config(**progress["config"]), extras=ExtrasConfig(**extras))
         load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
         return trainer

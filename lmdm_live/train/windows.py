@@ -1,20 +1,28 @@
 """Training windows with their extra channels: tempo always (dropped now and then), sketch controls with
-control dropout and a random causal median filter, and accompaniment pairs for jamming.
+control dropout and a random causal median filter, accompaniment pairs for jamming, and solo melodies.
 
 A jamming window's target is the mix without its drums (`rest`); the drums' latents are the accompaniment
 input, visible up to t_f frames past the block start, with t_f drawn from [-T, T] (negative: only the past).
+
+A solo window's target is the lead stem alone under its own caption ("a solo melody on piano, ..."),
+sketched (with p_sketch_solo) by the lead's pitch, loudness and centroid. In a full mix the lead is a small
+part of the loss and its pitch is a faint thing to learn; alone, following the sketch is the whole task, and
+it is the case a hummed sketch asks for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..extras import ExtrasLayout, accomp_channels, sketch_channels, tempo_channels
-from .stage1 import LatentSet
+
+if TYPE_CHECKING:
+    from .stage1 import LatentSet
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,14 @@ class ExtrasConfig:
     p_tempo_off: float = 0.1
     p_sketch: float = 0.3
     p_accomp: float = 0.25
+    p_solo: float = 0.0
+    p_sketch_solo: float = 0.8
     median_kernels: tuple[int, ...] = (1, 3, 5, 9)
+
+    def __post_init__(self) -> None:
+        for name in ("p_tempo_off", "p_sketch", "p_accomp", "p_solo", "p_sketch_solo"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in 0..1")
 
 
 def causal_median(x: Tensor, k: int) -> Tensor:
@@ -46,26 +61,37 @@ def window_batch(
     frames = context + block
     idx = torch.randint(len(data.latents), (n,), generator=gen).tolist()
     starts = data.crop_starts(idx, frames, gen)
-    lat, ext = [], []
+    lat, tok, ext = [], [], []
     for i, s in zip(idx, starts):
         sl = slice(s, s + frames)
-        x = data.latents[i][:, sl]
+        x, tokens = data.latents[i][:, sl], data.tokens[i]
         u = torch.rand(4, generator=gen)
         tempo = sketch = accomp = None
+        solo = (
+            data.lead is not None
+            and data.lead[i] is not None
+            and data.controls is not None
+            and data.controls[i].shape[0] >= 9
+            and u[3] < cfg.p_solo
+        )
+        if solo:
+            x, tokens = data.lead[i][:, sl], data.solo_tokens[i]
         if data.controls is not None:
             c = data.controls[i][:, sl].float()
             if layout.tempo and u[0] >= cfg.p_tempo_off:
                 tempo = tempo_channels(c[0], c[1], c[2])
-            if layout.sketch and u[1] < cfg.p_sketch:
+            if layout.sketch and u[1] < (cfg.p_sketch_solo if solo else cfg.p_sketch):
                 k = cfg.median_kernels[int(torch.randint(len(cfg.median_kernels), (1,), generator=gen))]
-                curves = causal_median(c[3:7], k)
+                rows = [3, 4, 7, 8] if solo else [3, 4, 5, 6]  # a solo's loudness and centroid are its own
+                curves = causal_median(c[rows], k)
                 sketch = sketch_channels(curves[0], curves[1], curves[2], curves[3])
         has_pair = data.drums is not None and data.rest is not None and data.drums[i] is not None
-        if layout.accomp and has_pair and u[2] < cfg.p_accomp:
+        if layout.accomp and has_pair and not solo and u[2] < cfg.p_accomp:
             t_f = int(torch.randint(-block, block + 1, (1,), generator=gen))
             visible = torch.arange(frames) < context + t_f
             accomp = accomp_channels(data.drums[i][:, sl], visible)
             x = data.rest[i][:, sl]
         lat.append(x)
+        tok.append(tokens)
         ext.append(layout.build(frames, tempo, sketch, accomp))
-    return torch.stack(lat), data.tokens[torch.tensor(idx)], torch.stack(ext)
+    return torch.stack(lat), torch.stack(tok), torch.stack(ext)
