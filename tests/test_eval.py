@@ -360,6 +360,30 @@ def test_default_prompts_vary(dataset):
 # --- end to end -----------------------------------------------------------------------------------------
 
 
+def test_an_instant_switch_still_counts_the_measurements_window(dataset, classifier_dir):
+    """The transition timer looks back over a 2 s window, so a splice that switches in no time counts a few
+    blocks (at most the window's length), and a splice of a clip with itself shows no switch to time."""
+    from lmdm_live.eval.classifier import Classifier
+    from lmdm_live.eval.data import load_index, read_mix
+    from lmdm_live.eval.run import EvalConfig, default_prompts, time_switch
+
+    clf = Classifier.load(classifier_dir)
+    index = load_index(dataset)
+    prompts = default_prompts(index)
+    by_id = {e["id"]: e for e in index["examples"]}
+    a = next(p for p in prompts if p["labels"]["style"] == "techno")
+    b = next(p for p in prompts if p["labels"]["style"] == "ambient")
+    xa, xb = (read_mix(dataset, by_id[p["id"]], SR) for p in (a, b))
+    bs, half = 0.25, 24  # 6 s a side, in quarter-second blocks: the 2 s window spans 8 of them
+    seg = int(half * bs * SR)
+    cfg = EvalConfig(short_window=2.0)
+    switch = time_switch(clf, np.concatenate([xa[:seg], xb[:seg]]), SR, bs, half, a, b, cfg)
+    assert switch["steady"] - switch["before"] > 0.3
+    assert 2 <= switch["blocks"] <= 8  # instant, yet counted: the window's own lag
+    same = time_switch(clf, np.concatenate([xb[:seg], xb[:seg]]), SR, bs, half, b, b, cfg)
+    assert same["blocks"] is None
+
+
 def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_path, capsys):
     from lmdm_live.cli import main
 
@@ -404,6 +428,9 @@ def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_pat
     assert set(w["heads"]) == {"style", "tempo_bucket", "mode", "lead"}
     assert len(m["prompts"][0]["windows"]) == 2 and "tempo_error" in m["prompts"][0]["windows"][0]
     assert len(m["transitions"]) == 1 and len(m["transitions"][0]["adherence_new"]) == 6
+    splice = m["transitions"][0]["splice_blocks"]  # the instant-switch floor, on the test split's renders
+    assert splice is None or 1 <= splice <= 3
+    assert "transition_splice_blocks" in m["summary"] and "transition_lag_blocks" in m["summary"]
     # same model, same seeds: the comparison curve is the same stream
     assert metrics["models"][1]["windows"] == m["windows"]
     assert metrics["real"]["adherence"] >= 0.9

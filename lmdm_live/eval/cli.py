@@ -170,7 +170,8 @@ def cmd_model(args) -> int:
             "/".join(f(s["heads"][h], ".2f") for h in ("style", "tempo_bucket", "mode", "lead")),
             f"{f(s['fd'], '.1f')}: {f(s['fd_first'], '.1f')} -> {f(s['fd_last'], '.1f')}",
             f"{f(s['tempo_error'])} ({f(s['tempo_error_octave'])})",
-            f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed)",
+            f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed; an instant splice of "
+            f"real renders: {f(s.get('transition_splice_blocks'), '.1f')})",
         )
     table.add_row(
         "real test music", f(real["adherence"]), "", f"{f(real['fd_floor'], '.1f')} (half vs half)", "", ""

@@ -71,6 +71,13 @@ class CodecRoundTrip:
         model = LMDMModel.load(model_path)
         self.vae, self.rate = model.vae, model.sample_rate
 
+    @classmethod
+    def of(cls, model) -> CodecRoundTrip:
+        """The round trip of an LMDM model already loaded."""
+        codec = cls.__new__(cls)
+        codec.vae, codec.rate = model.vae, model.sample_rate
+        return codec
+
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         import torch
 

@@ -71,7 +71,12 @@ def default_prompts(index: dict, n: int = 24) -> list[dict]:
                 ex = g[depth]
                 seen.add(ex["caption"])
                 prompts.append(
-                    {"prompt": ex["caption"], "labels": ex["labels"], "bpm": ex["labels"].get("bpm")}
+                    {
+                        "prompt": ex["caption"],
+                        "labels": ex["labels"],
+                        "bpm": ex["labels"].get("bpm"),
+                        "id": ex["id"],  # its real render: the instant-switch reference of a transition
+                    }
                 )
         depth += 1
     return prompts
@@ -147,9 +152,9 @@ def real_reference(clf: Classifier, data_dir: str | Path, index: dict, cfg: Eval
     adherence of real windows to their own captions, and the FD between two halves of the split (a floor
     no model can beat by much)."""
     sr = clf.cfg.sample_rate
-    embs, scores = [], []
+    embs, scores, audio_by_id = [], [], {}
     for ex in split(index, "test"):
-        audio = read_mix(data_dir, ex, sr)
+        audio = audio_by_id[ex["id"]] = read_mix(data_dir, ex, sr)
         embs.append(_embed(clf, _crops(audio, sr, cfg.fd_crop, cfg.fd_hop), sr))
         window = min(cfg.window, len(audio) / sr)
         for pred in clf.predict(_crops(audio, sr, window, window), sr):
@@ -159,7 +164,12 @@ def real_reference(clf: Classifier, data_dir: str | Path, index: dict, cfg: Eval
     floor = float("nan")
     if len(embs) >= 4:
         floor = frechet_distance(np.concatenate(embs[0::2]), np.concatenate(embs[1::2]))
-    return {"embeddings": np.concatenate(embs), "adherence": nanmean(scores), "fd_floor": floor}
+    return {
+        "embeddings": np.concatenate(embs),
+        "adherence": nanmean(scores),
+        "fd_floor": floor,
+        "audio": audio_by_id,
+    }
 
 
 # --- one model ------------------------------------------------------------------------------------------
@@ -187,16 +197,8 @@ def score_stream(clf: Classifier, audio: np.ndarray, rate: int, prompt: dict, cf
 
 
 def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int, cfg: EvalConfig, tick=None):
-    """Play `a`, switch to `b` at the middle block, and count blocks until `b` is followed.
-
-    Adherence here is the soft one (mean probability of `b`'s classes) on a sliding `short_window` ending
-    at each block boundary (blocks too early for a whole window are null): hard correctness on 2 s flips too often to time a change by. "Followed" is the
-    first block at which it has come `settle` (90 %) of the way from its level before the switch to its
-    steady level (the mean over the second half of the post-switch blocks). When the new prompt is not
-    followed better than the old one at all (gain < 0.05) there is nothing to time and blocks is None.
-    """
-    bs = model.block_seconds
-    half = max(2, math.ceil(cfg.transition_seconds / 2 / bs))
+    """Play `a`, switch to `b` at the middle block, and count blocks until `b` is followed (`time_switch`)."""
+    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
     audio = generate(
         model,
         text,
@@ -206,8 +208,39 @@ def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int
         {half: stream_params(b, cfg, model)},
         tick=tick,
     )
+    return time_switch(clf, audio, model.sample_rate, model.block_seconds, half, a, b, cfg)
+
+
+def splice_transition(model, clf: Classifier, real_audio: dict, a: dict, b: dict, cfg: EvalConfig):
+    """The same measurement on a switch that takes no time: `a`'s real test render up to the switch block,
+    then `b`'s, the whole through the model's autoencoder (as generated audio is). What the measurement's
+    own sliding window makes of an instant switch: the floor under a model's count. None when either prompt
+    has no real render long enough."""
+    from .data import CodecRoundTrip
+
+    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
     sr = clf.cfg.sample_rate
-    audio = resample(audio, model.sample_rate, sr)
+    seg = int(round(half * model.block_seconds * sr))
+    xa, xb = real_audio.get(a.get("id")), real_audio.get(b.get("id"))
+    if xa is None or xb is None or min(len(xa), len(xb)) < seg:
+        return None
+    audio = CodecRoundTrip.of(model)(np.concatenate([xa[:seg], xb[:seg]]), sr)
+    return time_switch(clf, audio, sr, model.block_seconds, half, a, b, cfg)
+
+
+def time_switch(clf: Classifier, audio, rate: int, bs: float, half: int, a: dict, b: dict, cfg: EvalConfig):
+    """Blocks from the switch (at block `half` of `audio`) until `b` is followed.
+
+    Adherence here is the soft one (mean probability of `b`'s classes) on a sliding `short_window` ending
+    at each block boundary (blocks too early for a whole window are null): hard correctness on 2 s flips
+    too often to time a change by. "Followed" is the first block at which it has come `settle` (90 %) of the
+    way from its level before the switch to its steady level (the mean over the second half of the
+    post-switch blocks). When the new prompt is not followed better than the old one at all (gain < 0.05)
+    there is nothing to time and blocks is None. The window looks back, so even an instant switch counts
+    a few blocks: `splice_transition` measures that floor.
+    """
+    sr = clf.cfg.sample_rate
+    audio = resample(audio, rate, sr)
     short = int(round(cfg.short_window * sr))
     ends = [int(round((k + 1) * bs * sr)) for k in range(2 * half)]
     ends = [min(e, len(audio)) for e in ends]
@@ -274,7 +307,14 @@ def evaluate_model(
         )
     for p in per_prompt:
         del p["_w"]
-    transitions = [measure_transition(model, text, clf, a, b, cfg.seed, cfg, tick) for a, b in pairs]
+    transitions = []
+    for a, b in pairs:
+        t = measure_transition(model, text, clf, a, b, cfg.seed, cfg, tick)
+        splice = splice_transition(model, clf, real.get("audio", {}), a, b, cfg)
+        t["splice_blocks"] = None if splice is None else splice["blocks"]
+        if t["blocks"] is not None and t["splice_blocks"] is not None:
+            t["lag_blocks"] = t["blocks"] - t["splice_blocks"]
+        transitions.append(t)
     return {
         "model": model.name,
         "block_seconds": model.block_seconds,
@@ -305,6 +345,9 @@ def _summary(windows: list[dict], transitions: list[dict]) -> dict:
         "tempo_error_octave": nanmean(w["tempo_error_octave"] for w in windows),
         "transition_blocks": nanmean(timed),
         "transitions_timed": f"{len(timed)}/{len(transitions)}",
+        # the same measurement on instant splices of real renders, and the model's count beyond it
+        "transition_splice_blocks": nanmean(t.get("splice_blocks") for t in transitions),
+        "transition_lag_blocks": nanmean(t.get("lag_blocks") for t in transitions),
     }
 
 
