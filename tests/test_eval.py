@@ -431,6 +431,13 @@ def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_pat
     splice = m["transitions"][0]["splice_blocks"]  # the instant-switch floor, on the test split's renders
     assert splice is None or 1 <= splice <= 3
     assert "transition_splice_blocks" in m["summary"] and "transition_lag_blocks" in m["summary"]
+    errors = [w["tempo_error"] for p in m["prompts"] for w in p["windows"] if w["tempo_error"] is not None]
+    if errors:  # the median and the share within 5 % are over every prompt's every window
+        assert m["summary"]["tempo_error_median"] == pytest.approx(float(np.median(errors)), abs=1e-5)
+        share = np.mean([e <= 0.05 for e in errors])
+        assert m["summary"]["tempo_within_5pct"] == pytest.approx(share, abs=1e-5)
+    else:
+        assert m["summary"]["tempo_error_median"] is None
     # same model, same seeds: the comparison curve is the same stream
     assert metrics["models"][1]["windows"] == m["windows"]
     assert metrics["real"]["adherence"] >= 0.9

@@ -160,7 +160,7 @@ def cmd_model(args) -> int:
     table = Table(title=f"{metrics['prompts']} prompts x {args.seconds:g} s, {args.window:g} s windows")
     for col in ("model", "adherence first -> last", "style/tempo/mode/lead", "FD first -> last"):
         table.add_column(col)
-    table.add_column("tempo err (octave-folded)")
+    table.add_column("tempo err median (mean; octave-folded mean)")
     table.add_column("switch blocks")
     for m in metrics["models"]:
         s = m["summary"]
@@ -169,7 +169,7 @@ def cmd_model(args) -> int:
             f"{f(s['adherence'])}: {f(s['adherence_first'])} -> {f(s['adherence_last'])}",
             "/".join(f(s["heads"][h], ".2f") for h in ("style", "tempo_bucket", "mode", "lead")),
             f"{f(s['fd'], '.1f')}: {f(s['fd_first'], '.1f')} -> {f(s['fd_last'], '.1f')}",
-            f"{f(s['tempo_error'])} ({f(s['tempo_error_octave'])})",
+            f"{f(s.get('tempo_error_median'))} ({f(s['tempo_error'])}; {f(s['tempo_error_octave'])})",
             f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed; an instant splice of "
             f"real renders: {f(s.get('transition_splice_blocks'), '.1f')})",
         )

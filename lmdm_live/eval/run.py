@@ -305,6 +305,7 @@ def evaluate_model(
                 "tempo_error_octave": nanmean(m.tempo_error_octave for m in ms),
             }
         )
+    errors = [m.tempo_error for p in per_prompt for m in p["_w"]]
     for p in per_prompt:
         del p["_w"]
     transitions = []
@@ -318,7 +319,7 @@ def evaluate_model(
     return {
         "model": model.name,
         "block_seconds": model.block_seconds,
-        "summary": _summary(windows, transitions),
+        "summary": _summary(windows, transitions, errors),
         "windows": [_clean(w) for w in windows],
         "prompts": [_clean(p) for p in per_prompt],
         "transitions": [_clean(t) for t in transitions],
@@ -330,8 +331,11 @@ def _nanmedian(values) -> float:
     return float(np.median(v)) if len(v) else float("nan")
 
 
-def _summary(windows: list[dict], transitions: list[dict]) -> dict:
+def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[float]) -> dict:
+    """`tempo_errors`: every prompt's every window (the median and the share within 5 % are over these; a few
+    streams at a related rate, e.g. 2/3 of the asked one, pull the mean far from the typical stream)."""
     first, last = windows[0], windows[-1]
+    timed_tempo = [e for e in tempo_errors if e is not None and np.isfinite(e)]
     timed = [t["blocks"] for t in transitions if t["blocks"] is not None]
     return {
         "adherence": nanmean(w["adherence"] for w in windows),
@@ -342,6 +346,10 @@ def _summary(windows: list[dict], transitions: list[dict]) -> dict:
         "fd_first": first["fd"],
         "fd_last": last["fd"],
         "tempo_error": nanmean(w["tempo_error"] for w in windows),
+        "tempo_error_median": _nanmedian(tempo_errors),
+        "tempo_within_5pct": float(np.mean([e <= 0.05 for e in timed_tempo]))
+        if timed_tempo
+        else float("nan"),
         "tempo_error_octave": nanmean(w["tempo_error_octave"] for w in windows),
         "transition_blocks": nanmean(timed),
         "transitions_timed": f"{len(timed)}/{len(transitions)}",
