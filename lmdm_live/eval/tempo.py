@@ -2,10 +2,13 @@
 
 Octaves: a beat at B bpm also repeats at B/2 (every other beat), so every candidate is scored on its
 first four multiples of the period, and a candidate whose *half* period is strongly periodic as well is
-penalised (that periodicity is its double, which is then the better answer if it is in range). The
-autocorrelation is the biased one (it falls with lag), which breaks the remaining tie toward the faster of
-two octaves. Eighth-note-driven music can still come out at twice its felt tempo; `tempo_error(...,
-octave=True)` folds such octave errors away and the evaluation reports both.
+penalised when its double is in range (that periodicity is its double, then the better answer). A candidate
+whose double is out of range keeps its score: eighth notes under a 126 bpm house beat are not a reason to
+prefer 84 bpm (whose half period, three sixteenths, nothing marks), which is what an unconditional penalty
+did to four-on-the-floor music with off-beat hats. The autocorrelation is the biased one (it falls with
+lag), which breaks the remaining tie toward the faster of two octaves. Breakbeats can still come out at
+half their tempo and eighth-note-driven music at twice; `tempo_error(..., octave=True)` folds such octave
+errors away and the evaluation reports both.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def tempo_scores(
         return np.interp(lag, lags_axis, ac, right=0.0)
 
     score = sum(at(k * period) / k for k in range(1, 5))
-    score = score - 0.5 * np.maximum(at(period / 2), 0.0)
+    double_in_range = 2.0 * bpms <= bpm_range[1]
+    score = score - 0.5 * np.maximum(at(period / 2), 0.0) * double_in_range
     return bpms, score
 
 
