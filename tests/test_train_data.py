@@ -141,6 +141,45 @@ def test_import_folder_with_captions_and_estimated_tempo(tmp_path):
         import_folder(tmp_path / "data" / "stems", tmp_path / "x", RenderConfig())
 
 
+def test_codec_report_reads_pitch_and_tempo_clean_and_through_the_codec(dataset, tmp_path, capsys):
+    """`eval codec` on the rendered test split with a small random autoencoder: the clean leads are pitched,
+    the round trip keeps next to none of their pitch, and every mix gets a tempo window each way."""
+    from lmdm_live.model.bundle import LMDMModel
+    from lmdm_live.model.oobleck import OobleckConfig, OobleckVAE
+
+    torch.manual_seed(0)
+    tiny = LMDMModel.preset("tiny")
+    cfg = OobleckConfig(
+        in_channels=1, out_channels=1, channels=4, c_mults=(1, 2), strides=(2, 4), latent_dim=8
+    )
+    tiny.vae, tiny.sample_rate = OobleckVAE(cfg).eval(), 16000
+    tiny.save(tmp_path / "tiny.safetensors")
+    out = tmp_path / "codec.json"
+    args = ["eval", "codec", "--model", str(tmp_path / "tiny.safetensors"), "--data", str(dataset)]
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    tests = [e for e in load_index(dataset)["examples"] if e["split"] == "test"]
+    assert report["examples"] == report["lead"]["stems"] == report["tempo"]["windows"] == len(tests)
+    assert report["lead"]["voiced_clean"] > 0.3  # the renders' leads are pitched
+    assert report["lead"]["frames_voiced_in_both"] > 100
+    assert report["lead"]["pitch_kept"] < 0.2  # a random decoder buzzes, but not at the lead's pitch
+    # what `pitch_kept` counts: within a semitone and voiced, of the clean voiced frames
+    from dataclasses import replace
+
+    from lmdm_live.eval.codec import kept_frames
+    from lmdm_live.sketch import SketchConfig, control_curves
+
+    a = control_curves(
+        sf.read(dataset / "stems" / tests[0]["id"] / "lead.wav", dtype="float32")[0], SketchConfig()
+    )
+    kept, voiced = kept_frames(a, a)
+    assert voiced > 20 and kept == voiced
+    assert kept_frames(a, replace(a, pitch_midi=a.pitch_midi + 0.5)) == (voiced, voiced)
+    assert kept_frames(a, replace(a, pitch_midi=a.pitch_midi + 2.0)) == (0, voiced)
+    assert kept_frames(a, replace(a, voiced=np.zeros_like(a.voiced))) == (0, voiced)
+
+
 def test_causal_median_and_training_windows():
     x = torch.tensor([[0.0, 0, 0, 9, 0, 0, 5, 5, 5, 5]])
     assert causal_median(x, 3).tolist() == [[0.0, 0, 0, 0, 0, 0, 0, 5, 5, 5]]  # spike gone, no look-ahead

@@ -1,4 +1,4 @@
-"""`lmdm-live eval classifier|model`: the argparse side of the evaluation (the work is in run.py)."""
+"""`lmdm-live eval classifier|codec|model`: the argparse side of the evaluation (the work is in run.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "through it (the ceiling a generator on that codec can reach)",
     )
     c.set_defaults(eval_run=cmd_classifier)
+
+    k = esub.add_parser(
+        "codec", help="what an LMDM file's autoencoder keeps of the test split's pitch and tempo (a ceiling)"
+    )
+    k.add_argument("--model", type=Path, required=True, help="an LMDM file (its autoencoder is used)")
+    k.add_argument("--data", type=Path, required=True, help="a training-data directory (with stems)")
+    k.add_argument("--split", default="test")
+    k.add_argument("--max-examples", type=int, default=None)
+    k.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
+    k.set_defaults(eval_run=cmd_codec)
 
     m = esub.add_parser("model", help="generate long streams and score them window by window")
     m.add_argument("--model", required=True, help="LMDM checkpoint PATH or preset (tiny | small | ...)")
@@ -110,6 +120,17 @@ def cmd_classifier(args) -> int:
             print(
                 f"  {window:>4} windows ({r['windows']}): {acc}  families F1 {f1}  adherence {r['adherence']:.3f}"
             )
+    return 0
+
+
+def cmd_codec(args) -> int:
+    from .codec import codec_report
+
+    report = codec_report(args.model, args.data, args.split, args.max_examples)
+    text = json.dumps(report, indent=1)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 
