@@ -33,11 +33,13 @@ $L eval classifier --data "$RUNS/data" --out "$RUNS/clf" --steps 800 --save-ever
     --codec "$RUNS/decoder/model.safetensors"
 $L eval model --model "$RUNS/decoder/model.safetensors" --compare "$RUNS/stage1_decoder.safetensors" \
     --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/data" \
-    --out "$RUNS/eval_adherence" --seconds 30 --window 10 --max-prompts 20 --transitions 4 \
+    --out "$RUNS/eval_adherence" --seconds 30 --window 10 --max-prompts 20 --transitions 10 \
     --transition-seconds 24
 $L eval model --model "$RUNS/decoder/model.safetensors" --compare "$RUNS/stage1_decoder.safetensors" \
     --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/data" \
     --out "$RUNS/eval_drift" --seconds 120 --window 10 --max-prompts 4 --transitions 0
+# what the autoencoder keeps of the test leads' pitch and the mixes' tempo: the ceiling of those bars
+$L eval codec --model "$RUNS/decoder/model.safetensors" --data "$RUNS/data" --out "$RUNS/codec.json"
 mkdir -p lmdm_live/assets/classifier
 cp "$RUNS/decoder/model.safetensors" lmdm_live/assets/default.lmdm.safetensors
 cp "$RUNS/clf/classifier.safetensors" "$RUNS/clf/classifier.json" lmdm_live/assets/classifier/
