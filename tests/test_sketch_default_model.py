@@ -115,7 +115,8 @@ def test_output_pitch_follows_a_hummed_sketch(model, tmp_path):
     without = render(model, tmp_path, None, x, None, "a melody")
     r_on, r_off = contour_r(with_sketch, midi, model), contour_r(without, midi, model)
     print(f"pitch contour r: with the sketch {r_on:.3f}, without {r_off:.3f}")
-    assert r_on >= 0.6
+    # a model cannot show more pitch than its autoencoder keeps: `lmdm-live eval codec` measures that
+    assert r_on >= 0.6, f"r = {r_on:.3f}; see `lmdm-live eval codec` for what the autoencoder keeps of pitch"
     assert r_off < 0.3
 
 
