@@ -305,7 +305,13 @@ def test_play_with_osc_and_a_patch(tmp_path):
     reply = None
     try:
         deadline = time.monotonic() + 60
-        while reply is None and time.monotonic() < deadline:  # until the server is up and answers
+
+        # until the server is up and reports both: a message sent before its socket was bound is lost, and
+        # a status can leave before the block that takes the new settings, so all three are sent again
+        def applied(r: dict | None) -> bool:
+            return r is not None and r["cfg"] == 2.5 and abs(r["bpm"] - 132.0) < 1e-6
+
+        while not applied(reply) and time.monotonic() < deadline:
             send("/lmdm/cfg", 2.5)
             send("/lmdm/play", "cps", 0.55, "cycle", 3.0, "s", "lmdm")  # Tidal drives the tempo: 132 bpm
             time.sleep(0.3)
