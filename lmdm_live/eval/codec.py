@@ -11,25 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from ..sketch import Controls, SketchConfig, control_curves
-from .data import CodecRoundTrip, load_index, read_mix, resample, split
-from .metrics import nanmean
+from .data import CodecRoundTrip, load_index, read_mix, read_mono, split
+from .metrics import nanmean, nanmedian
 from .tempo import estimate_bpm, tempo_error
-
-
-def _stem(data_dir: Path, ex_id: str, name: str, rate: int) -> np.ndarray | None:
-    path = data_dir / "stems" / ex_id / f"{name}.wav"
-    if not path.is_file():
-        return None
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return resample(audio.mean(1), sr, rate)
-
-
-def _median(values: list[float]) -> float:
-    v = [x for x in values if np.isfinite(x)]
-    return float(np.median(v)) if v else float("nan")
 
 
 def kept_frames(clean: Controls, other: Controls) -> tuple[int, int]:
@@ -69,9 +55,10 @@ def codec_report(
             for s in range(0, max(len(mix) - n, 0) + 1, n):
                 tempo_clean.append(tempo_error(estimate_bpm(mix[s : s + n], rate), bpm))
                 tempo_codec.append(tempo_error(estimate_bpm(through[s : s + n], rate), bpm))
-        lead = _stem(data_dir, ex["id"], "lead", rate)
-        if lead is None:
+        lead_path = data_dir / "stems" / ex["id"] / "lead.wav"
+        if not lead_path.is_file():
             continue
+        lead = read_mono(lead_path, rate)
         a, b = control_curves(lead, cfg), control_curves(codec(lead, rate), cfg)
         voiced_clean.append(float(a.voiced.mean()))
         voiced_codec.append(float(b.voiced.mean()))
@@ -97,8 +84,8 @@ def codec_report(
         },
         "tempo": {
             "windows": len(tempo_clean),
-            "median_error_clean": _median(tempo_clean),
-            "median_error_codec": _median(tempo_codec),
+            "median_error_clean": nanmedian(tempo_clean),
+            "median_error_codec": nanmedian(tempo_codec),
             "within_5pct_clean": float(np.mean([e <= 0.05 for e in tempo_clean])) if tempo_clean else None,
             "within_5pct_codec": float(np.mean([e <= 0.05 for e in tempo_codec])) if tempo_codec else None,
         },

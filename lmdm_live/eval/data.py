@@ -49,13 +49,18 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return a if a.ndim == 1 else a.reshape(-1, a.shape[-1]).mean(0)
 
 
+def read_mono(path: str | Path, sample_rate: int) -> np.ndarray:
+    """A sound file as mono float32 at `sample_rate`."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return resample(audio.mean(1), rate, sample_rate)
+
+
 def read_mix(data_dir: str | Path, example: dict, sample_rate: int) -> np.ndarray:
     """An example's mono mix at `sample_rate`, float32."""
     path = Path(data_dir) / "audio" / f"{example['id']}.wav"
     if not path.is_file():
         raise FileNotFoundError(f"missing audio for example {example['id']}: {path}")
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return resample(audio.mean(1), rate, sample_rate)
+    return read_mono(path, sample_rate)
 
 
 class CodecRoundTrip:
@@ -65,18 +70,13 @@ class CodecRoundTrip:
     than the codec, and the test split through it is the adherence ceiling a generator on that codec has.
     """
 
-    def __init__(self, model_path: str | Path) -> None:
-        from ..model.bundle import LMDMModel
+    def __init__(self, model) -> None:
+        """`model`: an LMDM file's path, or an `LMDMModel` already loaded."""
+        if isinstance(model, str | Path):
+            from ..model.bundle import LMDMModel
 
-        model = LMDMModel.load(model_path)
+            model = LMDMModel.load(model)
         self.vae, self.rate = model.vae, model.sample_rate
-
-    @classmethod
-    def of(cls, model) -> CodecRoundTrip:
-        """The round trip of an LMDM model already loaded."""
-        codec = cls.__new__(cls)
-        codec.vae, codec.rate = model.vae, model.sample_rate
-        return codec
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         import torch

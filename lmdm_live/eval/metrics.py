@@ -71,3 +71,10 @@ def nanmean(values) -> float:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if len(v) else float("nan")
+
+
+def nanmedian(values) -> float:
+    """Median of the finite values; NaN when there are none."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else float("nan")

@@ -21,7 +21,7 @@ import numpy as np
 from .classifier import Classifier, adherence
 from .data import load_index, read_mix, resample, split, to_mono
 from .labels import HEADS, head_targets
-from .metrics import WindowMetrics, frechet_distance, nanmean
+from .metrics import WindowMetrics, frechet_distance, nanmean, nanmedian
 from .tempo import estimate_bpm, tempo_error
 
 Tick = Callable[[int], None]
@@ -47,6 +47,10 @@ class EvalConfig:
             raise ValueError("seconds, window, fd_crop and fd_hop must be > 0")
         if self.transitions < 0 or self.transition_seconds <= 0:
             raise ValueError("transitions must be >= 0 and transition_seconds > 0")
+
+    def switch_block(self, block_seconds: float) -> int:
+        """The block at which a transition stream switches prompt (half its blocks)."""
+        return max(2, math.ceil(self.transition_seconds / 2 / block_seconds))
 
 
 # --- prompts --------------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def score_stream(clf: Classifier, audio: np.ndarray, rate: int, prompt: dict, cf
 
 def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int, cfg: EvalConfig, tick=None):
     """Play `a`, switch to `b` at the middle block, and count blocks until `b` is followed (`time_switch`)."""
-    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
+    half = cfg.switch_block(model.block_seconds)
     audio = generate(
         model,
         text,
@@ -218,13 +222,13 @@ def splice_transition(model, clf: Classifier, real_audio: dict, a: dict, b: dict
     has no real render long enough."""
     from .data import CodecRoundTrip
 
-    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
+    half = cfg.switch_block(model.block_seconds)
     sr = clf.cfg.sample_rate
     seg = int(round(half * model.block_seconds * sr))
     xa, xb = real_audio.get(a.get("id")), real_audio.get(b.get("id"))
     if xa is None or xb is None or min(len(xa), len(xb)) < seg:
         return None
-    audio = CodecRoundTrip.of(model)(np.concatenate([xa[:seg], xb[:seg]]), sr)
+    audio = CodecRoundTrip(model)(np.concatenate([xa[:seg], xb[:seg]]), sr)
     return time_switch(clf, audio, sr, model.block_seconds, half, a, b, cfg)
 
 
@@ -275,7 +279,7 @@ def evaluate_model(
 ):
     """Every prompt's stream scored per window; per-window aggregates over prompts; transitions; summary."""
     blocks = max(1, math.ceil(cfg.seconds / model.block_seconds))
-    half = max(2, math.ceil(cfg.transition_seconds / 2 / model.block_seconds))
+    half = cfg.switch_block(model.block_seconds)
     pairs = [(prompts[i], prompts[(i + len(prompts) // 2) % len(prompts)]) for i in range(len(prompts))]
     pairs = [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]][: cfg.transitions]
     tick = progress(len(prompts) * blocks + len(pairs) * 2 * half) if progress else None
@@ -301,7 +305,7 @@ def evaluate_model(
                 "families_f1": nanmean(m.families_f1 for m in ms),
                 "fd": fd,
                 "tempo_error": nanmean(m.tempo_error for m in ms),
-                "tempo_error_median": _nanmedian([m.tempo_error for m in ms]),
+                "tempo_error_median": nanmedian([m.tempo_error for m in ms]),
                 "tempo_error_octave": nanmean(m.tempo_error_octave for m in ms),
             }
         )
@@ -326,11 +330,6 @@ def evaluate_model(
     }
 
 
-def _nanmedian(values) -> float:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    return float(np.median(v)) if len(v) else float("nan")
-
-
 def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[float]) -> dict:
     """`tempo_errors`: every prompt's every window (the median and the share within 5 % are over these; a few
     streams at a related rate, e.g. 2/3 of the asked one, pull the mean far from the typical stream)."""
@@ -346,7 +345,7 @@ def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[fl
         "fd_first": first["fd"],
         "fd_last": last["fd"],
         "tempo_error": nanmean(w["tempo_error"] for w in windows),
-        "tempo_error_median": _nanmedian(tempo_errors),
+        "tempo_error_median": nanmedian(tempo_errors),
         "tempo_within_5pct": float(np.mean([e <= 0.05 for e in timed_tempo]))
         if timed_tempo
         else float("nan"),
