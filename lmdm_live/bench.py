@@ -248,6 +248,7 @@ def run_engine_bench(
             "ring_min_ms": st["ring_min_ms"],
             "headroom_ms": st["headroom_ms"],
             "underruns": st["underruns"],
+            "behind_ms_max": st["behind_ms_max"],
             "blocks": st["blocks"],
             "ms_per_block": st["ms_per_block"],
             "x_realtime_with_decode": st["x_realtime"],

@@ -127,6 +127,10 @@ class EngineStats:
     last_error: str = ""
     block_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    # The most real time the inference thread lost against the audio it made since the ring was last full
+    # (slow blocks, sleeps that overran). An underrun needs this to reach the headroom: it tells a machine
+    # too busy or too slow for the settings from audio lost on the way out.
+    behind_ms_max: float = 0.0
 
 
 def _json_safe(value: Any) -> Any:
@@ -266,18 +270,32 @@ class Engine:
         return self.headroom_frames + int(compute_s * self.out_rate)
 
     def _loop(self) -> None:
+        block_s = self.stream.model.block_seconds
+        behind = 0.0  # real time lost against audio made since the ring was last full (see EngineStats)
         while not self._stop.is_set():
             if self.ring.fill >= self.lead_frames() or self.ring.free < self.block_out_frames + 64:
                 # sleep until roughly a tenth of the headroom has played, or a change arrives
-                self._wake.wait(timeout=max(self.headroom_ms / 10000, 0.002))
+                timeout = max(self.headroom_ms / 10000, 0.002)
+                t0 = time.perf_counter()
+                self._wake.wait(timeout=timeout)
                 self._wake.clear()
+                behind = max(0.0, time.perf_counter() - t0 - timeout)  # a full ring, less any oversleep
+                self._note_behind(behind)
                 continue
+            t0, made = time.perf_counter(), block_s
             try:
                 self._generate_one()
             except Exception as e:  # outside a block (a change, the log, the ring): report, keep the thread
                 self.errors.append(f"engine: {type(e).__name__}: {e}")
                 self.stats.last_error = self.errors[-1]
+                made = 0.0
                 time.sleep(0.01)
+            behind += time.perf_counter() - t0 - made
+            self._note_behind(behind)
+
+    def _note_behind(self, behind_s: float) -> None:
+        if behind_s * 1e3 > self.stats.behind_ms_max:
+            self.stats.behind_ms_max = behind_s * 1e3
 
     def _due(self, block: int) -> list[Change]:
         """Changes that apply to `block`: those asked for now, or whose beat/bar/time has come."""
@@ -442,6 +460,7 @@ class Engine:
             "rtf": round(med / 1e3 / block_s, 4) if block_s else None,
             "x_realtime": round(block_s / (med / 1e3), 2) if med else None,
             "underruns": self.ring.underruns,
+            "behind_ms_max": round(self.stats.behind_ms_max, 1),
             "ring_ms": round(self.ring.fill / self.out_rate * 1e3, 1),
             "ring_min_ms": round(self.ring.fill_min / self.out_rate * 1e3, 1),
             "headroom_ms": self.headroom_ms,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from realtime import check_underruns
 
 from lmdm_live.cli import main
 from lmdm_live.model.bundle import LMDMModel
@@ -207,7 +208,8 @@ def test_bench_engine_figures(jack_server, capsys):
     assert main(argv) == 0
     e = json.loads(capsys.readouterr().out)["engine"]
     assert e["backend"] == "jack" and e["callbacks"] > 100
-    assert e["underruns"] == 0 and e["faults"] == 0
+    assert e["faults"] == 0
+    check_underruns(e)
     assert 0 < e["callback_ms_mean"] <= e["callback_ms_max"]
     assert e["ring_min_ms"] > 0 and e["blocks"] >= 3
 

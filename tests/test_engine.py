@@ -192,3 +192,30 @@ def test_a_failing_change_does_not_stop_the_engine(model, text, tmp_path):
     engine.stop()
     assert any(e.startswith("engine: ValueError") for e in engine.errors)
     assert engine.stats.blocks >= blocks + 3 and np.abs(audio).max() > 0
+
+
+def test_slow_blocks_show_as_time_behind_and_explain_the_underruns(model, text, tmp_path):
+    """Blocks made slower than they play (the machine too busy) drain the ring: the underruns that follow come
+    with `behind_ms_max` past the headroom, which is how the real-time tests tell load from lost audio."""
+    from lmdm_live.audio.file_backend import FileBackend
+
+    backend = FileBackend(tmp_path / "out.wav", 48000, blocksize=256, realtime=True)
+    stream = LMDMStream(
+        model, text, seed=3, params=StreamParams.of("techno", sampler=SamplerSettings(steps=2))
+    )
+    engine = Engine(stream, backend, headroom_ms=100)
+    block_s = model.block_seconds
+    slow = range(6, 12)
+    engine.fault_injector = lambda block: time.sleep(2 * block_s) if block in slow else None
+    engine.start()
+    try:
+        deadline = time.monotonic() + 120
+        while engine.stats.blocks < slow.stop + 4:
+            assert time.monotonic() < deadline, "engine stalled"
+            time.sleep(0.01)
+        st = engine.status()
+    finally:
+        engine.stop()
+    # each slow block loses at least one block of real time, and nothing fast comes between them
+    assert st["behind_ms_max"] >= 0.9 * len(slow) * block_s * 1e3 > st["headroom_ms"]
+    assert st["underruns"] > 0 and st["faults"] == 0

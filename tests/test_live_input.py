@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from realtime import check_underruns
 
 from lmdm_live import Instrument
 from lmdm_live.audio import FileBackend, JackBackend
@@ -214,7 +215,8 @@ def test_jam_through_jack(model, tmp_path, jack_server):
     audio = rec[:, 0]
     print(f"jam: {len(audio) / rate:.1f} s recorded, rms {np.sqrt(np.mean(audio**2)):.3f}, {lat}")
     assert len(audio) > 4 * rate and np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
-    assert st["underruns"] == 0 and st["faults"] == 0, st
+    assert st["faults"] == 0, st
+    check_underruns(st)
     assert not inst.engine.errors, list(inst.engine.errors)
     assert max(t["valid"] for t in trace) > WINDOW.context_frames  # the clicks reached the model
     assert "jam_delay_ms" in lat and "jam_mix_delay_ms" in lat
@@ -269,7 +271,8 @@ def test_generative_delay_through_jack(model, tmp_path, jack_server):
             recorder.proc.kill()
         player.close()
         inst.stop()
-    assert st["underruns"] == 0 and not inst.engine.errors, (st, list(inst.engine.errors))
+    assert not inst.engine.errors, (st, list(inst.engine.errors))
+    check_underruns(st)  # the delay is judged on JACK's clock: silence inserted would move it
     # each block's context ends the same number of frames before the block: a fixed delay
     assert len({t["block"] * WINDOW.block_frames - t["frames"][1] for t in trace}) == 1
     # place both on JACK's clock, 5 ms envelope frames
