@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import queue
+import contextlib
 import random
+import select
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -103,42 +108,34 @@ def idle(model, tmp_path):
 
 
 class Sender:
-    """Another JACK client with a MIDI output port, connected to the instrument's input (like a controller).
-
-    Messages are queued and written in the client's process callback, JACK's own MIDI path (python-rtmidi's
-    JACK output drops the odd message when the machine is busy, which would test the sender, not us)."""
+    """A MIDI controller connected to the instrument's input: tests/jack_midi_send.py, another JACK client in
+    a process of its own, writing what it is sent through JACK's own MIDI path (python-rtmidi's JACK output
+    drops the odd message when the machine is busy, which would test the sender, not us)."""
 
     def __init__(self, server: str, dest: str) -> None:
-        import jack
-
-        self.jack = jack.Client(
-            f"lmdm-test-keys-{random.randrange(1 << 30)}", no_start_server=True, servername=server
+        name = f"lmdm-test-keys-{random.randrange(1 << 30)}"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("jack_midi_send.py")), name, dest, server],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        self.port = self.jack.midi_outports.register("out")
-        self.queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self.jack.set_process_callback(self._process)
-        self.jack.activate()
-        self.jack.connect(self.port, dest)
-        end = time.monotonic() + 5.0  # the graph changes a cycle or two later; events before that are lost
-        while not self.jack.get_all_connections(self.port) and time.monotonic() < end:
-            time.sleep(0.01)
-        time.sleep(0.05)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
+        line = self.proc.stdout.readline().strip() if ready else "no answer within 30 s"
+        if line != "ready":
+            self.close()
+            raise AssertionError(f"the MIDI sender did not start: {line}")
+        self._lock = threading.Lock()  # the clock thread and the scenario both send
 
-    def _process(self, frames: int) -> None:
-        self.port.clear_buffer()
-        for offset in range(frames):
-            try:
-                self.port.write_midi_event(offset, self.queue.get_nowait())
-            except queue.Empty:
-                break
+    def raw(self, data: bytes) -> None:
+        with self._lock:
+            self.proc.stdin.write(data.hex() + "\n")
+            self.proc.stdin.flush()
 
     def send(self, kind: str, **kw) -> None:
         import mido
 
-        self.queue.put(bytes(mido.Message(kind, **kw).bytes()))
-
-    def raw(self, data: bytes) -> None:
-        self.queue.put(data)
+        self.raw(bytes(mido.Message(kind, **kw).bytes()))
 
     def clock(self, bpm: float, beats: float, jitter_s: float, seed: int = 0) -> None:
         """MIDI clock at `bpm` for `beats` beats, each tick jittered (sent from a thread of its own)."""
@@ -152,8 +149,14 @@ class Sender:
             self.send("clock")
 
     def close(self) -> None:
-        self.jack.deactivate()
-        self.jack.close()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
