@@ -328,8 +328,15 @@ def cmd_play(args) -> int:
     finally:
         inst.stop()
         st = inst.status()
+        why = ""
+        if st["underruns"] and st["behind_ms_max"] >= 0.75 * st["headroom_ms"]:
+            why = (
+                f" (blocks fell up to {st['behind_ms_max']:.0f} ms behind real time: the machine was too busy for "
+                "these settings; try fewer --steps or a bigger --headroom)"
+            )
         print(
-            f"lmdm-live: stopped after {st['blocks']} blocks, {st['underruns']} underruns, {st['faults']} faults",
+            f"lmdm-live: stopped after {st['blocks']} blocks, {st['underruns']} underruns{why}, "
+            f"{st['faults']} faults",
             file=sys.stderr,
         )
     return 0
