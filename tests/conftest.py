@@ -28,3 +28,21 @@ def jack_server():
         )
     probe.close()
     yield name
+
+
+@pytest.fixture
+def played(model, tmp_path):
+    """The requesting module's `model` played in real time behind the OSC server (osc_harness): the
+    instrument, its OSCControl and the HeardClock of its blocks."""
+    from osc_harness import played_over_osc
+
+    with played_over_osc(model, tmp_path) as rig:
+        yield rig
+
+
+@pytest.fixture(scope="module")
+def text():
+    """The MiniLM text encoder the stream conditions on (each module's own, as when they each made one)."""
+    from lmdm_live.model.conditioners import MiniLMTextEncoder
+
+    return MiniLMTextEncoder()

@@ -5,19 +5,11 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from waiting import wait_for
 
 from lmdm_live.audio import AudioRing, FileBackend, ToneFeeder, open_backend, sine_frames
 
 RATE = 48000
-
-
-def _wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def test_fast_mode_writes_exactly_what_was_produced(tmp_path):
@@ -63,7 +55,8 @@ def test_realtime_mode_takes_about_one_second_per_second(tmp_path):
     t0 = time.perf_counter()
     backend.start(ring)
     try:
-        assert _wait_for(lambda: backend.frames_written >= RATE, 10.0), "1 s of audio was not written in 10 s"
+        written = wait_for(lambda: backend.frames_written >= RATE, 10.0, poll_s=0.005)  # timed: poll finely
+        assert written, "1 s of audio was not written in 10 s"
         elapsed = time.perf_counter() - t0
     finally:
         backend.stop()

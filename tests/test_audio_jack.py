@@ -5,10 +5,11 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
+from tone_through_jack import AMP, FREQS, check_recording, jack_ports, play_tone, rms
+from waiting import wait_for
 
 from lmdm_live.audio import (
     AudioRing,
@@ -17,115 +18,39 @@ from lmdm_live.audio import (
     ToneFeeder,
     dominant_hz,
     jack_server_running,
-    locate,
     open_backend,
-    sine_frames,
 )
 from lmdm_live.audio.backend import BackendUnavailable
 
 pytestmark = pytest.mark.jack
 
-FREQS = (440.0, 660.0)  # one per channel, so a swapped or merged channel shows
-AMP = 0.5
-SECONDS = 2.5
-
-
-def _wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
-
 
 def _client_ports(server: str, prefix: str) -> list[str]:
-    import jack
-
-    probe = jack.Client("lmdm-test-probe", no_start_server=True, servername=server)
-    try:
-        return [p.name for p in probe.get_ports() if p.name.startswith(prefix)]
-    finally:
-        probe.close()
-
-
-def check_recording(audio: np.ndarray, rate: int, reference: np.ndarray, exact: bool) -> None:
-    """The recording is the tone: finite, loud enough, right frequency per channel, and (when no xrun
-    disturbed the graph) a sample-exact contiguous stretch of what was fed into the ring."""
-    assert len(audio) >= rate, f"only {len(audio)} frames recorded"
-    assert np.all(np.isfinite(audio)), "the recording has NaN or inf"
-    start = int(np.argmax(np.any(audio != 0.0, axis=1)))  # skip silence before the connection took effect
-    body = audio[start:]
-    assert len(body) >= rate, "the recording is (almost) all silence: audio did not flow"
-    for c, freq in enumerate(FREQS):
-        assert _rms(body[:, c]) == pytest.approx(AMP / np.sqrt(2), rel=0.05), f"channel {c + 1} level"
-        assert dominant_hz(body[:, c], rate) == pytest.approx(freq, abs=2.0), f"channel {c + 1} frequency"
-    offset = locate(reference, body)
-    if exact:
-        assert offset is not None, "the recording is not a contiguous, unaltered stretch of the fed signal"
-    elif offset is None:
-        warnings.warn("xruns on a busy machine: recording checked by level and frequency only", stacklevel=2)
+    return [name for name in jack_ports(server) if name.startswith(prefix)]
 
 
 def test_jack_backend_plays_the_ring_to_a_recording_client(jack_server):
     backend = JackBackend(client_name="lmdm-live", channels=2, connect=True, server_name=jack_server)
     rate, block = backend.sample_rate, backend.blocksize
-    ring = AudioRing(2, rate // 2)  # 0.5 s of headroom
-    feeder = ToneFeeder(ring, rate, FREQS, amp=AMP)
-    feeder.prime()
-    feeder.start()
-    recorder = None
-    try:
-        t0 = time.perf_counter()
-        backend.start(ring)
+
+    def started() -> list[str]:
         # connect=True: the dummy driver's playback ports are the physical ones
         assert backend.connections == {
             "lmdm-live:out_1": ["system:playback_1"],
             "lmdm-live:out_2": ["system:playback_2"],
         }
-        latency_s = backend.output_latency_s  # while connected: what JACK reports downstream of our ports
-        assert latency_s >= block / rate
-        recorder = JackRecorder(
-            "lmdm-test-rec",
-            2,
-            [p.name for p in backend.ports],
-            max_seconds=SECONDS + 2,
-            server_name=jack_server,
-        )
-        recorder.start()
-        fed_frames = int(SECONDS * rate)
-        assert _wait_for(lambda: recorder.frames >= fed_frames, 4 * SECONDS + 5), "the recorder got no audio"
-        feeder.stop()
-        underruns_while_fed, fill_min_fed = ring.underruns, ring.fill_min
-        fed = recorder.audio[:fed_frames].copy()
-        xruns = backend.xruns + recorder.xruns
-        # Now starve it: the callback must play silence and count underruns.
-        assert _wait_for(lambda: ring.underruns > 0, 3.0), "an empty ring did not count as an underrun"
-        time.sleep(0.1)
-        elapsed = time.perf_counter() - t0
-        recorder.stop()
-    finally:
-        feeder.stop()
-        if recorder is not None:
-            recorder.stop()
-        backend.stop()
+        return [p.name for p in backend.ports]
 
+    played = play_tone(backend, jack_server, "lmdm-test-rec", started)
+
+    played.print_figures("jack", backend)
     stats = backend.stats
-    print(
-        f"\n[jack] {rate} Hz, block {block}: {stats.callbacks} callbacks, mean {stats.mean_ms:.3f} ms, "
-        f"max {stats.max_ms:.3f} ms; xruns {xruns}; ring fill_min {fill_min_fed} frames; "
-        f"output latency {latency_s * 1000:.1f} ms"
-    )
-    assert underruns_while_fed == 0, "the producer kept ahead, yet the callback ran dry"
-    assert stats.callbacks >= 0.5 * elapsed * rate / block, "the process callback ran too rarely"
+    assert played.latency_s >= block / rate  # read while connected: what JACK reports downstream of our ports
+    assert played.underruns_while_fed == 0, "the producer kept ahead, yet the callback ran dry"
+    assert stats.callbacks >= 0.5 * played.elapsed_s * rate / block, "the process callback ran too rarely"
     assert 0 < stats.mean_ms <= stats.max_ms
-    reference = sine_frames(0, feeder.frames, rate, FREQS, AMP)
-    check_recording(fed, rate, reference, exact=xruns == 0)
-    tail = recorder.audio[-block:]
+    check_recording(played.fed, rate, played.reference, exact=played.xruns == 0)
+    tail = played.recording[-block:]
     assert np.all(tail == 0.0), "after the ring ran dry the output must be silence"
     assert _client_ports(jack_server, "lmdm-live:") == [], "stop() must release the ports"
 
@@ -140,14 +65,16 @@ def test_connect_to_a_prefix_or_to_nothing(jack_server):
         ToneFeeder(ring, to_sink.sample_rate, FREQS, amp=AMP).prime()  # 1 s, no feeder thread needed
         to_sink.start(ring)
         quiet.start(AudioRing(2, 1024))
-        assert to_sink.connections == {
+        expected = {
             "lmdm-live-prefix:out_1": ["lmdm-test-sink:in_1"],
             "lmdm-live-prefix:out_2": ["lmdm-test-sink:in_2"],
         }
+        # JACK shows a new connection to clients from the next cycle on
+        assert wait_for(lambda: to_sink.connections == expected, 5.0), to_sink.connections
         assert quiet.connections == {"lmdm-live-quiet:out_1": [], "lmdm-live-quiet:out_2": []}
-        assert _wait_for(lambda: sink.frames >= to_sink.sample_rate // 2, 5.0)
+        assert wait_for(lambda: sink.frames >= to_sink.sample_rate // 2, 5.0)
         heard = sink.audio[: sink.frames]
-        assert _rms(heard[:, 1]) > 0.1, "nothing arrived through the prefix connection"
+        assert rms(heard[:, 1]) > 0.1, "nothing arrived through the prefix connection"
         with pytest.raises(BackendUnavailable, match="no JACK input ports start with"):
             JackBackend("lmdm-live-nowhere", 2, connect="no-such-client:", server_name=jack_server).start(
                 AudioRing(2, 1024)
@@ -167,19 +94,38 @@ def test_ports_are_connectable_before_start(jack_server):
     )
     try:
         recorder.start()  # connects from ports of a backend that has not started
-        assert _wait_for(lambda: recorder.frames >= backend.sample_rate // 5, 5.0)
+        assert wait_for(lambda: recorder.frames >= backend.sample_rate // 5, 5.0)
         before = recorder.frames
         assert np.all(recorder.audio[:before] == 0.0), "an unstarted backend must play silence"
         assert backend.stats.callbacks == 0  # timing counts only callbacks that play a ring
         ring = AudioRing(2, backend.sample_rate)
         ToneFeeder(ring, backend.sample_rate, FREQS, amp=AMP).prime()
         backend.start(ring)
-        assert _wait_for(lambda: recorder.frames >= before + backend.sample_rate // 2, 5.0)
+        assert wait_for(lambda: recorder.frames >= before + backend.sample_rate // 2, 5.0)
         after = recorder.audio[before:].copy()
     finally:
         recorder.stop()
         backend.stop()
-    assert _rms(after[:, 0]) > 0.1, "the tone did not arrive after start()"
+    assert rms(after[:, 0]) > 0.1, "the tone did not arrive after start()"
+
+
+def test_stop_lets_the_process_thread_end_itself(jack_server):
+    """Closing must not leave libjack to cancel a process thread inside Python: each client's callback
+    thread is asked to leave and ends itself (CallbackExit) before deactivation, playing or recording."""
+    backend = JackBackend("lmdm-live-leave", 2, connect=False, server_name=jack_server)
+    recorder = JackRecorder(
+        "lmdm-test-leave-rec", 2, [p.name for p in backend.ports], 3, server_name=jack_server
+    )
+    ring = AudioRing(2, backend.sample_rate)
+    ToneFeeder(ring, backend.sample_rate, FREQS, amp=AMP).prime()
+    backend.start(ring)
+    recorder.start()
+    assert wait_for(lambda: recorder.frames >= backend.sample_rate // 10, 5.0)
+    for client in (recorder, backend):
+        t0 = time.perf_counter()
+        client.stop()
+        assert client._left, f"{client.client.name}: the process thread was cancelled, not let go"
+        assert time.perf_counter() - t0 < 1.0  # a cycle or two, plus the grace
 
 
 def test_follows_a_block_size_change(jack_server):
@@ -200,9 +146,9 @@ def test_follows_a_block_size_change(jack_server):
         recorder.start()
         time.sleep(0.3)
         admin.blocksize = 2 * old
-        assert _wait_for(lambda: backend.blocksize == 2 * old, 5.0), "the block size change was not seen"
+        assert wait_for(lambda: backend.blocksize == 2 * old, 5.0), "the block size change was not seen"
         mark = recorder.frames
-        assert _wait_for(lambda: recorder.frames >= mark + backend.sample_rate, 10.0)
+        assert wait_for(lambda: recorder.frames >= mark + backend.sample_rate, 10.0)
         after = recorder.audio[mark:].copy()
     finally:
         admin.blocksize = old
@@ -213,7 +159,7 @@ def test_follows_a_block_size_change(jack_server):
     assert backend.blocksize_changes >= 1 and backend.oversized_blocks == 0
     assert ring.underruns == 0
     for c, freq in enumerate(FREQS):
-        assert _rms(after[:, c]) == pytest.approx(AMP / np.sqrt(2), rel=0.05)
+        assert rms(after[:, c]) == pytest.approx(AMP / np.sqrt(2), rel=0.05)
         assert dominant_hz(after[:, c], backend.sample_rate) == pytest.approx(freq, abs=2.0)
 
 

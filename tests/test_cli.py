@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from osc_harness import free_udp_port
 from realtime import check_underruns
 
 from lmdm_live.cli import main
@@ -19,6 +20,19 @@ from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 
 SMALL = ["--context", "8", "--block", "4"]
+
+
+def console_script() -> str:
+    """The venv's `lmdm-live`, whatever PATH says: what `pip install -e .` installed is what is tested."""
+    beside = Path(sys.executable).parent / "lmdm-live"
+    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
+    assert exe is not None, "the lmdm-live console script is not installed (pip install -e .)"
+    return exe
+
+
+def headless(*args: str) -> list[str]:
+    """`lmdm-live` playing without its REPL, on a window small enough (186 ms blocks) to keep real time."""
+    return [console_script(), "--context", "16", "--block", "8", "--steps", "2", "--headless", *args]
 
 
 def test_render_writes_a_deterministic_wav(tmp_path, capsys):
@@ -95,24 +109,13 @@ def test_bench_json(capsys):
 
 
 def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
-    beside = Path(sys.executable).parent / "lmdm-live"  # the venv's script, whatever PATH says
-    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
-    assert exe is not None, "the lmdm-live console script is not installed (pip install -e .)"
     out, log = tmp_path / "play.wav", tmp_path / "ev.jsonl"
     p = subprocess.run(
-        [
-            exe,
-            "--context",
-            "16",
-            "--block",
-            "8",
-            "--steps",
-            "2",
+        headless(
             "--backend",
             "file",
             "--out",
             str(out),
-            "--headless",
             "--headroom",
             "safe",
             "--osc-port",
@@ -123,7 +126,7 @@ def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
             "dub",
             "--log",
             str(log),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=300,
@@ -137,7 +140,9 @@ def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
     rate = load_checkpoint_config(default_model_ref())["sample_rate"]  # a file plays at the model's rate
     assert sr == rate and len(played) > sr  # about two seconds, paced in real time
     again = tmp_path / "again.wav"
-    p = subprocess.run([exe, "replay", str(log), str(again)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [console_script(), "replay", str(log), str(again)], capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     rebuilt, _ = sf.read(str(again), dtype="float32")
     n = len(played)
@@ -218,24 +223,9 @@ def test_no_audio_device_falls_back_to_a_wav_file(tmp_path):
     """No JACK server and no sound card: one line says so, and the instrument records to a file instead."""
     import os
 
-    beside = Path(sys.executable).parent / "lmdm-live"
-    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
     env = {**os.environ, "JACK_DEFAULT_SERVER": "lmdm-no-such-server", "JACK_NO_START_SERVER": "1"}
     p = subprocess.run(
-        [
-            exe,
-            "--context",
-            "16",
-            "--block",
-            "8",
-            "--steps",
-            "2",
-            "--headless",
-            "--seconds",
-            "1",
-            "--osc-port",
-            "0",
-        ],
+        headless("--seconds", "1", "--osc-port", "0"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -260,26 +250,13 @@ def test_play_with_osc_and_a_patch(tmp_path):
 
     from lmdm_live.replay import read_log
 
-    beside = Path(sys.executable).parent / "lmdm-live"
-    exe = str(beside) if beside.is_file() else shutil.which("lmdm-live")
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_udp_port()
     log = tmp_path / "ev.jsonl"
-    argv = [
-        exe,
-        "--context",
-        "16",
-        "--block",
-        "8",
-        "--steps",
-        "2",
+    argv = headless(
         "--backend",
         "file",
         "--out",
         str(tmp_path / "x.wav"),
-        "--headless",
         "--seconds",
         "8",
         "--headroom",
@@ -292,7 +269,7 @@ def test_play_with_osc_and_a_patch(tmp_path):
         "tidal",
         "--log",
         str(log),
-    ]
+    )
     p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

@@ -15,18 +15,12 @@ import torch
 
 from lmdm_live.engine import Engine, OutputChain
 from lmdm_live.model.bundle import LMDMModel
-from lmdm_live.model.conditioners import MiniLMTextEncoder
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.model.samplers import SamplerSettings
 from lmdm_live.replay import read_log, replay
 from lmdm_live.stream import LMDMStream, StreamParams
 
 WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
-
-
-@pytest.fixture(scope="module")
-def text():
-    return MiniLMTextEncoder()
 
 
 @pytest.fixture(scope="module")

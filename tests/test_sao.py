@@ -156,19 +156,24 @@ def write_reference_checkpoint(reference, tmp_path: Path, suffix: str = ".safete
     return ckpt, conf
 
 
+def reference_velocity(model: SAODiT, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The DiT's velocity for the inputs stable-audio-tools was run on, to hold against its `output.v`."""
+    with torch.no_grad():
+        return model(
+            tensors["input.x"],
+            tensors["input.t"],
+            tensors["input.cross_attn_cond"],
+            tensors["input.global_cond"],
+        )
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_dit_matches_stable_audio_tools(reference, tmp_path, suffix):
     tensors, meta = reference
     assert len(meta["stable_audio_tools_commit"]) == 40
     model = load_dit(*write_reference_checkpoint(reference, tmp_path, suffix))
     assert model.dit.to_timestep_embed[0].weight.dtype == torch.float32
-    with torch.no_grad():
-        v = model(
-            tensors["input.x"],
-            tensors["input.t"],
-            tensors["input.cross_attn_cond"],
-            tensors["input.global_cond"],
-        )
+    v = reference_velocity(model, tensors)
     assert v.shape == tensors["output.v"].shape
     assert rel_err(v, tensors["output.v"]) <= 1e-5
 
@@ -176,13 +181,7 @@ def test_dit_matches_stable_audio_tools(reference, tmp_path, suffix):
 def test_dit_matches_stable_audio_tools_float64(reference, tmp_path):
     tensors, _ = reference
     model = load_dit(*write_reference_checkpoint(reference, tmp_path), dtype=torch.float64)
-    with torch.no_grad():
-        v = model(
-            tensors["input.x"],
-            tensors["input.t"],
-            tensors["input.cross_attn_cond"],
-            tensors["input.global_cond"],
-        )
+    v = reference_velocity(model, tensors)
     assert v.dtype == torch.float64
     # both sides round q/k to float32 around RoPE, so float64 agrees to ~1e-8, not 1e-15
     assert rel_err(v, tensors["output.v"]) <= 1e-7
@@ -431,11 +430,5 @@ def test_convert_reference_keeps_parity(reference, tmp_path):
     out = tmp_path / "lmdm.safetensors"
     convert_sao(*write_reference_checkpoint(reference, tmp_path), out, include_vae=False)
     model = load_dit(out)
-    with torch.no_grad():
-        v = model(
-            tensors["input.x"],
-            tensors["input.t"],
-            tensors["input.cross_attn_cond"],
-            tensors["input.global_cond"],
-        )
+    v = reference_velocity(model, tensors)
     assert rel_err(v, tensors["output.v"]) <= 1e-5

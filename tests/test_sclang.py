@@ -8,8 +8,6 @@ exact OSC message against a bare UDP socket.
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import re
 import shutil
@@ -22,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from osc_harness import OSCServerThread, free_udp_port
+from waiting import wait_until
 
 from lmdm_live import Instrument
-from lmdm_live.audio import FileBackend
-from lmdm_live.control.osc import OSCControl
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.replay import read_log
@@ -39,12 +37,6 @@ pytestmark = pytest.mark.integration
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_sclang(body: str, tmp_path: Path, watchdog_s: float = 20.0, env: dict | None = None):
@@ -88,89 +80,10 @@ def run_sclang(body: str, tmp_path: Path, watchdog_s: float = 20.0, env: dict | 
     return proc
 
 
-class LoopThread:
-    """An asyncio loop on a thread of its own, as `lmdm-live` runs the OSC server beside the REPL."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro_or_fn):
-        if asyncio.iscoroutine(coro_or_fn):
-            return asyncio.run_coroutine_threadsafe(coro_or_fn, self.loop).result(10)
-
-        async def call():
-            return coro_or_fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-class HeardClock:
-    """When each block of the stream was heard: a thread notes the ring's consumed-frame count against
-    time.monotonic(), so timing checks hold even when a loaded machine makes the engine run late."""
-
-    def __init__(self, inst: Instrument, poll_s: float = 0.002) -> None:
-        self.engine = inst.engine
-        self.marks: list[tuple[float, int]] = []
-        self._poll = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        last = -1
-        while not self._stop.wait(self._poll):
-            n = self.engine.ring.frames_read
-            if n != last:
-                self.marks.append((time.monotonic(), n))
-                last = n
-
-    def heard_at(self, block: int) -> float:
-        """The time block `block` began to be heard (its first frame left the ring); inf if not yet."""
-        first = max(0, block * self.engine.block_out_frames - self.engine.chain.fade)  # the held fade tail
-        return next((t for t, n in self.marks if n > first), math.inf)
-
-    def wait_heard(self, timeout: float = 10.0) -> None:
-        """Wait until the block being made now has begun to be heard (before stopping, so that every block
-        a change was applied to has a time)."""
-        target = (self.engine.stream.block_index + 1) * self.engine.block_out_frames
-        wait_for(lambda: bool(self.marks) and self.marks[-1][1] >= target, timeout, "playing out")
-
-    @property
-    def underrun_s(self) -> float:
-        """Silence the ring played for lack of audio: it pushes every later block back by as much."""
-        return self.engine.ring.underrun_frames / self.engine.out_rate
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
 @pytest.fixture(scope="module")
 def model():
+    """What `played` (conftest.py) plays behind the OSC server."""
     return LMDMModel.preset("tiny", lmdm=WINDOW, seed=0)
-
-
-@pytest.fixture
-def played(model, tmp_path):
-    """A real-time instrument (a WAV file clocked like a sound card) behind the OSC server on a free port."""
-    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, realtime=True)
-    inst = Instrument(model, backend=backend, steps=2, headroom_ms=170, log=tmp_path / "ev.jsonl", quiet=True)
-    clock = HeardClock(inst)
-    loop = LoopThread()
-    ctl = OSCControl(inst, "127.0.0.1", 0)
-    loop.run(ctl.start())
-    yield inst, ctl, clock
-    loop.run(ctl.close)
-    loop.close()
-    clock.close()
-    inst.stop()
 
 
 def sclang_status(stdout: str) -> dict[str, str]:
@@ -189,14 +102,6 @@ def typetags(dgram: bytes) -> str:
 
     _, i = osc_types.get_string(dgram, 0)
     return osc_types.get_string(dgram, i)[0] if i < len(dgram) else ","
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 # --- the class against the real instrument ------------------------------------------------------------------
@@ -241,7 +146,7 @@ l.status {{ |st|
     log = tmp_path / "ev.jsonl"
     block_s = inst.model.block_seconds
     bar_s = 4 * 60.0 / inst.bpm()
-    wait_for(
+    wait_until(
         lambda: inst.stream.seed == 7 and inst.stream.params.sampler.steps == 4,
         max(0.0, sent + SCLANG_TIMEOUT_S - time.monotonic()) + 2 * bar_s,
         "the timed seed and the @bar steps change",
@@ -416,9 +321,8 @@ def test_into_scsynth_example_routes_the_instrument_through_scsynth(jack_server,
     rec = JackRecorder("lmdm-sc-rec", 2, (), max_seconds=30)  # scsynth's outputs connect to it
     player = JackBackend(client_name="lmdm-sc-play", channels=2, connect=True)  # also to system:playback
     inst = Instrument(model, backend=player, steps=2, headroom_ms=170, quiet=True)
-    loop = LoopThread()
-    ctl = OSCControl(inst, "127.0.0.1", 0)
-    loop.run(ctl.start())
+    server = OSCServerThread(inst)
+    ctl = server.ctl
     seen: dict[str, list[str]] = {}
     done = threading.Event()
 
@@ -449,8 +353,7 @@ def test_into_scsynth_example_routes_the_instrument_through_scsynth(jack_server,
         done.set()
         watcher.join(2)
         rec.stop()
-        loop.run(ctl.close)
-        loop.close()
+        server.close()
         inst.stop()
     print(f"sclang + scsynth run: {proc.wall_s:.2f} s")
     assert proc.returncode == 0 and "server ready" in proc.stdout, proc.stdout + proc.stderr

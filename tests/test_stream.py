@@ -7,17 +7,11 @@ import pytest
 import torch
 
 from lmdm_live.model.bundle import LMDMModel
-from lmdm_live.model.conditioners import MiniLMTextEncoder
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.model.samplers import SamplerSettings
 from lmdm_live.stream import LMDMStream, StreamParams, block_seed, render
 
 WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
-
-
-@pytest.fixture(scope="module")
-def text():
-    return MiniLMTextEncoder()
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ each cycle's prompt must reach the instrument on the block heard at that cycle's
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import shutil
 import socket
@@ -23,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from osc_harness import HeardClock, free_udp_port
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from waiting import wait_until
 
-from lmdm_live import Instrument
-from lmdm_live.audio import FileBackend
-from lmdm_live.control.osc import OSCControl
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.replay import read_log
@@ -43,93 +40,10 @@ WINDOW = LMDMConfig(mode="causal", context_frames=16, block_frames=8)  # 186 ms 
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopThread:
-    """An asyncio loop on a thread of its own, as `lmdm-live` runs the OSC server beside the REPL."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, fn, *args):
-        async def run():
-            result = fn(*args)
-            return await result if asyncio.iscoroutine(result) else result
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-class HeardClock:
-    """When each block of the stream was heard: a thread notes the ring's consumed-frame count against
-    time.monotonic(), so timing checks hold even when a loaded machine makes the engine run late."""
-
-    def __init__(self, inst: Instrument, poll_s: float = 0.002) -> None:
-        self.engine = inst.engine
-        self.marks: list[tuple[float, int]] = []
-        self._poll = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        last = -1
-        while not self._stop.wait(self._poll):
-            n = self.engine.ring.frames_read
-            if n != last:
-                self.marks.append((time.monotonic(), n))
-                last = n
-
-    def heard_at(self, block: int) -> float:
-        """The time block `block` began to be heard (its first frame left the ring); inf if not yet."""
-        first = max(0, block * self.engine.block_out_frames - self.engine.chain.fade)  # the held fade tail
-        return next((t for t, n in self.marks if n > first), math.inf)
-
-    def wait_heard(self, timeout: float = 10.0) -> None:
-        """Wait until the block being made now has begun to be heard (before stopping, so that every block
-        a change was applied to has a time)."""
-        target = (self.engine.stream.block_index + 1) * self.engine.block_out_frames
-        wait_for(lambda: bool(self.marks) and self.marks[-1][1] >= target, timeout, "playing out")
-
-    @property
-    def underrun_s(self) -> float:
-        """Silence the ring played for lack of audio: it pushes every later block back by as much."""
-        return self.engine.ring.underrun_frames / self.engine.out_rate
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
 @pytest.fixture(scope="module")
 def model():
+    """What `played` (conftest.py) plays behind the OSC server."""
     return LMDMModel.preset("tiny", lmdm=WINDOW, seed=0)
-
-
-@pytest.fixture
-def played(model, tmp_path):
-    """A real-time instrument (a WAV file clocked like a sound card) behind the OSC server on a free port."""
-    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, realtime=True)
-    inst = Instrument(model, backend=backend, steps=2, headroom_ms=170, log=tmp_path / "ev.jsonl", quiet=True)
-    clock = HeardClock(inst)
-    loop = LoopThread()
-    ctl = OSCControl(inst, "127.0.0.1", 0)
-    loop.call(ctl.start)
-    yield inst, ctl, clock
-    loop.call(ctl.close)
-    loop.close()
-    clock.close()
-    inst.stop()
 
 
 def on_time(clock: HeardClock, block: int, when: float) -> bool:
@@ -168,14 +82,6 @@ def params_events(log: Path) -> list[dict]:
     return [e for e in read_log(log) if e["type"] == "params"]
 
 
-def wait_for(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.02)
-
-
 # --- (a) Tidal's packets, sent from Python ----------------------------------------------------------------
 
 
@@ -210,7 +116,7 @@ def test_tidal_bundles_land_on_their_cycles(played, tmp_path):
         err = OscMessage(sock.recvfrom(65536)[0])
         assert err.address == "/lmdm/error" and err.params[0] == "/lmdm/play" and "cfg" in err.params[1]
 
-        wait_for(lambda: inst.stream.params.dominant == "acid", 5.0, "cycle 2's prompt")
+        wait_until(lambda: inst.stream.params.dominant == "acid", 5.0, "cycle 2's prompt")
         clock.wait_heard()
     finally:
         sock.close()
@@ -236,9 +142,9 @@ def test_past_or_immediate_timetags_apply_at_the_next_block(played, tmp_path):
         inst.wait_blocks(2)
         late_block = inst.stream.block_index
         sock.sendto(bundle(time.time() - 0.5, tidal_event(7, 0.5625, prompt="late", cfg=1.5)), to)
-        wait_for(lambda: inst.stream.params.dominant == "late", 3.0, "the late event")
+        wait_until(lambda: inst.stream.params.dominant == "late", 3.0, "the late event")
         sock.sendto(tidal_event(8, 0.5625, prompt="live", steps=4), to)
-        wait_for(lambda: inst.stream.params.dominant == "live", 3.0, "the plain message")
+        wait_until(lambda: inst.stream.params.dominant == "live", 3.0, "the plain message")
     inst.stop()
     applied = {e["value"]["prompts"][0][0]: e["block"] for e in params_events(tmp_path / "ev.jsonl")}
     assert applied["late"] <= late_block + 2, (applied, late_block)

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from .backend import BackendUnavailable
+from .jack_backend import _JackClientOwner, _release_on_error
 from .resample import StreamResampler
 from .ring import AudioRing
+from .sd_backend import _close_stream, _import_sd, _open_stream
 
 # The lost-frames count rides in a float32 channel, exact up to here; a longer loss is cut to it.
 _MAX_GAP = (1 << 24) - 1
@@ -193,14 +195,21 @@ class AudioInput(ABC):
         all there within `timeout` seconds. The default never waits: the inference thread must not stall."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if not self._wait_for(n, timeout):
+            return None
+        self.frames_read += n
+        return self._fifo.pop(n).T
+
+    def _wait_for(self, n: int, timeout: float) -> bool:
+        """Whether `n` samples became available within `timeout` seconds. It polls: the device's side
+        must never lock or signal, so there is nothing to block on."""
         deadline = time.monotonic() + timeout
         while self.available < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                return False
             time.sleep(min(left, 0.002))
-        self.frames_read += n
-        return self._fifo.pop(n).T
+        return True
 
     def read_latest(self, n: int) -> np.ndarray:
         """The most recent `n` samples, (channels, n), silence in front if fewer have arrived. Everything
@@ -274,7 +283,7 @@ def match_ports(names: Sequence[str], pattern: str) -> list[str]:
     return sorted(found, key=_natural_key)
 
 
-class JackInput(AudioInput):
+class JackInput(AudioInput, _JackClientOwner):
     """Captures JACK input ports `<client_name>:in_1..in_N`.
 
     connect=True connects the physical capture ports; a list of names, globs or regexes connects the
@@ -296,17 +305,11 @@ class JackInput(AudioInput):
         buffer_s: float = 2.0,
         server_name: str | None = None,
     ) -> None:
-        from .jack_backend import _import_jack, _open_client
-
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        self._jack = _import_jack()
-        self.client = _open_client(self._jack, client_name, server_name)
-        self._active = False
-        self._closed = False
+        self._open_jack_client(client_name, server_name)
         self._running = False
-        self.server_shut_down = False
-        try:
+        with _release_on_error(self.client.close):
             self.sources = self._resolve(connect)
             self.device_rate = int(self.client.samplerate)
             self.device_channels = int(ports or max(channels, len(self.sources)))
@@ -314,14 +317,7 @@ class JackInput(AudioInput):
             self._next_time = -1  # JACK frame time the next callback should start at
             self.repeated_frames = 0  # frames JACK handed us twice (after an xrun), dropped
             self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(self.device_channels)]
-            self.client.set_process_callback(self._process)
-            self.client.set_xrun_callback(self._on_xrun)
-            self.client.set_shutdown_callback(self._on_shutdown)
-            self.client.activate()
-            self._active = True
-        except BaseException:
-            self.client.close()
-            raise
+            self._activate()
 
     def _resolve(self, connect: bool | Sequence[str]) -> list[str]:
         if connect is False:
@@ -380,34 +376,22 @@ class JackInput(AudioInput):
         if self._running:
             self.xruns += 1
 
-    def _on_shutdown(self, _status: Any, _reason: str) -> None:
-        self.server_shut_down = True
-
     def start(self) -> None:
         if self._closed:
             raise RuntimeError("this JackInput was stopped; open a new one")
         if self._running:
             return
-        if len(self.sources) == 1:
-            pairs = [(self.sources[0], p) for p in self.ports]
-        else:
-            pairs = [(s, self.ports[i % len(self.ports)]) for i, s in enumerate(self.sources)]
-        try:
-            for src, dst in pairs:
-                self.client.connect(src, dst)
-        except BaseException:
-            self.stop()
-            raise
+        self._connect_or_release(self._source_pairs)
         self._running = True
 
-    def stop(self) -> None:
-        from .jack_backend import _release
+    def _source_pairs(self) -> list[tuple[str, Any]]:
+        if len(self.sources) == 1:
+            return [(self.sources[0], p) for p in self.ports]
+        return [(s, self.ports[i % len(self.ports)]) for i, s in enumerate(self.sources)]
 
+    def stop(self) -> None:
         self._running = False
-        if not self._closed:
-            self._closed = True
-            _release(self._jack, self.client, self._active, self.server_shut_down)
-            self._active = False
+        self._release_client()
 
     @property
     def connections(self) -> dict[str, list[str]]:
@@ -420,8 +404,6 @@ class JackInput(AudioInput):
 
 def input_devices(hostapi: str | None = None) -> list[dict[str, Any]]:
     """Devices that can capture, each with its `index` and `hostapi_name`; optionally of one host API."""
-    from .sd_backend import _import_sd
-
     sd = _import_sd()
     apis = sd.query_hostapis()
     found = []
@@ -434,8 +416,6 @@ def input_devices(hostapi: str | None = None) -> list[dict[str, Any]]:
 
 def find_input_device(device: int | str | None = None, hostapi: str | None = None) -> dict[str, Any]:
     """Resolve `device` (index, exact or partial name, None for the default) to an input device."""
-    from .sd_backend import _import_sd
-
     sd = _import_sd()
     devs = input_devices(hostapi)
     where = f" on host API {hostapi!r}" if hostapi else ""
@@ -479,31 +459,16 @@ class SoundDeviceInput(AudioInput):
         hostapi: str | None = None,
         buffer_s: float = 2.0,
     ) -> None:
-        from .sd_backend import _import_sd
-
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        sd = _import_sd()
         self.device = find_input_device(device, hostapi)
         self.device_rate = int(device_rate or self.device["default_samplerate"])
         self.device_channels = int(min(device_channels or channels, self.device["max_input_channels"]))
         self._setup(sample_rate, channels, buffer_s)
         self._closed = False
-        try:
-            self.stream = sd.InputStream(
-                samplerate=self.device_rate,
-                blocksize=blocksize,
-                device=self.device["index"],
-                channels=self.device_channels,
-                dtype="float32",
-                latency=latency,
-                callback=self._callback,
-            )
-        except sd.PortAudioError as e:
-            msg = " ".join(str(e).split())
-            raise BackendUnavailable(
-                f"cannot open input device {self.device['name']!r} at {self.device_rate} Hz: {msg}"
-            ) from None
+        self.stream = _open_stream(
+            "input", self.device, self.device_rate, self.device_channels, blocksize, latency, self._callback
+        )
         self.blocksize = int(self.stream.blocksize) or int(blocksize)
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -534,10 +499,7 @@ class SoundDeviceInput(AudioInput):
         if self._closed:
             return
         self._closed = True
-        try:
-            self.stream.stop()
-        finally:
-            self.stream.close()
+        _close_stream(self.stream)
 
     @property
     def hostapi_name(self) -> str:
@@ -605,13 +567,8 @@ class FileInput(AudioInput):
     def read(self, n: int, timeout: float = 0.0) -> np.ndarray | None:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        if self.realtime:
-            deadline = time.monotonic() + timeout
-            while self.available < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                time.sleep(min(left, 0.002))
+        if self.realtime and not self._wait_for(n, timeout):
+            return None
         out = self._slice(self.frames_read, n)
         self.frames_read += n
         return out

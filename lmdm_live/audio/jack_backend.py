@@ -10,7 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +69,84 @@ def _release(jack: Any, client: Any, active: bool, server_gone: bool) -> None:
         client.close()
 
 
+@contextmanager
+def _release_on_error(release: Callable[[], None]) -> Iterator[None]:
+    """Run `release` and re-raise if the block fails: a client half set up or half connected must not
+    leave its ports in the graph."""
+    try:
+        yield
+    except BaseException:
+        release()
+        raise
+
+
+class _JackClientOwner:
+    """The one JACK client that `JackBackend`, `JackRecorder` and `JackInput` each hold, and its lifetime:
+    active from construction (so other clients can connect to our ports before `start`), released exactly
+    once, also when a connection fails or the server is gone. Subclasses define `_process`, `_on_xrun`
+    and `stop`."""
+
+    _jack: Any
+    client: Any
+    server_shut_down: bool
+
+    def _open_jack_client(self, client_name: str, server_name: str | None) -> None:
+        self._jack = _import_jack()
+        self.client = _open_client(self._jack, client_name, server_name)
+        self._active = False
+        self._closed = False
+        self.server_shut_down = False
+        self._leave = False  # asks the process thread to end itself at its next cycle
+        self._left = False  # set by the process thread as it goes
+
+    def _activate(self) -> None:
+        """Set the callbacks and go live; call inside `_release_on_error(self.client.close)`."""
+        self.client.set_process_callback(self._process_or_leave)
+        self.client.set_xrun_callback(self._on_xrun)
+        self.client.set_shutdown_callback(self._on_shutdown)
+        self.client.activate()
+        self._active = True
+
+    def _on_shutdown(self, _status: Any, _reason: str) -> None:
+        self.server_shut_down = True
+
+    def _connect_or_release(self, pairs: Callable[[], Iterable[tuple[Any, Any]]]) -> None:
+        """Make the (source, destination) connections `pairs()` names, or `stop` (releasing the client)
+        and re-raise: e.g. a source port that does not exist. `pairs` runs inside, as finding no port to
+        connect to fails the same way."""
+        with _release_on_error(self.stop):
+            for src, dst in pairs():
+                self.client.connect(src, dst)
+
+    def _process_or_leave(self, frames: int) -> None:
+        if self._leave:
+            self._left = True
+            raise self._jack.CallbackExit  # libjack then ends this thread itself, between cycles
+        self._process(frames)
+
+    def _leave_process_thread(self, timeout_s: float = 1.0, grace_s: float = 0.05) -> None:
+        """Let the process thread end itself before the client is deactivated. libjack's deactivate cancels
+        a process thread that is still running; cancelled inside a Python callback (e.g. waiting for the
+        GIL) it takes the GIL's lock with it, and every Python thread waits forever. Once the callback has
+        raised CallbackExit, libjack marks the client inactive and ends the thread, and deactivate has
+        nothing left to cancel. The grace lets the callback's last Python lines run out first."""
+        self._leave = True
+        end = time.monotonic() + timeout_s
+        while not self._left and time.monotonic() < end:  # no cycles come when the server is stuck
+            time.sleep(0.002)
+        if self._left:
+            time.sleep(grace_s)
+
+    def _release_client(self) -> None:
+        """Deactivate and close the client once (ports and connections go with it), even if the server died."""
+        if not self._closed:
+            self._closed = True
+            if self._active and not self.server_shut_down:
+                self._leave_process_thread()
+            _release(self._jack, self.client, self._active, self.server_shut_down)
+            self._active = False
+
+
 def jack_server_running(server_name: str | None = None) -> bool:
     """Whether a JACK server is up (never starts one)."""
     try:
@@ -79,7 +157,7 @@ def jack_server_running(server_name: str | None = None) -> bool:
     return True
 
 
-class JackBackend(AudioBackend):
+class JackBackend(AudioBackend, _JackClientOwner):
     """Plays a ring through JACK output ports `<client_name>:out_1..out_N`.
 
     The client is active (playing silence) from construction on, so its ports can be connected to
@@ -101,8 +179,7 @@ class JackBackend(AudioBackend):
     ) -> None:
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        self._jack = _import_jack()
-        self.client = _open_client(self._jack, client_name, server_name)
+        self._open_jack_client(client_name, server_name)
         self.channels = int(channels)
         self.connect = connect
         self.sample_rate = int(self.client.samplerate)
@@ -114,23 +191,13 @@ class JackBackend(AudioBackend):
         self._ring: AudioRing | None = None
         self._scratch = np.zeros((max(MAX_JACK_BLOCK, self.blocksize), self.channels), dtype=np.float32)
         self._block_view = self._scratch[: self.blocksize]
-        self._closed = False
-        self._active = False
         self._connected = False
-        self.server_shut_down = False
-        try:
+        with _release_on_error(self.client.close):
             self.ports = [self.client.outports.register(f"out_{i + 1}") for i in range(self.channels)]
-            self.client.set_process_callback(self._process)
-            self.client.set_xrun_callback(self._on_xrun)
             self.client.set_blocksize_callback(self._on_blocksize)
-            self.client.set_shutdown_callback(self._on_shutdown)
-            # Active from the start (playing silence), so other clients can connect to our ports before
-            # start(); start() then only hands over the ring and makes our own connections.
-            self.client.activate()
-            self._active = True
-        except Exception:
-            self.client.close()
-            raise
+            # Active from the start (playing silence); start() then only hands over the ring and makes
+            # our own connections.
+            self._activate()
 
     @classmethod
     def available(cls, server_name: str | None = None) -> bool:
@@ -172,9 +239,6 @@ class JackBackend(AudioBackend):
         self.blocksize_changes += 1
         self._block_view = self._scratch[: min(self.blocksize, self._scratch.shape[0])]
 
-    def _on_shutdown(self, _status: Any, _reason: str) -> None:
-        self.server_shut_down = True
-
     # --- control side --------------------------------------------------------------------------
 
     def start(self, ring: AudioRing) -> None:
@@ -183,16 +247,12 @@ class JackBackend(AudioBackend):
         self._check_ring(ring)
         self._ring = ring
         if not self._connected:
-            try:
-                self._connect_outputs()
-            except BaseException:
-                self.stop()  # a backend that failed to start releases its client and ports
-                raise
+            self._connect_or_release(self._output_pairs)  # a backend that failed to start lets its client go
             self._connected = True
 
-    def _connect_outputs(self) -> None:
+    def _output_pairs(self) -> list[tuple[Any, Any]]:
         if self.connect is False:
-            return
+            return []
         if self.connect is True:
             targets = self.client.get_ports(is_audio=True, is_input=True, is_physical=True)
         else:
@@ -203,20 +263,13 @@ class JackBackend(AudioBackend):
             if not targets:
                 raise BackendUnavailable(f"no JACK input ports start with {prefix!r}")
         if self.channels == 1 and len(targets) >= 2:
-            pairs = [(self.ports[0], targets[0]), (self.ports[0], targets[1])]  # mono to both speakers
-        else:
-            pairs = list(zip(self.ports, targets))
-        for src, dst in pairs:
-            self.client.connect(src, dst)
+            return [(self.ports[0], targets[0]), (self.ports[0], targets[1])]  # mono to both speakers
+        return list(zip(self.ports, targets))
 
     def stop(self) -> None:
         """Deactivate and close the client (ports and connections go with it), even if the server died."""
-        if self._closed:
-            return
-        self._closed = True
         self._ring = None
-        _release(self._jack, self.client, self._active, self.server_shut_down)
-        self._active = False
+        self._release_client()
 
     @property
     def output_latency_s(self) -> float:
@@ -234,7 +287,7 @@ class JackBackend(AudioBackend):
         return {p.name: [c.name for c in self.client.get_all_connections(p)] for p in self.ports}
 
 
-class JackRecorder:
+class JackRecorder(_JackClientOwner):
     """Records JACK input ports `<client_name>:in_1..in_N` into a preallocated buffer of `max_seconds`.
 
     `connect_from[i]` (a port name) is connected to `in_{i+1}` on `start()`. Recording stops by itself
@@ -253,8 +306,7 @@ class JackRecorder:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if len(connect_from) > channels:
             raise ValueError(f"{len(connect_from)} sources for {channels} input ports")
-        self._jack = _import_jack()
-        self.client = _open_client(self._jack, client_name, server_name)
+        self._open_jack_client(client_name, server_name)
         self.channels = int(channels)
         self.connect_from = list(connect_from)
         self.sample_rate = int(self.client.samplerate)
@@ -264,19 +316,9 @@ class JackRecorder:
         self.xruns = 0  # graph xruns JACK reported while recording
         self.stats = CallbackStats()
         self._recording = False
-        self._closed = False
-        self._active = False
-        self.server_shut_down = False
-        try:
+        with _release_on_error(self.client.close):
             self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(self.channels)]
-            self.client.set_process_callback(self._process)
-            self.client.set_xrun_callback(self._on_xrun)
-            self.client.set_shutdown_callback(self._on_shutdown)
-            self.client.activate()  # connectable before start(), like JackBackend
-            self._active = True
-        except Exception:
-            self.client.close()
-            raise
+            self._activate()
 
     def _process(self, frames: int) -> None:
         if not self._recording:
@@ -298,24 +340,13 @@ class JackRecorder:
 
     def start(self) -> None:
         """Connect the sources and record from the next period on."""
-        try:
-            for src, dst in zip(self.connect_from, self.ports):
-                self.client.connect(src, dst)
-        except BaseException:
-            self.stop()  # e.g. a source port that does not exist: release the client, then report
-            raise
+        self._connect_or_release(lambda: zip(self.connect_from, self.ports))
         self._recording = True
 
     def stop(self) -> None:
         """Stop recording and release the client (the recording stays in `audio`)."""
         self._recording = False
-        if not self._closed:
-            self._closed = True
-            _release(self._jack, self.client, self._active, self.server_shut_down)
-            self._active = False
-
-    def _on_shutdown(self, _status: Any, _reason: str) -> None:
-        self.server_shut_down = True
+        self._release_client()
 
     @property
     def audio(self) -> np.ndarray:

@@ -7,7 +7,7 @@ PortAudio started (at `import sounddevice`); `rescan_devices()` looks again.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from .backend import AudioBackend, BackendUnavailable, CallbackStats
 from .ring import AudioRing
@@ -44,6 +44,44 @@ def output_devices(hostapi: str | None = None) -> list[dict[str, Any]]:
             continue
         found.append({**info, "index": index, "hostapi_name": api})
     return found
+
+
+def _open_stream(
+    direction: Literal["input", "output"],
+    device: dict[str, Any],
+    samplerate: int,
+    channels: int,
+    blocksize: int,
+    latency: str | float,
+    callback: Any,
+) -> Any:
+    """A float32 PortAudio stream ("input" or "output") on `device`. PortAudio's errors span lines; the
+    user gets one `BackendUnavailable` line that names the device and the rate."""
+    sd = _import_sd()
+    stream_class = sd.InputStream if direction == "input" else sd.OutputStream
+    try:
+        return stream_class(
+            samplerate=samplerate,
+            blocksize=blocksize,
+            device=device["index"],
+            channels=channels,
+            dtype="float32",
+            latency=latency,
+            callback=callback,
+        )
+    except sd.PortAudioError as e:
+        msg = " ".join(str(e).split())
+        raise BackendUnavailable(
+            f"cannot open {direction} device {device['name']!r} at {samplerate} Hz: {msg}"
+        ) from None
+
+
+def _close_stream(stream: Any) -> None:
+    """Stop `stream` and close it even if stopping fails, so PortAudio always lets go of the device."""
+    try:
+        stream.stop()
+    finally:
+        stream.close()
 
 
 def _is_real(dev: dict[str, Any]) -> bool:
@@ -108,7 +146,6 @@ class SoundDeviceBackend(AudioBackend):
     ) -> None:
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
-        sd = _import_sd()
         self.device = find_output_device(device, hostapi)
         if channels > self.device["max_output_channels"]:
             raise BackendUnavailable(
@@ -121,21 +158,9 @@ class SoundDeviceBackend(AudioBackend):
         self.xruns = 0  # PortAudio's output-underflow flags: the device ran dry (not our ring)
         self._ring: AudioRing | None = None
         self._closed = False
-        try:
-            self.stream = sd.OutputStream(
-                samplerate=self.sample_rate,
-                blocksize=blocksize,
-                device=self.device["index"],
-                channels=self.channels,
-                dtype="float32",
-                latency=latency,
-                callback=self._callback,
-            )
-        except sd.PortAudioError as e:
-            msg = " ".join(str(e).split())
-            raise BackendUnavailable(
-                f"cannot open output device {self.device['name']!r} at {self.sample_rate} Hz: {msg}"
-            ) from None
+        self.stream = _open_stream(
+            "output", self.device, self.sample_rate, self.channels, blocksize, latency, self._callback
+        )
         self.blocksize = int(self.stream.blocksize) or int(blocksize)
 
     @classmethod
@@ -172,9 +197,8 @@ class SoundDeviceBackend(AudioBackend):
             return
         self._closed = True
         try:
-            self.stream.stop()
+            _close_stream(self.stream)
         finally:
-            self.stream.close()
             self._ring = None
 
     @property
