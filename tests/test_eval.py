@@ -398,8 +398,11 @@ def test_an_instant_switch_still_counts_the_measurements_window(dataset, classif
     switch = time_switch(clf, np.concatenate([xa[:seg], xb[:seg]]), SR, bs, half, a, b, cfg)
     assert switch["steady"] - switch["before"] > 0.3
     assert 2 <= switch["blocks"] <= 8  # instant, yet counted: the window's own lag
+    # the window ahead of each block sees the new clip whole from the switch block on
+    assert switch["steady_ahead"] - switch["before_ahead"] > 0.3
+    assert switch["blocks_ahead"] in (1, 2) and switch["blocks_ahead"] < switch["blocks"]
     same = time_switch(clf, np.concatenate([xb[:seg], xb[:seg]]), SR, bs, half, b, b, cfg)
-    assert same["blocks"] is None
+    assert same["blocks"] is None and same["blocks_ahead"] is None
 
 
 def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_path, capsys):
@@ -449,6 +452,7 @@ def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_pat
     splice = m["transitions"][0]["splice_blocks"]  # the instant-switch floor, on the test split's renders
     assert splice is None or 1 <= splice <= 3
     assert "transition_splice_blocks" in m["summary"] and "transition_lag_blocks" in m["summary"]
+    assert "transition_blocks_ahead" in m["summary"] and "transition_splice_blocks_ahead" in m["summary"]
     errors = [w["tempo_error"] for p in m["prompts"] for w in p["windows"] if w["tempo_error"] is not None]
     if errors:  # the median and the share within 5 % are over every prompt's every window
         assert m["summary"]["tempo_error_median"] == pytest.approx(float(np.median(errors)), abs=1e-5)

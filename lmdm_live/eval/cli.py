@@ -192,7 +192,8 @@ def cmd_model(args) -> int:
             f"{f(s['fd'], '.1f')}: {f(s['fd_first'], '.1f')} -> {f(s['fd_last'], '.1f')}",
             f"{f(s.get('tempo_error_median'))} ({f(s['tempo_error'])}; {f(s['tempo_error_octave'])})",
             f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed; an instant splice of "
-            f"real renders: {f(s.get('transition_splice_blocks'), '.1f')})",
+            f"real renders: {f(s.get('transition_splice_blocks'), '.1f')}); window ahead: "
+            f"{f(s.get('transition_blocks_ahead'), '.1f')} (instant: {f(s.get('transition_splice_blocks_ahead'), '.1f')})",
         )
     table.add_row(
         "real test music", f(real["adherence"]), "", f"{f(real['fd_floor'], '.1f')} (half vs half)", "", ""

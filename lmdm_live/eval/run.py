@@ -233,28 +233,43 @@ def splice_transition(model, clf: Classifier, real_audio: dict, a: dict, b: dict
 
 
 def time_switch(clf: Classifier, audio, rate: int, bs: float, half: int, a: dict, b: dict, cfg: EvalConfig):
-    """Blocks from the switch (at block `half` of `audio`) until `b` is followed.
+    """Blocks from the switch (at block `half` of `audio`) until `b` is followed, two ways.
 
-    Adherence here is the soft one (mean probability of `b`'s classes) on a sliding `short_window` ending
-    at each block boundary (blocks too early for a whole window are null): hard correctness on 2 s flips
-    too often to time a change by. "Followed" is the first block at which it has come `settle` (90 %) of the
-    way from its level before the switch to its steady level (the mean over the second half of the
-    post-switch blocks). When the new prompt is not followed better than the old one at all (gain < 0.05)
-    there is nothing to time and blocks is None. The window looks back, so even an instant switch counts
-    a few blocks: `splice_transition` measures that floor.
+    Adherence here is the soft one (mean probability of `b`'s classes) on a `short_window` of audio: hard
+    correctness on 2 s flips too often to time a change by. "Followed" is the first block at which it has
+    come `settle` (90 %) of the way from its level before the switch to its steady level (the mean over the
+    second half of the post-switch blocks); the switch block counts as 1. When the new prompt is not
+    followed better than the old one at all (gain < 0.05) there is nothing to time and the count is None.
+
+    - `blocks`: the window ends where each block ends (what a listener has heard by then). It looks back, so
+      even an instant switch counts a few blocks: `splice_transition` measures that floor.
+    - `blocks_ahead`: the window starts where each block starts (the music from that block on). An instant
+      switch counts 1: this is the block the music has changed by.
     """
     sr = clf.cfg.sample_rate
     audio = resample(audio, rate, sr)
-    short = int(round(cfg.short_window * sr))
-    ends = [int(round((k + 1) * bs * sr)) for k in range(2 * half)]
-    ends = [min(e, len(audio)) for e in ends]
-    full = [k for k, e in enumerate(ends) if e >= short]  # blocks with a whole short window behind them
-    preds = dict(zip(full, clf.predict(np.stack([audio[ends[k] - short : ends[k]] for k in full]), sr)))
+    short, n = int(round(cfg.short_window * sr)), 2 * half
+    starts = [int(round(k * bs * sr)) for k in range(n)]
+    ends = [min(int(round((k + 1) * bs * sr)), len(audio)) for k in range(n)]
+    behind = {k: ends[k] - short for k in range(n) if ends[k] >= short}  # window start, by block
+    ahead = {k: starts[k] for k in range(n) if starts[k] + short <= len(audio)}
+    crops = [audio[s0 : s0 + short] for s0 in [*behind.values(), *ahead.values()]]
+    preds = clf.predict(np.stack(crops), sr) if crops else []
+    by_behind = dict(zip(behind, preds[: len(behind)]))
+    by_ahead = dict(zip(ahead, preds[len(behind) :]))
     nan = float("nan")
-    new = [adherence(preds[k], b["labels"])["soft"] if k in preds else nan for k in range(2 * half)]
-    old = [adherence(preds[k], a["labels"])["soft"] if k in preds else nan for k in range(2 * half)]
-    before = nanmean(new[:half])
-    steady = nanmean(new[half + half // 2 :])
+
+    def soft(by: dict, labels: dict) -> list[float]:
+        return [adherence(by[k], labels)["soft"] if k in by else nan for k in range(n)]
+
+    new, old, new_ahead = (
+        soft(by_behind, b["labels"]),
+        soft(by_behind, a["labels"]),
+        soft(by_ahead, b["labels"]),
+    )
+    switch = starts[half]
+    # before the switch: windows wholly before it (the look-ahead ones must end by it)
+    before_ahead = [v for k, v in enumerate(new_ahead[:half]) if starts[k] + short <= switch]
     result = {
         "from": a["prompt"],
         "to": b["prompt"],
@@ -262,16 +277,23 @@ def time_switch(clf: Classifier, audio, rate: int, bs: float, half: int, a: dict
         "block_seconds": bs,
         "adherence_new": new,
         "adherence_old": old,
-        "before": before,
-        "steady": steady,
-        "blocks": None,
-        "seconds": None,
+        "adherence_new_ahead": new_ahead,
+        **_settle(new, new[:half], half, cfg.settle, ""),
+        **_settle(new_ahead, before_ahead, half, cfg.settle, "_ahead"),
     }
-    if np.isfinite(steady) and np.isfinite(before) and steady - before >= 0.05:
-        threshold = before + cfg.settle * (steady - before)
-        hit = next((k for k in range(half, 2 * half) if new[k] >= threshold), 2 * half - 1)
-        result.update(threshold=threshold, blocks=hit - half + 1, seconds=(hit - half + 1) * bs)
+    result["seconds"] = None if result["blocks"] is None else result["blocks"] * bs
     return result
+
+
+def _settle(new: list[float], before_values: list[float], half: int, settle: float, suffix: str) -> dict:
+    """The first block after the switch at which `new` has come `settle` of the way to its steady level."""
+    before, steady = nanmean(before_values), nanmean(new[half + half // 2 :])
+    out = {f"before{suffix}": before, f"steady{suffix}": steady, f"blocks{suffix}": None}
+    if np.isfinite(steady) and np.isfinite(before) and steady - before >= 0.05:
+        threshold = before + settle * (steady - before)
+        hit = next((k for k in range(half, 2 * half) if new[k] >= threshold), 2 * half - 1)
+        out.update({f"threshold{suffix}": threshold, f"blocks{suffix}": hit - half + 1})
+    return out
 
 
 def evaluate_model(
@@ -316,9 +338,10 @@ def evaluate_model(
     for a, b in pairs:
         t = measure_transition(model, text, clf, a, b, cfg.seed, cfg, tick)
         splice = splice_transition(model, clf, real.get("audio", {}), a, b, cfg)
-        t["splice_blocks"] = None if splice is None else splice["blocks"]
-        if t["blocks"] is not None and t["splice_blocks"] is not None:
-            t["lag_blocks"] = t["blocks"] - t["splice_blocks"]
+        for key in ("", "_ahead"):
+            t[f"splice_blocks{key}"] = None if splice is None else splice[f"blocks{key}"]
+            if t[f"blocks{key}"] is not None and t[f"splice_blocks{key}"] is not None:
+                t[f"lag_blocks{key}"] = t[f"blocks{key}"] - t[f"splice_blocks{key}"]
         transitions.append(t)
     return {
         "model": model.name,
@@ -355,6 +378,13 @@ def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[fl
         # the same measurement on instant splices of real renders, and the model's count beyond it
         "transition_splice_blocks": nanmean(t.get("splice_blocks") for t in transitions),
         "transition_lag_blocks": nanmean(t.get("lag_blocks") for t in transitions),
+        # timed by the window ahead of each block: the block the music has changed by (instant: 1)
+        "transition_blocks_ahead": nanmean(t.get("blocks_ahead") for t in transitions),
+        "transition_blocks_ahead_max": max(
+            (t["blocks_ahead"] for t in transitions if t.get("blocks_ahead") is not None), default=None
+        ),
+        "transitions_timed_ahead": f"{sum(t.get('blocks_ahead') is not None for t in transitions)}/{len(transitions)}",
+        "transition_splice_blocks_ahead": nanmean(t.get("splice_blocks_ahead") for t in transitions),
     }
 
 
