@@ -170,6 +170,13 @@ def test_tempo_error_and_octaves():
     assert np.isnan(estimate_bpm(np.zeros(SR * 4, np.float32), SR))
 
 
+def test_share_within_counts_a_window_without_an_estimate_as_a_miss():
+    from lmdm_live.eval.metrics import share_within
+
+    assert share_within([0.01, 0.05, 0.2, None, float("nan")]) == pytest.approx(0.4)
+    assert share_within([0.0, 0.049]) == 1.0 and np.isnan(share_within([]))
+
+
 def test_frechet_distance_is_zero_for_a_set_vs_itself_and_grows_with_a_shift():
     from lmdm_live.eval.metrics import frechet_distance
 
@@ -453,11 +460,14 @@ def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_pat
     assert splice is None or 1 <= splice <= 3
     assert "transition_splice_blocks" in m["summary"] and "transition_lag_blocks" in m["summary"]
     assert "transition_blocks_ahead" in m["summary"] and "transition_splice_blocks_ahead" in m["summary"]
-    errors = [w["tempo_error"] for p in m["prompts"] for w in p["windows"] if w["tempo_error"] is not None]
-    if errors:  # the median and the share within 5 % are over every prompt's every window
+    every = [w["tempo_error"] for p in m["prompts"] for w in p["windows"]]
+    errors = [e for e in every if e is not None]
+    # the median is over every prompt's every window with an estimate; the share counts one without as a miss
+    assert m["summary"]["tempo_windows_unestimated"] == len(every) - len(errors)
+    share = sum(e <= 0.05 for e in errors) / len(every)
+    assert m["summary"]["tempo_within_5pct"] == pytest.approx(share, abs=1e-5)
+    if errors:
         assert m["summary"]["tempo_error_median"] == pytest.approx(float(np.median(errors)), abs=1e-5)
-        share = np.mean([e <= 0.05 for e in errors])
-        assert m["summary"]["tempo_within_5pct"] == pytest.approx(share, abs=1e-5)
     else:
         assert m["summary"]["tempo_error_median"] is None
     # same model, same seeds: the comparison curve is the same stream

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..sketch import Controls, SketchConfig, control_curves
 from .data import CodecRoundTrip, load_index, read_mix, read_mono, split
-from .metrics import nanmean, nanmedian
+from .metrics import nanmean, nanmedian, share_within
 from .tempo import estimate_bpm, tempo_error
 
 
@@ -86,7 +86,7 @@ def codec_report(
             "windows": len(tempo_clean),
             "median_error_clean": nanmedian(tempo_clean),
             "median_error_codec": nanmedian(tempo_codec),
-            "within_5pct_clean": float(np.mean([e <= 0.05 for e in tempo_clean])) if tempo_clean else None,
-            "within_5pct_codec": float(np.mean([e <= 0.05 for e in tempo_codec])) if tempo_codec else None,
+            "within_5pct_clean": share_within(tempo_clean),
+            "within_5pct_codec": share_within(tempo_codec),
         },
     }

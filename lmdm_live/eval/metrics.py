@@ -73,6 +73,13 @@ def nanmean(values) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
+def share_within(errors, tol: float = 0.05) -> float:
+    """The share of windows whose relative tempo error is within `tol`. A window with no estimate (no beat
+    found) counts as a miss: a stream asked for a tempo that shows none has not kept it. NaN when empty."""
+    v = np.asarray([np.nan if x is None else x for x in errors], dtype=np.float64)
+    return float(np.mean(np.isfinite(v) & (v <= tol))) if len(v) else float("nan")
+
+
 def nanmedian(values) -> float:
     """Median of the finite values; NaN when there are none."""
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)

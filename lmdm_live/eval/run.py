@@ -21,7 +21,7 @@ import numpy as np
 from .classifier import Classifier, adherence
 from .data import load_index, read_mix, resample, split, to_mono
 from .labels import HEADS, head_targets
-from .metrics import WindowMetrics, frechet_distance, nanmean, nanmedian
+from .metrics import WindowMetrics, frechet_distance, nanmean, nanmedian, share_within
 from .tempo import estimate_bpm, tempo_error
 
 Tick = Callable[[int], None]
@@ -355,9 +355,9 @@ def evaluate_model(
 
 def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[float]) -> dict:
     """`tempo_errors`: every prompt's every window (the median and the share within 5 % are over these; a few
-    streams at a related rate, e.g. 2/3 of the asked one, pull the mean far from the typical stream)."""
+    streams at a related rate, e.g. 2/3 of the asked one, pull the mean far from the typical stream). The
+    median is over the windows with an estimate; the share counts a window with none as a miss."""
     first, last = windows[0], windows[-1]
-    timed_tempo = [e for e in tempo_errors if e is not None and np.isfinite(e)]
     timed = [t["blocks"] for t in transitions if t["blocks"] is not None]
     return {
         "adherence": nanmean(w["adherence"] for w in windows),
@@ -369,9 +369,8 @@ def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[fl
         "fd_last": last["fd"],
         "tempo_error": nanmean(w["tempo_error"] for w in windows),
         "tempo_error_median": nanmedian(tempo_errors),
-        "tempo_within_5pct": float(np.mean([e <= 0.05 for e in timed_tempo]))
-        if timed_tempo
-        else float("nan"),
+        "tempo_within_5pct": share_within(tempo_errors),
+        "tempo_windows_unestimated": sum(e is None or not np.isfinite(e) for e in tempo_errors),
         "tempo_error_octave": nanmean(w["tempo_error_octave"] for w in windows),
         "transition_blocks": nanmean(timed),
         "transitions_timed": f"{len(timed)}/{len(transitions)}",
