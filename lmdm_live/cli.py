@@ -41,6 +41,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, help="block frames T (override)")
     p.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="the DiT's (auto: bfloat16 where the CPU multiplies it natively, else float32)",
+    )
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -212,12 +218,11 @@ def load_script(path: Path, start, block_seconds: float) -> dict:
 
 
 def _load(args):
-    import torch
-
     from .bench import load_model
     from .model.bundle import PRESETS
     from .model.checkpoint import load_checkpoint_config
     from .model.lmdm import LMDMConfig
+    from .model.precision import resolve_dtype
 
     if args.model in PRESETS:
         base = LMDMConfig()
@@ -231,7 +236,7 @@ def _load(args):
         context_frames=args.context or base.context_frames,
         block_frames=args.block or base.block_frames,
     )
-    return load_model(args.model, window, args.device, torch.float32)
+    return load_model(args.model, window, args.device, resolve_dtype(args.dtype, args.device))
 
 
 def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
@@ -309,6 +314,7 @@ def cmd_play(args) -> int:
         t5=args.t5,
         start=False,
         model_ref=args.model,
+        dtype=args.dtype,
     )
     prompts = args.prompt or [("", 1.0)]
     if len(prompts) == 1:
@@ -319,7 +325,7 @@ def cmd_play(args) -> int:
     name = getattr(inst.backend, "name", "?")
     where = f" -> {inst.backend.path}" if hasattr(inst.backend, "path") else ""
     print(
-        f"lmdm-live: playing '{inst.model.name}' through {name}{where} at {inst.engine.out_rate} Hz; "
+        f"lmdm-live: playing '{inst.model.name}' ({inst.dtype}) through {name}{where} at {inst.engine.out_rate} Hz; "
         f"latency {inst.latency()['total_ms']:.0f} ms worst case",
         file=sys.stderr,
     )

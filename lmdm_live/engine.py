@@ -26,6 +26,7 @@ import numpy as np
 
 from .audio.resample import StreamResampler
 from .audio.ring import AudioRing
+from .model.precision import dtype_name
 from .stream import LMDMStream, StreamParams
 
 HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
@@ -417,6 +418,7 @@ class Engine:
                 "type": "start",
                 "version": 1,
                 "model": self.model_ref or s.model.name,
+                "dtype": dtype_name(next(s.model.net.parameters()).dtype),
                 "window": {
                     "mode": s.model.lmdm.mode,
                     "context_frames": s.model.lmdm.context_frames,

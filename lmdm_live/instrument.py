@@ -53,6 +53,8 @@ class Instrument:
 
     `backend`: "jack", "sounddevice", "file", an `AudioBackend`, or None for the first that works (falling
     back to recording a WAV file when no audio device exists, and saying so).
+    `dtype`: the DiT's, for a model loaded here: "auto" is bfloat16 where the CPU multiplies it natively
+    (about 1.6x faster, the same evaluation scores), else float32.
     """
 
     def __init__(
@@ -74,9 +76,11 @@ class Instrument:
         start: bool = True,
         quiet: bool = False,
         model_ref: str | None = None,
+        dtype: str = "auto",
     ) -> None:
         from .bench import load_model
         from .model.bundle import LMDMModel
+        from .model.precision import resolve_dtype
 
         if isinstance(headroom_ms, str):
             if headroom_ms not in HEADROOM_PRESETS_MS:
@@ -93,11 +97,10 @@ class Instrument:
                 self._say(
                     "no default model ships yet: playing the untrained 'tiny' preset (noise, not music)"
                 )
-            import torch
-
             from .model.lmdm import LMDMConfig
 
-            self.model = load_model(ref, None if Path(ref).is_file() else LMDMConfig(), "cpu", torch.float32)
+            window = None if Path(ref).is_file() else LMDMConfig()
+            self.model = load_model(ref, window, "cpu", resolve_dtype(dtype, "cpu"))
         # None: the model's own sampler defaults (a trained model records what it plays best with)
         settings = self.model.sampler_settings(steps=steps, cfg=cfg, sampler=sampler)
         self._params = StreamParams.of(prompt, sampler=settings, bpm=float(bpm))
@@ -118,6 +121,13 @@ class Instrument:
         )
         if start:
             self.start()
+
+    @property
+    def dtype(self) -> str:
+        """The DiT's dtype, as played ("float32" or "bfloat16")."""
+        from .model.precision import dtype_name
+
+        return dtype_name(next(self.model.net.parameters()).dtype)
 
     def _open_backend(self, kind, out, device):
         from .audio import NoAudioDevice, open_backend

@@ -35,16 +35,17 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
     """Render the logged performance: (frames, channels) float32 at the logged device rate, and that rate.
 
     `model`/`text` may be given (already loaded) to skip loading; otherwise the log's model reference (a
-    preset name or a checkpoint path) is loaded with the logged window.
+    preset name or a checkpoint path) is loaded with the logged window and DiT dtype (logs before the dtype
+    was logged played float32).
     """
     from .bench import load_model
+    from .model.precision import resolve_dtype
 
     events = read_log(log)
     head = events[0]
     if model is None:
-        import torch
-
-        model = load_model(head["model"], LMDMConfig(**head["window"]), "cpu", torch.float32)
+        dtype = resolve_dtype(head.get("dtype", "float32"))
+        model = load_model(head["model"], LMDMConfig(**head["window"]), "cpu", dtype)
     if text is None:
         text = model.text_encoder(t5_path)
     stream = LMDMStream(model, text, seed=int(head["seed"]), params=StreamParams.from_dict(head["params"]))

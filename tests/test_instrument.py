@@ -146,3 +146,40 @@ def test_completion_of_instrument_methods(inst):
     c = NamespaceCompleter({"inst": inst})
     names = {x.text for x in c.get_completions(Document("inst.pro"), None)}
     assert names == {"prompt", "prompts"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_model_loaded_by_path_plays_in_its_dtype_and_replays_from_the_log_alone(model, tmp_path, dtype):
+    """The DiT's dtype is logged, so a replay that loads the model by its path plays the same stream."""
+    path = tmp_path / "m.lmdm.safetensors"
+    model.save(path)
+    out = tmp_path / "out.wav"
+    backend = FileBackend(out, model.sample_rate, channels=2, realtime=False, subtype="FLOAT")
+    inst = Instrument(str(path), backend=backend, steps=2, log=tmp_path / "ev.jsonl", quiet=True, dtype=dtype)
+    try:
+        assert inst.dtype == dtype
+        assert (
+            str(next(inst.model.vae.parameters()).dtype) == "torch.float32"
+        )  # the autoencoder stays float32
+        inst.prompt("jungle")
+        inst.wait_blocks(4)
+    finally:
+        inst.stop()
+    assert read_log(tmp_path / "ev.jsonl")[0]["dtype"] == dtype
+    played, _ = sf.read(str(out), dtype="float32")
+    again, _ = replay(tmp_path / "ev.jsonl")  # loads the model from the logged path and dtype
+    n = min(len(played), len(again))
+    assert n > 0.9 * len(again) and np.abs(played).max() > 0
+    assert np.array_equal(played[:n], again[:n])
+
+
+def test_dtype_names_resolve_and_a_bad_one_is_one_clear_line():
+    import torch
+
+    from lmdm_live.model.precision import native_bf16, resolve_dtype
+
+    assert resolve_dtype("float32") == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
+    assert resolve_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16") as e:
+        resolve_dtype("float8")
+    assert "\n" not in str(e.value)

@@ -56,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--cfg", type=float, default=None, help="default: the model's own")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", default="cpu")
+    m.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="the DiT's (as played)"
+    )
     m.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
     m.set_defaults(eval_run=cmd_model)
     return ev
@@ -172,6 +175,7 @@ def cmd_model(args) -> int:
             device=args.device,
             t5=args.t5,
             progress=progress,
+            dtype=args.dtype,
         )
 
     def f(x, fmt=".3f"):

@@ -403,13 +403,17 @@ def _clean(v):
 # --- the whole evaluation -------------------------------------------------------------------------------
 
 
-def load_model(ref: str, device: str = "cpu"):
-    """A preset name or an LMDM checkpoint path (with the window it was saved with)."""
+def load_model(ref: str, device: str = "cpu", dtype: str = "float32"):
+    """A preset name or an LMDM checkpoint path (with the window it was saved with); `dtype` is the DiT's
+    (the autoencoder stays float32), so a model is judged as it is played."""
+    import torch
+
     from ..model.bundle import PRESETS, LMDMModel
 
+    dt = getattr(torch, dtype)
     if ref in PRESETS:
-        return LMDMModel.preset(ref).to(device)
-    return LMDMModel.load(ref, device=device)
+        return LMDMModel.preset(ref).to(device, dt)
+    return LMDMModel.load(ref, device=device, dtype=dt)
 
 
 def evaluate(
@@ -425,6 +429,7 @@ def evaluate(
     device: str = "cpu",
     t5: str | None = None,
     progress=None,
+    dtype: str = "float32",
 ) -> dict:
     """Evaluate one model (and optionally a second on the same prompts and seeds); write metrics.json and
     metrics.png into `out_dir`. `progress(name)` returns a factory `(total) -> tick`, for progress bars."""
@@ -444,7 +449,7 @@ def evaluate(
         runs = [(runs[0][0], runs[0][1] + " (1)"), (runs[1][0], runs[1][1] + " (2)")]
     results = []
     for ref, name in runs:
-        model = load_model(ref, device)
+        model = load_model(ref, device, dtype)
         text = model.text_encoder(t5)
         res = evaluate_model(model, text, clf, prompts, real, cfg, progress(name) if progress else None)
         results.append({"label": name, "ref": str(ref), **res})
@@ -454,6 +459,7 @@ def evaluate(
         "config": asdict(cfg),
         "data": str(data_dir),
         "classifier": str(classifier_dir),
+        "dtype": dtype,
         "prompts": len(prompts),
         "real": {"adherence": real["adherence"], "fd_floor": real["fd_floor"]},
         "models": results,

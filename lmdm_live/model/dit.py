@@ -349,8 +349,9 @@ class DiT(nn.Module):
         return self.transformer.project_in(x.transpose(1, 2))
 
     def add_tokens(self, add: Tensor) -> Tensor:
-        """LMDM input_add channels (B, N, input_add_dim) -> tokens (B, N, D)."""
-        return self.to_input_add_embed(add)
+        """LMDM input_add channels (B, N, input_add_dim) -> tokens (B, N, D). The channels (tempo grid, sketch,
+        accompaniment) are built in float32; a bfloat16 DiT takes them in its own dtype."""
+        return self.to_input_add_embed(add.to(self.to_input_add_embed.weight.dtype))
 
     def output(self, h: Tensor) -> Tensor:
         """Latent-frame tokens (B, N, D) -> velocity (B, io, N)."""
