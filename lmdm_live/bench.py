@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -57,7 +58,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_model(name: str, lmdm: LMDMConfig, device: str, dtype: torch.dtype) -> LMDMModel:
+def load_model(name: str, lmdm: LMDMConfig | None, device: str, dtype: torch.dtype) -> LMDMModel:
     if name in PRESETS:
         return LMDMModel.preset(name, lmdm=lmdm).to(device, dtype)
     return LMDMModel.load(name, device=device, dtype=dtype, lmdm=lmdm)
@@ -209,7 +210,13 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 
 def run_engine_bench(
-    seconds: float, model: str = "tiny", backend: str | None = None, steps: int = 8, headroom: str = "normal"
+    seconds: float,
+    model: str = "tiny",
+    backend: str | None = None,
+    steps: int = 8,
+    headroom: str = "normal",
+    dtype: str = "float32",
+    threads: int | None = None,
 ) -> dict:
     """Play `seconds` through the real-time engine and report what the audio side saw.
 
@@ -226,10 +233,13 @@ def run_engine_bench(
             be = open_backend(backend or "jack", connect=False) if backend != "file" else None
         except (NoAudioDevice, OSError, RuntimeError):
             be = None
-        m = load_model(model, LMDMConfig(), "cpu", torch.float32)
+        window = None if Path(model).is_file() else LMDMConfig()  # a file plays the window it was saved with
+        m = load_model(model, window, "cpu", getattr(torch, dtype))
         if be is None:
             be = open_backend("file", path=f"{tmp.name}/engine.wav", sample_rate=m.sample_rate, realtime=True)
-        inst = Instrument(m, backend=be, steps=steps, headroom_ms=headroom, quiet=True, start=False)
+        inst = Instrument(
+            m, backend=be, steps=steps, headroom_ms=headroom, quiet=True, start=False, threads=threads
+        )
         inst.start()
         t0 = time.monotonic()
         try:
@@ -239,6 +249,8 @@ def run_engine_bench(
         st = inst.status()
         return {
             "backend": be.name,
+            "dtype": dtype,
+            "threads": inst.threads,
             "seconds": round(time.monotonic() - t0, 2),
             "sample_rate": inst.engine.out_rate,
             "buffer_frames": be.blocksize,

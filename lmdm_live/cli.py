@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     play.add_argument("--headroom", default="normal", help="ring headroom: tight|normal|safe or milliseconds")
     play.add_argument("--seed", type=int, default=0)
+    play.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the model (default: all cores but one)"
+    )
     play.add_argument("--steps", type=int, default=None, help="default: the model's own (else 8)")
     play.add_argument("--cfg", type=float, default=None, help="default: the model's own (else 1)")
     play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
@@ -315,6 +318,7 @@ def cmd_play(args) -> int:
         start=False,
         model_ref=args.model,
         dtype=args.dtype,
+        threads=args.threads,
     )
     prompts = args.prompt or [("", 1.0)]
     if len(prompts) == 1:
@@ -482,7 +486,9 @@ def cmd_bench(args) -> int:
     if args.engine > 0:
         from .bench import run_engine_bench
 
-        result["engine"] = run_engine_bench(args.engine, model=args.model, steps=args.steps)
+        result["engine"] = run_engine_bench(
+            args.engine, model=args.model, steps=args.steps, dtype=args.dtype, threads=args.threads
+        )
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")

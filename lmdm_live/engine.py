@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .audio.resample import StreamResampler
 from .audio.ring import AudioRing
@@ -228,7 +229,12 @@ class Engine:
         # default 5 ms, while the inference thread works
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._open_log()
-        while self.ring.fill < self.headroom_frames:  # prime before the first callback
+        # Prime before the first callback, to the lead the loop keeps (the headroom plus the compute time the
+        # priming blocks showed): filled only to the headroom, a first block slower than the headroom runs the
+        # ring dry at once.
+        while self.ring.fill < max(self.headroom_frames, self.lead_frames()) and (
+            self.ring.free >= self.block_out_frames + 64
+        ):
             self._generate_one()
         self.ring.reset_stats()
         if self.backend is not None:
@@ -419,6 +425,7 @@ class Engine:
                 "version": 1,
                 "model": self.model_ref or s.model.name,
                 "dtype": dtype_name(next(s.model.net.parameters()).dtype),
+                "threads": torch.get_num_threads(),
                 "window": {
                     "mode": s.model.lmdm.mode,
                     "context_frames": s.model.lmdm.context_frames,

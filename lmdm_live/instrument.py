@@ -54,7 +54,8 @@ class Instrument:
     `backend`: "jack", "sounddevice", "file", an `AudioBackend`, or None for the first that works (falling
     back to recording a WAV file when no audio device exists, and saying so).
     `dtype`: the DiT's, for a model loaded here: "auto" is bfloat16 where the CPU multiplies it natively
-    (about 1.6x faster, the same evaluation scores), else float32.
+    (about 1.6x faster, the same evaluation scores), else float32. `threads`: torch's intra-op threads while
+    it plays (default: all cores but one, which the audio and control threads need; see `threads.py`).
     """
 
     def __init__(
@@ -77,10 +78,14 @@ class Instrument:
         quiet: bool = False,
         model_ref: str | None = None,
         dtype: str = "auto",
+        threads: int | None = None,
     ) -> None:
         from .bench import load_model
         from .model.bundle import LMDMModel
         from .model.precision import resolve_dtype
+        from .threads import ThreadBudget, inference_threads
+
+        self._threads = ThreadBudget(inference_threads(threads))
 
         if isinstance(headroom_ms, str):
             if headroom_ms not in HEADROOM_PRESETS_MS:
@@ -123,6 +128,11 @@ class Instrument:
             self.start()
 
     @property
+    def threads(self) -> int:
+        """torch's intra-op threads while it plays."""
+        return self._threads.threads
+
+    @property
     def dtype(self) -> str:
         """The DiT's dtype, as played ("float32" or "bfloat16")."""
         from .model.precision import dtype_name
@@ -153,6 +163,7 @@ class Instrument:
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self) -> Instrument:
+        self._threads.enter()
         self.engine.start()
         return self
 
@@ -161,6 +172,7 @@ class Instrument:
         self.engine.stop()
         if self.engine.live is not None:
             self.engine.live.close()
+        self._threads.leave()
 
     def __enter__(self) -> Instrument:
         return self

@@ -15,6 +15,7 @@ import numpy as np
 from .engine import OutputChain
 from .model.lmdm import LMDMConfig
 from .stream import LMDMStream, StreamParams
+from .threads import ThreadBudget
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -62,6 +63,21 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
             by_block.setdefault(int(e["block"]), []).append(e)
     out = []
     samples = model.lmdm.block_frames * model.hop
+    # the logged thread count too: sums split over another number of threads round differently
+    budget = ThreadBudget(int(head["threads"])) if "threads" in head else None
+    if budget is not None:
+        budget.enter()
+    try:
+        _render(stream, chain, by_block, end, samples, out)
+    finally:
+        if budget is not None:
+            budget.leave()
+    audio = np.concatenate(out) if out else np.zeros((0, chain.out_channels), np.float32)
+    return audio, chain.out_rate
+
+
+def _render(stream, chain, by_block: dict[int, list[dict]], end: int, samples: int, out: list) -> None:
+    """Play the logged events block by block into `out`, as the engine applied them."""
     while stream.block_index < end:
         b = stream.block_index
         failed = False
@@ -86,5 +102,3 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
             out.append(chain.fail(samples))
         else:
             out.append(chain.push(stream.next_block()))
-    audio = np.concatenate(out) if out else np.zeros((0, chain.out_channels), np.float32)
-    return audio, chain.out_rate

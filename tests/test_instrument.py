@@ -183,3 +183,23 @@ def test_dtype_names_resolve_and_a_bad_one_is_one_clear_line():
     with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16") as e:
         resolve_dtype("float8")
     assert "\n" not in str(e.value)
+
+
+def test_threads_are_set_while_playing_and_given_back(model, tmp_path):
+    import torch
+
+    from lmdm_live.threads import cores, inference_threads
+
+    assert inference_threads() == max(1, cores() - 1) and inference_threads(3) == 3
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Instrument(model, backend="file", out=tmp_path / "x.wav", threads=0, quiet=True, start=False)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    backend = FileBackend(tmp_path / "out.wav", model.sample_rate, channels=2, realtime=False)
+    inst = Instrument(model, backend=backend, steps=2, threads=want, quiet=True)
+    try:
+        assert inst.threads == want and torch.get_num_threads() == want
+        inst.wait_blocks(2)
+    finally:
+        inst.stop()
+    assert torch.get_num_threads() == before
