@@ -54,7 +54,7 @@ class Instrument:
     `backend`: "jack", "sounddevice", "file", an `AudioBackend`, or None for the first that works (falling
     back to recording a WAV file when no audio device exists, and saying so).
     `dtype`: the DiT's, for a model loaded here: "auto" is bfloat16 where the CPU multiplies it natively
-    (about 1.6x faster, the same evaluation scores), else float32. `threads`: torch's intra-op threads while
+    (its blocks about a third faster, the same evaluation scores), else float32. `threads`: torch's intra-op threads while
     it plays (default: all cores but one, which the audio and control threads need; see `threads.py`).
     """
 

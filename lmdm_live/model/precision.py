@@ -1,6 +1,7 @@
-"""Which dtype the DiT runs in. bfloat16 halves its compute where the CPU multiplies bfloat16 natively (AMX or
-AVX512-BF16) and scores the same as float32 on the evaluation; elsewhere it would be emulated and slower, so
-"auto" keeps float32 there. The autoencoder always stays float32."""
+"""Which dtype the DiT runs in. Where the CPU multiplies bfloat16 natively (AMX or AVX512-BF16), bfloat16 cuts
+the DiT's time per block by about a third (97 ms against 138 ms for the shipped model on one core) and
+scores the same as float32 on the evaluation; elsewhere it would be emulated and slower, so "auto" keeps
+float32 there. The autoencoder always stays float32."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 def resolve_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """ "auto", "float32" or "bfloat16" as a torch dtype for `device`."""
+    """The torch dtype that `name` ("auto", "float32" or "bfloat16") means on `device`."""
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     if name == "auto":
