@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .eval import cli as eval_cli
+from .model.precision import DTYPES
 from .train import cli as train_cli
 
 DEFAULT_OUT = Path("out/lmdm-live.wav")
@@ -43,7 +44,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16"),
+        choices=DTYPES,
         default="auto",
         help="the DiT's (auto: bfloat16 where the CPU multiplies it natively, else float32)",
     )
@@ -293,6 +294,7 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
 def cmd_play(args) -> int:
     import asyncio
 
+    from .engine import underruns_from_load
     from .instrument import HEADROOM_PRESETS_MS, Instrument
 
     headroom = args.headroom if args.headroom in HEADROOM_PRESETS_MS else float(args.headroom)
@@ -339,7 +341,7 @@ def cmd_play(args) -> int:
         inst.stop()
         st = inst.status()
         why = ""
-        if st["underruns"] and st["behind_ms_max"] >= 0.75 * st["headroom_ms"]:
+        if st["underruns"] and underruns_from_load(st):
             why = (
                 f" (blocks fell up to {st['behind_ms_max']:.0f} ms behind real time: the machine was too busy for "
                 "these settings; try fewer --steps or a bigger --headroom)"

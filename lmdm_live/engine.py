@@ -135,6 +135,13 @@ class EngineStats:
     behind_ms_max: float = 0.0
 
 
+def underruns_from_load(status: dict) -> bool:
+    """Whether an `Engine.status()`'s underruns can be the machine's: the engine fell behind real time by most
+    of its headroom (too busy, or settings too heavy for it). Underruns without that are audio lost between
+    the ring and the device."""
+    return status["behind_ms_max"] >= 0.75 * status["headroom_ms"]
+
+
 def _json_safe(value: Any) -> Any:
     return value.to_dict() if isinstance(value, StreamParams) else value
 

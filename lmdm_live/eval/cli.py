@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..model.precision import DTYPES
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     ev = subparsers.add_parser("eval", help="judge models: prompt and tempo adherence, drift over a stream")
@@ -56,9 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--cfg", type=float, default=None, help="default: the model's own")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", default="cpu")
-    m.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="the DiT's (as played)"
-    )
+    m.add_argument("--dtype", choices=DTYPES, default="float32", help="the DiT's (as played)")
     m.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
     m.set_defaults(eval_run=cmd_model)
     return ev

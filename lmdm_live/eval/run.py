@@ -403,19 +403,6 @@ def _clean(v):
 # --- the whole evaluation -------------------------------------------------------------------------------
 
 
-def load_model(ref: str, device: str = "cpu", dtype: str = "float32"):
-    """A preset name or an LMDM checkpoint path (with the window it was saved with); `dtype` is the DiT's
-    (the autoencoder stays float32), so a model is judged as it is played."""
-    import torch
-
-    from ..model.bundle import PRESETS, LMDMModel
-
-    dt = getattr(torch, dtype)
-    if ref in PRESETS:
-        return LMDMModel.preset(ref).to(device, dt)
-    return LMDMModel.load(ref, device=device, dtype=dt)
-
-
 def evaluate(
     model_ref: str,
     classifier_dir: str | Path,
@@ -447,9 +434,13 @@ def evaluate(
         runs.append((compare, compare_label or Path(compare).stem))
     if len(runs) == 2 and runs[0][1] == runs[1][1]:
         runs = [(runs[0][0], runs[0][1] + " (1)"), (runs[1][0], runs[1][1] + " (2)")]
+    from ..bench import load_model
+    from ..model.precision import resolve_dtype
+
     results = []
     for ref, name in runs:
-        model = load_model(ref, device, dtype)
+        # a preset or a file in the window it was saved with; `dtype` is the DiT's, so it is judged as played
+        model = load_model(ref, None, device, resolve_dtype(dtype, device))
         text = model.text_encoder(t5)
         res = evaluate_model(model, text, clf, prompts, real, cfg, progress(name) if progress else None)
         results.append({"label": name, "ref": str(ref), **res})
