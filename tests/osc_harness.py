@@ -32,25 +32,28 @@ def free_udp_port() -> int:
 
 
 class OSCServerThread:
-    """An OSCControl serving `inst` from an asyncio loop on a thread of its own, on a free port (`ctl.port`)."""
+    """An OSCControl serving `inst` from an asyncio loop on a thread of its own (the app runs it beside the
+    REPL), on a free port (`port`); `kw` go to OSCControl."""
 
-    def __init__(self, inst: Instrument) -> None:
+    def __init__(self, inst: Instrument, **kw) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="osc-test-loop", daemon=True)
         self.thread.start()
-        self.ctl = OSCControl(inst, "127.0.0.1", 0)
-        self._on_loop(self.ctl.start())
+        self.ctl = OSCControl(inst, port=0, **kw)
+        self.run(self.ctl.start())
+        self.port = self.ctl.port
 
-    def _on_loop(self, coro) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+    def run(self, coro, timeout: float = 10.0):
+        """Run `coro` on the loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    async def _close_ctl(self) -> None:
+    async def _shutdown(self) -> None:
         self.ctl.close()  # its transport belongs to the loop
 
     def close(self) -> None:
-        self._on_loop(self._close_ctl())
+        self.run(self._shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.thread.join(10)
         self.loop.close()
 
 

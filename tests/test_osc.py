@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from osc_harness import OSCServerThread
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.parsing import ntp, osc_types
@@ -72,18 +73,13 @@ def bundle(when: float | None, *elements: bytes) -> bytes:
     return b"#bundle\x00" + tag + b"".join(struct.pack(">i", len(e)) + e for e in elements)
 
 
-class Server:
-    """An OSCControl on an asyncio loop of its own thread (the loop calls the Instrument, as in the app), with
-    a coroutine ticking every 10 ms that records the longest gap it saw, and a bare thread that does the same
-    beside it: a stall both saw is the machine's, one only the loop saw is the server's."""
+class Server(OSCServerThread):
+    """The OSC server as the app runs it (`OSCServerThread`), with a coroutine on its loop ticking every 10 ms
+    that records the longest gap it saw, and a bare thread that does the same beside it: a stall both saw is
+    the machine's, one only the loop saw is the server's."""
 
     def __init__(self, inst, **kw) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="osc-test-loop", daemon=True)
-        self.thread.start()
-        self.osc = OSCControl(inst, port=0, **kw)
-        self.run(self.osc.start())
-        self.port = self.osc.port
+        super().__init__(inst, **kw)
         self.max_gap = self.bare_gap = 0.0
         self.ticker = self.run(self._spawn(self._tick()))
         self._bare_stop = threading.Event()
@@ -119,7 +115,7 @@ class Server:
         return asyncio.get_running_loop().create_task(coro)
 
     async def _shutdown(self) -> None:
-        self.osc.close()
+        await super()._shutdown()
         self.ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.ticker
@@ -136,20 +132,14 @@ class Server:
         """(received, applied, errors), read on the loop between packets (a reply leaves before its count)."""
 
         async def read() -> tuple[int, int, int]:
-            return self.osc.received, self.osc.applied, self.osc.errors
+            return self.ctl.received, self.ctl.applied, self.ctl.errors
 
         return self.run(read())
-
-    def run(self, coro, timeout: float = 10.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
         self._bare_stop.set()
         self._bare.join(5)
-        self.run(self._shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        super().close()
 
 
 class Client:
@@ -203,7 +193,7 @@ class Rig:
 
     @property
     def osc(self) -> OSCControl:
-        return self.server.osc
+        return self.server.ctl
 
     def watch(self, until: float) -> None:
         """Sleep until time.monotonic() `until`, learning when frame 0 played from how far playback got: at
@@ -645,7 +635,7 @@ def test_clients_outside_the_allow_list_change_nothing(model, tmp_path, caplog):
     # beyond loopback only when asked (with a warning), and loopback on the list: the same messages play
     with caplog.at_level(logging.WARNING, logger="lmdm_live.control.osc"):
         server = Server(r.inst, host="0.0.0.0", allow=["127.0.0.0/8"])
-    assert server.osc.address[0] == "0.0.0.0" and "beyond loopback" in caplog.text
+    assert server.ctl.address[0] == "0.0.0.0" and "beyond loopback" in caplog.text
     client = Client(server.port)
     try:
         client.send("/lmdm/cfg", 3.0)
