@@ -19,7 +19,6 @@ import torch
 
 from .model.bundle import PRESETS, LMDMModel
 from .model.lmdm import LMDM, Conditioning, LMDMConfig, query_tokens_per_block
-from .model.oobleck import StreamingDecoder
 from .model.samplers import SamplerSettings
 
 MODES = ("uncached", "encdec", "causal")
@@ -110,9 +109,9 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def _decode_ms(model: LMDMModel, block: int, n: int, warmup: int) -> float:
-    dec = StreamingDecoder(model.vae.decoder)
-    p = next(model.vae.parameters())
-    lat = torch.randn(1, model.vae.cfg.latent_dim, block).to(p.device, p.dtype)
+    dec = model.codec.streaming_decoder()
+    p = next(model.net.parameters())
+    lat = torch.randn(1, model.codec.dim, block).to(p.device)
     times = []
     for b in range(warmup + n):
         _sync(p.device)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .extras import accomp_channels, sketch_channels
+from .model.codec import Codec
 from .sketch import Controls, SketchConfig, SketchTracker
 
 MODES = ("sketch", "jam", "delay")
@@ -202,11 +203,9 @@ class _LatentCache:
     """VAE latents of input frames, encoded with `margin` frames of context each side; frames that had
     less right context than that are encoded again when more input has come."""
 
-    def __init__(self, vae: Any, margin: int) -> None:
-        self.vae, self.margin = vae, margin
-        p = next(vae.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.io = int(vae.cfg.latent_dim)
+    def __init__(self, codec: Codec, margin: int) -> None:
+        self.codec, self.margin = codec, margin
+        self.io = int(codec.dim)
         self.start = 0
         self.lat = torch.zeros(self.io, 0)
         self.final = None  # frames before this are final
@@ -226,7 +225,7 @@ class _LatentCache:
             right = min(feed.end // hop, hi + m)
             x = torch.from_numpy(feed.samples((a - m) * hop, right * hop))[None, None]
             with torch.no_grad():
-                z = self.vae.encode(x.to(self.device, self.dtype))[0, :, m:].float().cpu()
+                z = self.codec.encode(x)[0, :, m:].float().cpu()
             self.lat = torch.cat([self.lat[:, : a - self.start], z], dim=1)
             self.final = max(a, right - m)
         keep = lo - self.start  # frames before lo are not asked for again
@@ -235,17 +234,6 @@ class _LatentCache:
         out[:, lo - j0 : hi - j0] = self.lat[:, : hi - lo]
         valid[lo - j0 : hi - j0] = True
         return out, valid
-
-
-def encoder_margin(vae: Any) -> int:
-    """Frames of context each side the VAE encoder's output depends on (its receptive field, bounded)."""
-    reach, jump = 0, 1
-    for mod in vae.encoder.modules():
-        k, d, s = getattr(mod, "kernel_size", None), getattr(mod, "dilation", 1), getattr(mod, "stride", 1)
-        if isinstance(k, int) and hasattr(mod, "padding"):
-            reach += (k - 1) * d * jump // 2
-            jump *= s
-    return max(1, -(-reach // jump))
 
 
 class LiveInput:
@@ -260,7 +248,7 @@ class LiveInput:
         self.T, self.C = model.lmdm.block_frames, model.lmdm.context_frames
         self.N = self.T * self.hop
         self.layout = model.layout
-        self.margin = encoder_margin(model.vae)
+        self.margin = model.codec.encoder_margin
         self.plan = LivePlan()
         self.on_error = on_error or (lambda msg: None)
         self.trace: collections.deque[dict] = collections.deque(maxlen=512)  # per block: frames used
@@ -362,7 +350,7 @@ class LiveInput:
 
     def _cache(self, feed: Feed) -> _LatentCache:
         if not isinstance(feed.mode_state, _LatentCache):
-            feed.mode_state = _LatentCache(self.model.vae, self.margin)
+            feed.mode_state = _LatentCache(self.model.codec, self.margin)
         return feed.mode_state
 
     # generative delay: the input `blocks` blocks ago is the context

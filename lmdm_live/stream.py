@@ -17,7 +17,6 @@ from .extras import tempo_grid
 from .model.bundle import LMDMModel
 from .model.conditioners import TextEncoder
 from .model.lmdm import LMDM, BlockState, Conditioning
-from .model.oobleck import StreamingDecoder
 from .model.samplers import SamplerSettings
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -114,7 +113,7 @@ class LMDMStream:
     ) -> None:
         self.model, self.text, self.seed = model, text, int(seed)
         self.lmdm = LMDM(model.dit, model.lmdm)
-        self.decoder = StreamingDecoder(model.vae.decoder) if decode else None
+        self.decoder = model.codec.streaming_decoder() if decode else None
         self.schedule: dict[int, StreamParams] = {}
         self.nonfinite_blocks = 0
         self._initial = params or StreamParams()
@@ -198,7 +197,7 @@ class LMDMStream:
         if self.decoder is None:
             raise RuntimeError("this stream was made with decode=False")
         lat = self.next_latents(extras, sketch=sketch, accomp=accomp)
-        audio = self.decoder.push(lat.to(next(self.decoder.decoder.parameters()).dtype))
+        audio = self.decoder.push(lat)
         return audio[0].float().cpu().numpy()
 
     def flush(self) -> np.ndarray:

@@ -31,13 +31,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.set_defaults(eval_run=cmd_classifier)
 
     k = esub.add_parser(
-        "codec", help="what an LMDM file's autoencoder keeps of the test split's pitch and tempo (a ceiling)"
+        "codec",
+        help="what a codec keeps of the test split's pitch, brightness and tempo, and of known melodies",
     )
-    k.add_argument("--model", type=Path, required=True, help="an LMDM file (its autoencoder is used)")
+    k.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="a codec file (`train codec`, the shipped one) or an LMDM file",
+    )
     k.add_argument("--data", type=Path, required=True, help="a training-data directory (with stems)")
     k.add_argument("--split", default="test")
     k.add_argument("--max-examples", type=int, default=None)
     k.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
+    k.add_argument("--no-melody", action="store_true", help="skip the melody check (GM leads from MIDI)")
+    k.add_argument("--no-speed", action="store_true", help="skip timing the streaming decoder")
     k.set_defaults(eval_run=cmd_codec)
 
     m = esub.add_parser("model", help="generate long streams and score them window by window")
@@ -129,7 +137,14 @@ def cmd_classifier(args) -> int:
 def cmd_codec(args) -> int:
     from .codec import codec_report
 
-    report = codec_report(args.model, args.data, args.split, args.max_examples)
+    report = codec_report(
+        args.model,
+        args.data,
+        args.split,
+        args.max_examples,
+        melody=not args.no_melody,
+        speed=not args.no_speed,
+    )
     text = json.dumps(report, indent=1)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -71,18 +71,25 @@ class CodecRoundTrip:
     """
 
     def __init__(self, model) -> None:
-        """`model`: an LMDM file's path, or an `LMDMModel` already loaded."""
+        """`model`: an LMDM or codec file's path, an `LMDMModel` already loaded, or a codec."""
         if isinstance(model, str | Path):
-            from ..model.bundle import LMDMModel
+            from ..model.codec import load_codec
 
-            model = LMDMModel.load(model)
-        self.vae, self.rate = model.vae, model.sample_rate
+            self.codec = load_codec(model)
+        else:
+            self.codec = model.codec if hasattr(model, "codec") else model
+        self.rate = self.codec.sample_rate
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         import torch
 
         x = resample(to_mono(audio), sample_rate, self.rate)
         with torch.no_grad():
-            y = self.vae.decode(self.vae.encode(torch.from_numpy(x)[None, None]))[0].mean(0).numpy()
+            y = (
+                self.codec.decode(self.codec.encode(torch.from_numpy(x)[None, None]))[0]
+                .float()
+                .mean(0)
+                .numpy()
+            )
         y = resample(y[: len(x)], self.rate, sample_rate)
         return np.pad(y, (0, max(0, len(audio) - len(y))))[: len(audio)]

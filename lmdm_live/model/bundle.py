@@ -23,26 +23,38 @@ from ..sao import (
     vae_config_from_sao,
 )
 from .checkpoint import load_checkpoint, save_checkpoint
+from .codec import Codec, MelCodec, MelCodecConfig, VAECodec, mel_codec_from_config
 from .conditioners import MiniLMTextEncoder, T5TextEncoder, TextEncoder
 from .dit import DiT, DiTConfig
 from .lmdm import LMDMConfig
 from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
 from .samplers import SamplerSettings
 
-PRESETS = ("tiny", "small", "saos-random")
+PRESETS = ("tiny", "small", "tiny-mel", "saos-random")
+CODEC_PREFIX = "codec."
 
 
 @dataclass
 class LMDMModel:
     net: SAODiT
     lmdm: LMDMConfig
-    vae: OobleckVAE
+    vae: OobleckVAE | None  # the Oobleck autoencoder, for models on one (else `mel_codec`)
     sample_rate: int
     text: dict  # {"type": "minilm"} or {"type": "t5", "max_length": 64, ...}
     seconds_total: float  # the seconds value the model conditions on (SAOS: length of the window)
     name: str = "model"
     extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.extras)
     sampler: dict = field(default_factory=dict)  # the sampler settings it plays best with (SamplerSettings)
+    mel_codec: MelCodec | None = None  # the log-mel codec, for models on one
+
+    @property
+    def codec(self) -> Codec:
+        """What the DiT's tokens are: `codec.encode(audio)`, `codec.decode(tokens)`, its streaming decoder."""
+        if self.mel_codec is not None:
+            return self.mel_codec
+        if self.vae is None:
+            raise ValueError(f"model {self.name!r} has no codec")
+        return VAECodec(self.vae, self.sample_rate)
 
     def sampler_settings(self, **overrides) -> SamplerSettings:
         """The model's own sampler defaults with `overrides` (those that are not None) on top."""
@@ -63,7 +75,7 @@ class LMDMModel:
 
     @property
     def hop(self) -> int:
-        return self.vae.cfg.hop
+        return self.codec.hop
 
     @property
     def block_seconds(self) -> float:
@@ -71,7 +83,7 @@ class LMDMModel:
 
     @property
     def audio_channels(self) -> int:
-        return self.vae.cfg.out_channels
+        return self.codec.channels
 
     def text_encoder(self, t5_path: str | Path | None = None) -> TextEncoder:
         """The text encoder this model was trained with. T5 weights are never fetched: give their directory."""
@@ -94,7 +106,9 @@ class LMDMModel:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> LMDMModel:
         self.net.to(device=device, dtype=dtype)
-        self.vae.to(device=device)
+        for codec in (self.vae, self.mel_codec):
+            if codec is not None:
+                codec.to(device=device)
         return self
 
     # --- files ------------------------------------------------------------------------------------------
@@ -117,14 +131,18 @@ class LMDMModel:
             "audio_channels": self.audio_channels,
             "self_attention": "fused",
             "lmdm": asdict(self.lmdm),
-            "vae": self.vae.cfg.to_dict(),
+            **({"vae": self.vae.cfg.to_dict()} if self.vae is not None else {}),
+            **({"codec": self.mel_codec.config()} if self.mel_codec is not None else {}),
             "extras": dict(self.extras),
             "sampler": dict(self.sampler),
         }
 
     def state_dict(self) -> dict[str, Tensor]:
         sd = self.net.sao_state_dict()
-        sd.update({VAE_PREFIX + k: v for k, v in self.vae.state_dict().items()})
+        if self.vae is not None:
+            sd.update({VAE_PREFIX + k: v for k, v in self.vae.state_dict().items()})
+        if self.mel_codec is not None:
+            sd.update({CODEC_PREFIX + k: v for k, v in self.mel_codec.state_dict().items()})
         return sd
 
     def save(self, path: str | Path) -> None:
@@ -147,9 +165,16 @@ class LMDMModel:
             raise ValueError(
                 f"{path.name} is not an LMDM checkpoint (convert SAOS with `lmdm-live convert sao`)"
             )
+        mel = None
+        if "codec" in config:
+            codec_sd = {k[len(CODEC_PREFIX) :]: v for k, v in sd.items() if k.startswith(CODEC_PREFIX)}
+            sd = {k: v for k, v in sd.items() if not k.startswith(CODEC_PREFIX)}
+            mel = mel_codec_from_config(config["codec"], codec_sd)
         net = SAODiT.from_sao_config(config)
         net.load_sao_state_dict(normalise_sao_keys(sd))
-        if "vae" in config:
+        if mel is not None:
+            vae = None
+        elif "vae" in config:
             vae = OobleckVAE(OobleckConfig.from_dict(config["vae"]))
             sub = {k: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
             load_oobleck_state_dict(vae, sub, strict=True, prefix=VAE_PREFIX)
@@ -160,13 +185,14 @@ class LMDMModel:
         model = cls(
             net.eval().requires_grad_(False),
             window,
-            vae.eval().requires_grad_(False),
+            None if vae is None else vae.eval().requires_grad_(False),
             int(config["sample_rate"]),
             dict(config.get("text", {})),
             secs,
             config.get("name", path.stem),
             dict(config.get("extras", {})),
             dict(config.get("sampler", {})),
+            mel,
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (
@@ -183,12 +209,27 @@ class LMDMModel:
         """Randomly initialised models of fixed shapes, for benchmarks and tests (they make noise, not music).
 
         tiny (256x8) and small (512x12): DiTs over MiniLM text with a small mono VAE, for two CPU cores.
+        tiny-mel: the tiny DiT over the 44.1 kHz log-mel codec (512-wide tokens, 21.5 per second).
         saos-random: Stable Audio Open Small's exact shapes (DiT 1024x16, T5 768-d tokens, stereo VAE).
         """
         lmdm = lmdm or LMDMConfig()
         g = torch.Generator().manual_seed(seed)
         minilm = {"tiny": (256, 8, 4), "small": (512, 12, 8)}  # width, depth, heads over MiniLM's 384-d text
-        if name in minilm:
+        mel = None
+        if name == "tiny-mel":
+            mel = MelCodec(MelCodecConfig()).eval()
+            io = mel.dim
+            dit_cfg = DiTConfig(
+                io_channels=io,
+                embed_dim=256,
+                depth=8,
+                num_heads=4,
+                cond_token_dim=384,
+                global_cond_dim=384,
+                input_add_dim=1 + io + ExtrasLayout.from_config(extras, io).channels,
+            )
+            vae_cfg, sr, text = None, mel.sample_rate, {"type": "minilm", "max_length": 64}
+        elif name in minilm:
             width, depth, heads = minilm[name]
             dit_cfg = DiTConfig(
                 io_channels=64,
@@ -213,17 +254,19 @@ class LMDMModel:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
             net = SAODiT(dit_cfg, seconds_dim=dit_cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
             _randomise(net.dit)
-            vae = OobleckVAE(vae_cfg)
-        secs = (lmdm.context_frames + lmdm.block_frames) * vae_cfg.hop / sr
+            vae = OobleckVAE(vae_cfg) if vae_cfg is not None else None
+        hop = mel.hop if mel is not None else vae_cfg.hop
+        secs = (lmdm.context_frames + lmdm.block_frames) * hop / sr
         return cls(
             net.eval().requires_grad_(False),
             lmdm,
-            vae.eval().requires_grad_(False),
+            None if vae is None else vae.eval().requires_grad_(False),
             sr,
             text,
             secs,
             name,
-            ExtrasLayout.from_config(extras, 64).to_dict() if extras else {},
+            ExtrasLayout.from_config(extras, dit_cfg.io_channels).to_dict() if extras else {},
+            mel_codec=mel,
         )
 
 

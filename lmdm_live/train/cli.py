@@ -26,6 +26,12 @@ def add_parser(sub) -> None:
     d.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument(
+        "--kind",
+        choices=("styles", "solo"),
+        default="styles",
+        help="styles: the style cycle, mix + stems; solo: melodies on every GM lead family across its range",
+    )
+    d.add_argument(
         "--split", choices=("train", "valid", "test"), help="put newly rendered examples in this split"
     )
 
@@ -63,6 +69,33 @@ def add_parser(sub) -> None:
     dec.add_argument("--lr", type=float, default=2e-4)
     dec.add_argument("--save-every", type=int, default=100)
     dec.add_argument("--seed", type=int, default=0)
+
+    codec = tsub.add_parser(
+        "codec",
+        help="train a neural inverse of the log-mel codec: a Vocos-style vocoder, or a learned mel autoencoder",
+    )
+    codec.add_argument("--kind", choices=("vocoder", "ae"), default="vocoder")
+    codec.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="44.1 kHz datasets from `train data` (train split)",
+    )
+    codec.add_argument("--out", type=Path, required=True, help="run directory (resumed when it exists)")
+    codec.add_argument(
+        "--minutes", type=float, default=25.0, help="train until this much training time in all"
+    )
+    codec.add_argument("--batch", type=int, default=8)
+    codec.add_argument("--lr", type=float, default=3e-4)
+    codec.add_argument("--dim", type=int, default=256, help="backbone width")
+    codec.add_argument("--depth", type=int, default=8, help="ConvNeXt blocks")
+    codec.add_argument("--latent-dim", type=int, default=64, help="the autoencoder's values per token")
+    codec.add_argument(
+        "--adv-start", type=float, default=0.3, help="share of the budget before the adversarial stage"
+    )
+    codec.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    codec.add_argument("--seed", type=int, default=0)
 
     lat = tsub.add_parser(
         "latents", help="encode a dataset with a trained autoencoder (+ text tokens, controls)"
@@ -127,6 +160,7 @@ def run(args) -> int:
     return {
         "data": _data,
         "ae": _ae,
+        "codec": _codec,
         "decoder": _decoder,
         "latents": _latents,
         "stage1": _stage1,
@@ -137,7 +171,9 @@ def run(args) -> int:
 def _data(args) -> int:
     from .dataset import RenderConfig, add_sketch_controls, import_folder, render_dataset
 
-    cfg = RenderConfig(args.sample_rate, args.hop, args.seconds, args.seed, soundfont=args.soundfont)
+    cfg = RenderConfig(
+        args.sample_rate, args.hop, args.seconds, args.seed, soundfont=args.soundfont, kind=args.kind
+    )
     with _bar("render" if args.from_folder is None else "import") as bar:
         task = bar.add_task("", total=None, info="")
 
@@ -211,6 +247,55 @@ def _fit_ae(args, trainer, clips, held, also_save=None) -> int:
                 bar.console.print(
                     f"step {trainer.step}: held-out STFT {ev['stft_distance']:.3f}, SI-SDR {ev['si_sdr_db']:.2f} dB"
                 )
+    return 0
+
+
+def _codec(args) -> int:
+    from ..model.mel import MelConfig
+    from ..model.vocoder import VocoderConfig
+    from .codec import AudioCrops, CodecTrainConfig, CodecTrainer, held_out, resume_codec_run
+
+    cfg = CodecTrainConfig(
+        kind=args.kind,
+        minutes=args.minutes,
+        batch=args.batch,
+        lr=args.lr,
+        adv_start=args.adv_start,
+        save_every_s=args.save_every,
+        seed=args.seed,
+    )
+    crops = AudioCrops(args.data)
+    held = held_out(AudioCrops(args.data, "valid"), 8, cfg.crop_frames * MelConfig().hop)
+    if (args.out / "state.json").is_file():
+        trainer = resume_codec_run(args.out, cfg)
+        print(
+            f"resuming {args.out} at step {trainer.step} ({trainer.trained_s / 60:.1f} of {args.minutes} min)"
+        )
+    else:
+        vcfg = VocoderConfig(
+            dim=args.dim, depth=args.depth, latent_dim=args.latent_dim if args.kind == "ae" else 0
+        )
+        trainer = CodecTrainer(cfg, vcfg, MelConfig())
+    print(
+        f"{args.kind}: {sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f} M parameters, "
+        f"{len(crops.files)} training files ({crops.seconds / 3600:.1f} h)",
+        flush=True,
+    )
+    interactive = sys.stdout.isatty()
+    with _bar(f"codec {args.kind}") as bar:
+        task = bar.add_task("", total=int(cfg.minutes * 60), completed=int(trainer.trained_s), info="")
+
+        def tick(stats: dict) -> None:
+            info = f"step {stats['step']} mel {stats['mel']:.3f} peak {stats['peak']:.3f}" + (
+                f" adv {stats['adv']:.3f}" if "adv" in stats else ""
+            )
+            bar.update(task, completed=int(stats["trained_s"]), info=info)
+            if not interactive and stats["step"] % 25 == 0:
+                print(f"{stats['trained_s'] / 60:6.1f} min  {info}", flush=True)
+
+        trainer.fit(crops, held, args.out, tick)
+    last = trainer.history[-1]
+    print(f"{args.out}: step {trainer.step}, held-out mel L1 {last['mel']:.3f}, peak {last['peak']:.3f}")
     return 0
 
 

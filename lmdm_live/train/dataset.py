@@ -25,11 +25,13 @@ import soundfile as sf
 from ..eval.labels import tempo_bucket
 from ..model.checkpoint import write_json_atomic
 from .music import PROCEDURAL_STYLES, SCORE_STYLES, Piece, caption, procedural_piece, score_paths, score_piece
+from .solo import SOLO_FAMILY_ORDER, solo_piece, solo_piece_caption
 from .synth import StemSynth, render_piece
 
 FORMAT = "lmdm-dataset"
 STYLES_ORDER = PROCEDURAL_STYLES + SCORE_STYLES
 SPLITS = ("train", "valid", "test")
+KINDS = ("styles", "solo")  # the style cycle (mix + stems), or solo melodies of each GM lead family
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
@@ -41,10 +43,18 @@ class RenderConfig:
     seed: int = 0
     target_rms_db: float = -20.0
     soundfont: str | None = None
+    kind: str = "styles"
 
     def __post_init__(self) -> None:
         if self.sample_rate < 8000 or self.hop < 1 or self.seconds <= 0:
             raise ValueError("sample_rate >= 8000, hop >= 1 and seconds > 0 are required")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    @property
+    def cycle(self) -> list[str]:
+        """What example i renders: entry i % len(cycle); a split holds whole cycles."""
+        return list(SOLO_FAMILY_ORDER if self.kind == "solo" else STYLES_ORDER)
 
 
 def split_of(i: int, cycle: int = 1) -> str:
@@ -97,8 +107,9 @@ def solo_caption(entry: dict) -> str:
 class DatasetWriter:
     """Writes examples and keeps index.json current, so an interrupted run resumes."""
 
-    def __init__(self, out: str | Path, sample_rate: int, hop: int) -> None:
+    def __init__(self, out: str | Path, sample_rate: int, hop: int, kind: str = "styles") -> None:
         self.out = Path(out)
+        self.kind = kind
         for sub in ("audio", "stems", "controls"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
         self.sample_rate, self.hop = sample_rate, hop
@@ -113,6 +124,8 @@ class DatasetWriter:
                     f"{self.out} holds {index['sample_rate']} Hz / hop {index['hop']} data; "
                     f"asked for {sample_rate} Hz / hop {hop}"
                 )
+            if index.get("kind", "styles") != kind:
+                raise ValueError(f"{self.out} holds {index.get('kind', 'styles')} renders; asked for {kind}")
             self.examples = {e["id"]: e for e in index["examples"]}
 
     def has(self, ex_id: str) -> bool:
@@ -145,6 +158,7 @@ class DatasetWriter:
             "version": 1,
             "sample_rate": self.sample_rate,
             "hop": self.hop,
+            "kind": self.kind,
             "examples": [self.examples[k] for k in sorted(self.examples)],
         }
         write_json_atomic(self.index_path, index, indent=1)
@@ -153,6 +167,8 @@ class DatasetWriter:
 def piece_for(i: int, cfg: RenderConfig, scores: dict[str, list[str]]) -> Piece:
     """Example i: styles in turn, each piece seeded from (seed, i)."""
     rng = random.Random(cfg.seed * 1_000_003 + i)
+    if cfg.kind == "solo":
+        return solo_piece(SOLO_FAMILY_ORDER[i % len(SOLO_FAMILY_ORDER)], rng, cfg.seconds)
     style = STYLES_ORDER[i % len(STYLES_ORDER)]
     if style in SCORE_STYLES:
         for _ in range(20):
@@ -181,8 +197,8 @@ def render_example(
     entry = {
         "id": f"{i:06d}",
         "seconds": len(mix) / cfg.sample_rate,
-        "split": split or split_of(i, len(STYLES_ORDER)),
-        "caption": caption(piece),
+        "split": split or split_of(i, len(cfg.cycle)),
+        "caption": solo_piece_caption(piece) if cfg.kind == "solo" else caption(piece),
         "labels": {
             "style": piece.style,
             "families": piece.families,
@@ -211,10 +227,10 @@ def render_dataset(
     generator's training set was encoded."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    writer = DatasetWriter(out, cfg.sample_rate, cfg.hop)
+    writer = DatasetWriter(out, cfg.sample_rate, cfg.hop, cfg.kind)
     total = max(1, int(np.ceil(hours * 3600 / cfg.seconds)))
     synth = StemSynth(cfg.sample_rate, cfg.soundfont)
-    scores = {s: score_paths(s) for s in SCORE_STYLES}
+    scores = {s: score_paths(s) for s in SCORE_STYLES} if cfg.kind == "styles" else {}
     try:
         for i in range(total):
             if not writer.has(f"{i:06d}"):

@@ -48,6 +48,23 @@ PROGRAMS: dict[int, tuple[str, str]] = {
     89: ("synth_pad", "warm pad"),
     91: ("synth_pad", "choir pad"),
     95: ("synth_pad", "sweep pad"),
+    # the solo melodies' further lead sounds (train/solo.py)
+    72: ("pipe", "piccolo"),
+    74: ("pipe", "recorder"),
+    75: ("pipe", "pan flute"),
+    41: ("strings", "viola"),
+    43: ("strings", "contrabass"),
+    57: ("brass", "trombone"),
+    58: ("brass", "tuba"),
+    60: ("brass", "french horn"),
+    64: ("reed", "soprano sax"),
+    66: ("reed", "tenor sax"),
+    70: ("reed", "bassoon"),
+    1: ("piano", "bright piano"),
+    21: ("organ", "accordion"),
+    82: ("synth_lead", "calliope lead"),
+    84: ("synth_lead", "charang lead"),
+    87: ("synth_lead", "bass and lead"),
 }
 
 # GM drum keys
