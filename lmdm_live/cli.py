@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the cost of a block in each mode")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--model", default="tiny", help="tiny | small | saos-random | PATH")
+    bench.add_argument("--model", default="tiny", help="tiny | small | tiny-mel | saos-random | PATH")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     bench.add_argument("--context", type=int, default=192)

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from lmdm_live.eval.codec import join_click_ratio, mel_distance, rolloff_hz
@@ -175,3 +176,32 @@ def test_melody_check_of_every_lead_family_through_the_shipped_codec():
     report = melody_check(lambda a, sr: round_trip(codec, a), SR)
     assert len(report["leads"]) == len(LEADS) >= 5
     assert report["kept"] >= 0.85, report
+
+
+def test_latents_on_the_mel_codec_are_normalised_and_a_new_lmdm_plays_them(tmp_path):
+    """`train latents` with the codec file: tokens centred and unit-variance, the codec written beside them
+    decodes them to what the shipped codec decodes the raw tokens to, and `build_model` makes an LMDM over
+    it that streams 44.1 kHz audio."""
+    from lmdm_live.model.lmdm import LMDMConfig
+    from lmdm_live.stream import LMDMStream, StreamParams
+    from lmdm_live.train.dataset import RenderConfig, add_sketch_controls, render_dataset
+    from lmdm_live.train.latents import encode_dataset
+    from lmdm_live.train.runs import build_model
+
+    data = tmp_path / "solo"
+    render_dataset(data, 3 * 4.0 / 3600, RenderConfig(sample_rate=SR, hop=2048, seconds=4.0, kind="solo"))
+    add_sketch_controls(data)
+    out_codec = tmp_path / "lat.codec.safetensors"
+    ls = encode_dataset(data, SHIPPED_CODEC, ("train",), out_vae=out_codec)
+    flat = torch.cat([z.flatten() for z in ls.latents])
+    assert abs(float(flat.mean())) < 1e-3 and abs(float(flat.std()) - 1) < 1e-3
+    shipped, scaled = load_codec(SHIPPED_CODEC), load_codec(out_codec)
+    audio = torch.from_numpy(sf.read(data / "audio" / "000000.wav", dtype="float32")[0])[None, None]
+    raw = shipped.encode(audio)
+    assert torch.allclose(ls.latents[0], scaled.encode(audio)[0], atol=1e-3)
+    assert torch.allclose(shipped.magnitude(raw), scaled.magnitude(ls.latents[0][None]), rtol=1e-3, atol=1e-6)
+    model = build_model("tiny", out_codec, LMDMConfig(mode="causal", context_frames=32, block_frames=8))
+    assert model.codec.dim == 512 and model.sample_rate == SR and model.dit.cfg.io_channels == 512
+    stream = LMDMStream(model, model.text_encoder(), seed=0, params=StreamParams.of("a solo flute melody"))
+    first = stream.next_block()
+    assert first.shape == (1, 8 * 2048 - stream.latency_samples) and np.isfinite(first).all()

@@ -12,7 +12,7 @@ lmdm_live.codec`); an LMDM file carries its codec inside.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -118,7 +118,7 @@ class MelCodecConfig:
     mel: MelConfig = field(default_factory=MelConfig)
     inverse: str = "griffinlim"
     griffinlim: GriffinLimConfig = field(default_factory=GriffinLimConfig)
-    nnls_iters: int = 12
+    nnls_iters: int = 16
     vocoder: VocoderConfig | None = None  # the trained network of the vocoder and autoencoder inverses
 
     def __post_init__(self) -> None:
@@ -139,7 +139,7 @@ class MelCodecConfig:
             mel=MelConfig.from_dict(d["mel"]),
             inverse=d.get("inverse", "griffinlim"),
             griffinlim=GriffinLimConfig(**d.get("griffinlim", {})),
-            nnls_iters=int(d.get("nnls_iters", 12)),
+            nnls_iters=int(d.get("nnls_iters", 16)),
             vocoder=VocoderConfig.from_dict(d["vocoder"]) if d.get("vocoder") else None,
         )
 
@@ -226,6 +226,18 @@ class MelCodec(nn.Module):
     def streaming_decoder(self) -> StreamDecoder:
         return _GriffinLimStream(self) if self.net is None else _VocoderStream(self)
 
+    def normalised(self, mean: float, std: float) -> MelCodec:
+        """The same codec with tokens (tokens - mean) / std: folded into the log-mel's shift and scale, so
+        the DiT sees zero-mean, unit-variance tokens and decoding is unchanged."""
+        if self.cfg.inverse == "autoencoder":
+            raise ValueError("an autoencoder's latents cannot be renormalised by the mel's shift and scale")
+        mel = replace(
+            self.cfg.mel, shift=self.cfg.mel.shift + mean * self.cfg.mel.scale, scale=self.cfg.mel.scale * std
+        )
+        out = MelCodec(replace(self.cfg, mel=mel))
+        out.load_state_dict(self.state_dict(), strict=True)
+        return out.eval().requires_grad_(False)
+
     def config(self) -> dict:
         return {"format": CODEC_FORMAT, "type": "mel", **self.cfg.to_dict()}
 
@@ -238,6 +250,12 @@ def mel_codec_from_config(config: dict, state_dict: dict[str, Tensor] | None = N
     if state_dict is not None:
         codec.load_state_dict(state_dict, strict=True)
     return codec.eval().requires_grad_(False)
+
+
+def is_codec_file(path: str | Path) -> bool:
+    from .checkpoint import load_checkpoint_config
+
+    return load_checkpoint_config(path).get("format") == CODEC_FORMAT
 
 
 def load_codec(path: str | Path) -> Codec:

@@ -20,7 +20,7 @@ from .mel import hann, overlap_add, phase_advance, window_sum
 class GriffinLimConfig:
     n_fft: int = 2048
     hop: int = 512
-    iters: int = 16
+    iters: int = 32
     momentum: float = 0.99  # fast Griffin-Lim (Perraudin et al.); 0 is the classic algorithm
 
 

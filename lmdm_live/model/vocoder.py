@@ -167,7 +167,8 @@ class StreamingVocoder:
         # a buffer that starts mid-stream gets its first outputs wrong (no left context): those are never
         # taken, since it holds more context than the receptive field
         frames = self.net.frames(buf)
-        ready = self.frames_in * self.step - self.net.cfg.lookahead  # frames whose lookahead has arrived
+        # frames whose lookahead has arrived (none yet while the stream is shorter than the lookahead)
+        ready = max(self.frames_in * self.step - self.net.cfg.lookahead, self.frames_out)
         new = frames[..., self.frames_out - first_out : ready - first_out]
         self.inputs = buf[..., -self.ctx_in :]
         return self._synth(new)

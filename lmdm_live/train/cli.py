@@ -101,14 +101,23 @@ def add_parser(sub) -> None:
         "latents", help="encode a dataset with a trained autoencoder (+ text tokens, controls)"
     )
     lat.add_argument("--data", type=Path, required=True)
-    lat.add_argument("--vae", type=Path, required=True, help="vae.safetensors from `train ae`")
+    lat.add_argument(
+        "--vae",
+        type=Path,
+        required=True,
+        help="vae.safetensors from `train ae`, an LMDM file, or a codec file (lmdm_live/assets/codec.safetensors)",
+    )
     lat.add_argument("--out", type=Path, required=True, help="latent set file (.safetensors)")
     lat.add_argument("--split", default="train", help="which split(s) to encode, comma-separated")
 
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
     s1.add_argument("--data", type=Path, required=True, help="a latent set (.safetensors)")
     s1.add_argument("--model", default="tiny", help="preset or LMDM checkpoint to start from")
-    s1.add_argument("--vae", type=Path, help="the autoencoder the latents came from (replaces the preset's)")
+    s1.add_argument(
+        "--vae",
+        type=Path,
+        help="the autoencoder or codec file written beside the latents (replaces the preset's)",
+    )
     s1.add_argument("--mode", choices=("encdec", "causal"), default="encdec")
     s1.add_argument("--context", type=int, default=192)
     s1.add_argument("--block", type=int, default=48)
@@ -345,7 +354,7 @@ def _latents(args) -> int:
         )
     ls.save(args.out)
     frames = sum(x.shape[-1] for x in ls.latents)
-    print(f"{args.out}: {len(ls.latents)} clips, {frames} frames; the VAE to build on: {vae_out}")
+    print(f"{args.out}: {len(ls.latents)} clips, {frames} frames; the codec to build on: {vae_out}")
     return 0
 
 

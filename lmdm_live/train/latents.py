@@ -3,7 +3,9 @@ and of the lead alone, for sketching a melody), MiniLM tokens of the captions, a
 `LatentSet` file.
 
 The latents are rescaled to unit variance over the set; the VAE written beside the set
-(`<out>.vae.safetensors`) has that scale folded in, so it decodes what the LMDM generates.
+(`<out>.vae.safetensors`) has that scale folded in, so it decodes what the LMDM generates. With a codec
+file (the log-mel codec) the tokens are also centred, and the codec written beside the set has mean and
+scale folded into its log-mel's shift and scale.
 """
 
 from __future__ import annotations
@@ -45,11 +47,20 @@ def encode_dataset(
     progress: Callable[[int, int], None] | None = None,
     out_vae: str | Path | None = None,
 ) -> LatentSet:
+    from ..model.codec import is_codec_file, load_codec
+
     data = Path(data)
     index = load_index(data)
-    vae = load_vae(vae_path).eval()
-    if vae.cfg.hop != index["hop"]:
-        raise ValueError(f"the VAE's hop is {vae.cfg.hop}, the dataset was made for hop {index['hop']}")
+    codec = load_codec(vae_path) if is_codec_file(vae_path) else None
+    vae = None if codec is not None else load_vae(vae_path).eval()
+    hop = codec.hop if codec is not None else vae.cfg.hop
+    if hop != index["hop"]:
+        raise ValueError(f"the codec's hop is {hop}, the dataset was made for hop {index['hop']}")
+    if codec is not None and codec.sample_rate != index["sample_rate"]:
+        raise ValueError(
+            f"the codec runs at {codec.sample_rate} Hz, the dataset is at {index['sample_rate']} Hz"
+        )
+    encode = (lambda x: vae.encode(x)[0]) if vae is not None else (lambda x: codec.encode(x)[0])
     examples = [e for e in index["examples"] if e["split"] in splits]
     if not examples:
         raise ValueError(f"no {'/'.join(splits)} examples in {data}")
@@ -57,7 +68,7 @@ def encode_dataset(
     latents, controls, drums, rest, lead, captions = [], [], [], [], [], []
     for k, e in enumerate(examples):
         mix = _read(data / "audio" / f"{e['id']}.wav")
-        z = vae.encode(mix)[0]
+        z = encode(mix)
         n = z.shape[-1]
         with np.load(data / "controls" / f"{e['id']}.npz") as c:
             missing = [key for key in CONTROL_KEYS if key not in c]
@@ -69,32 +80,40 @@ def encode_dataset(
         d_path = data / "stems" / e["id"] / "drums.wav"
         if d_path.is_file():
             d = _read(d_path)
-            drums.append(vae.encode(d)[0])
-            rest.append(vae.encode(mix - d)[0])
+            drums.append(encode(d))
+            rest.append(encode(mix - d))
         else:
             drums.append(None)
             rest.append(None)
         l_path = data / "stems" / e["id"] / "lead.wav"
-        lead.append(vae.encode(_read(l_path))[0] if l_path.is_file() else None)
+        lead.append(encode(_read(l_path)) if l_path.is_file() else None)
         latents.append(z)
         captions.append(e["caption"])
         if progress:
             progress(k + 1, len(examples))
-    sigma = float(torch.cat([z.flatten() for z in latents]).std())
-    latents = [z / sigma for z in latents]
-    drums = [None if z is None else z / sigma for z in drums]
-    rest = [None if z is None else z / sigma for z in rest]
-    lead = [None if z is None else z / sigma for z in lead]
+    flat = torch.cat([z.flatten() for z in latents])
+    sigma = float(flat.std())
+    mu = float(flat.mean()) if codec is not None else 0.0  # the VAE's latents are centred already
+
+    def norm(z: torch.Tensor | None) -> torch.Tensor | None:
+        return None if z is None else (z - mu) / sigma
+
+    latents = [norm(z) for z in latents]
+    drums, rest, lead = [norm(z) for z in drums], [norm(z) for z in rest], [norm(z) for z in lead]
     tokens = _tokens(text, captions)
     has_lead = any(z is not None for z in lead)
     solo = _tokens(text, [solo_caption(e) for e in examples]) if has_lead else None
-    rescale_latents(vae, sigma)
-    if out_vae is not None:
-        save_checkpoint(
-            out_vae,
-            vae.state_dict(),
-            {"vae": vae.cfg.to_dict(), "latent_sigma": sigma, "sample_rate": index["sample_rate"]},
-        )
+    if codec is not None:
+        if out_vae is not None:
+            codec.normalised(mu, sigma).save(out_vae)
+    else:
+        rescale_latents(vae, sigma)
+        if out_vae is not None:
+            save_checkpoint(
+                out_vae,
+                vae.state_dict(),
+                {"vae": vae.cfg.to_dict(), "latent_sigma": sigma, "sample_rate": index["sample_rate"]},
+            )
     ls = LatentSet(latents, tokens, controls, drums, rest, lead if has_lead else None, solo)
     ls.sigma = sigma  # type: ignore[attr-defined]
     return ls

@@ -32,15 +32,20 @@ def build_model(
     extras: dict | None = None,
     seed: int = 0,
 ) -> LMDMModel:
-    """A fresh LMDM over a trained VAE: the DiT's io is the VAE's latent, its input_add carries the extras."""
+    """A fresh LMDM over a trained VAE or a codec file (the log-mel codec written by `train latents`): the
+    DiT's io is the codec's token width, its input_add carries the extras."""
     from ..model.checkpoint import load_checkpoint_config
+    from ..model.codec import is_codec_file, load_codec
 
     if shape not in DIT_SHAPES:
         raise ValueError(f"unknown DiT shape {shape!r}; known: {', '.join(DIT_SHAPES)}")
-    vae = load_vae(vae_path)
-    vae_config = load_checkpoint_config(vae_path)
-    sr = int(vae_config.get("sample_rate", 16000))
-    z = vae.cfg.latent_dim
+    if is_codec_file(vae_path):
+        vae, mel = None, load_codec(vae_path)
+        sr, z, hop = mel.sample_rate, mel.dim, mel.hop
+    else:
+        vae, mel = load_vae(vae_path), None
+        sr = int(load_checkpoint_config(vae_path).get("sample_rate", 16000))
+        z, hop = vae.cfg.latent_dim, vae.cfg.hop
     layout = ExtrasLayout.from_config(extras or {}, z)
     width, depth, heads = DIT_SHAPES[shape]
     cfg = DiTConfig(
@@ -54,19 +59,20 @@ def build_model(
     )
     torch.manual_seed(seed)
     net = SAODiT(cfg, seconds_dim=cfg.global_cond_dim, seconds_min=0.0, seconds_max=256.0)
-    secs = (window.context_frames + window.block_frames) * vae.cfg.hop / sr
+    secs = (window.context_frames + window.block_frames) * hop / sr
     # Euler: the ping-pong sampler re-noises from x0 estimates, which an undertrained model makes too smooth
     sampler = {"sampler": "euler", "steps": 8, "cfg": 3.0}
     return LMDMModel(
         net.eval(),
         window,
-        vae.eval().requires_grad_(False),
+        None if vae is None else vae.eval().requires_grad_(False),
         sr,
         dict(TEXT),
         secs,
         shape,
         layout.to_dict(),
         sampler,
+        mel,
     )
 
 
