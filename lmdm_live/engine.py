@@ -212,14 +212,18 @@ class Engine:
         """Drop every change not applied yet (hush)."""
         self._pending.clear()
 
-    def record(self, path: str | Path) -> None:
-        import soundfile as sf
+    def record(self, target: str | Path | int) -> None:
+        """Record what is played to a new WAV: a path (its folders are made), or a descriptor opened for
+        writing. Its header is kept true while it grows, so a killed process leaves a readable file."""
+        from .audio.wav import WavWriter
 
         with self._record_lock:
             if self._record is not None:
                 self._record.close()
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._record = sf.SoundFile(str(path), "w", self.out_rate, self.out_channels, subtype="FLOAT")
+                self._record = None
+            if not isinstance(target, int):
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self._record = WavWriter(target, self.out_rate, self.out_channels, subtype="FLOAT")
 
     def stop_recording(self) -> None:
         with self._record_lock:
