@@ -1,7 +1,8 @@
 """Giving freed memory back to the system while the instrument plays.
 
-Nothing in Python grows over a long set (a 5-minute soak at 200 changes a second counted the same live
-objects at the end as after the first minute), yet resident memory crept up some MB a minute: glibc keeps
+Nothing in Python grows over a long set (a 5-minute soak at 200 changes a second held no more live objects
+at the end than its bounded caches hold after the first minute), yet resident memory crept up a few MB a
+minute: glibc keeps
 the heap that torch frees for reuse, and the churn of a live set (a 1 MB conditioning made for each new
 prompt and dropped later, block activations, on several threads) leaves it fragmented, so the free part
 stays resident. After `malloc_trim(0)` it was flat. So the engine calls `trim()` every few seconds, while
