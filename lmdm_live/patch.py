@@ -54,6 +54,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -678,7 +679,8 @@ class PatchWatcher:
         self._candidate: Patch | None = None  # the newest good version seen while the file kept changing
         self._seen: tuple | None = None  # the file's (mtime, size, inode) at the last poll
         self._judged: tuple | None = None  # ... when its content was last read
-        self._polls = 0
+        self._changed_at: float | None = None  # when the file last changed, until it is judged
+        self._hashed_at = 0.0  # when its content was last read to judge it
         self._missing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -707,11 +709,11 @@ class PatchWatcher:
                 self.poll()
             except Exception as e:  # never let the watcher die silently
                 self._report(f"{self.path.name}: watcher error: {type(e).__name__}: {e}")
-            self._stop.wait(self.interval)
+            # while saves come, look five times an interval: each one is read before the next replaces it
+            self._stop.wait(self.interval / 5 if self._changed_at is not None else self.interval)
 
     def poll(self) -> bool:
         """One check; True when a new version was judged (applied or rejected)."""
-        self._polls += 1
         try:
             st = self.path.stat()
         except OSError:
@@ -719,16 +721,22 @@ class PatchWatcher:
                 self._missing = True
                 self._report(f"{self.path.name}: the file is gone; the running patch keeps playing")
             self._seen = None
+            self._changed_at = None
             return False
         self._missing = False
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        now = time.monotonic()
         if key != self._seen:  # changed since the last look: judge it once it has held still for an interval
-            self._seen = key
+            self._seen, self._changed_at = key, now
             self._remember_if_good(key)
             return False
-        rehash = self._polls % max(1, round(1.0 / self.interval)) == 0
+        if self._changed_at is not None and now - self._changed_at < self.interval * 0.99:
+            return False
+        self._changed_at = None
+        rehash = now - self._hashed_at >= 1.0
         if key == self._judged and not rehash:
             return False
+        self._hashed_at = now
         data = self._read(key)
         if data is None:
             return False
