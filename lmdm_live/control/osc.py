@@ -4,8 +4,9 @@ Instrument, on the same asyncio loop as the REPL.
 Why not python-osc's server: its dispatcher sleeps until each bundle's timetag, which stalls the loop (and
 the REPL) for every timestamped bundle Tidal or SuperCollider sends ahead of time, and its parser pads an
 argument that is cut short with zeros. Here a plain `asyncio.DatagramProtocol` decodes each packet whole,
-checking every length against the bytes that are there, keeps every bundle's timetag and hands it to the Instrument as an absolute `at=` (a `time.monotonic()` instant), so the engine
-applies the change at the block heard at that time; nothing ever waits.
+checking every length against the bytes that are there, keeps every bundle's timetag and hands it to the
+Instrument as an absolute `at=` (a `time.monotonic()` instant), so the engine applies the change at the
+block heard at that time; nothing ever waits.
 
 Every message has an effect or gets exactly one `/lmdm/error s:address s:reason` reply, and changes
 nothing then. A packet is decoded whole before anything in it is applied; one that cannot be decoded gets
