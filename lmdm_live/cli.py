@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from .model.precision import DTYPES
 from .train import cli as train_cli
 
 DEFAULT_OUT = Path("out/lmdm-live.wav")
+DEFAULT_RECORD_DIR = Path("recordings")
 
 
 def _prompt_arg(text: str) -> tuple[str, float]:
@@ -70,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="audio out (default: JACK if a server runs, else a sound card, else a WAV file)",
     )
-    play.add_argument("--out", type=Path, default=None, help="WAV file for the file backend")
+    play.add_argument(
+        "--out", type=Path, default=None, help="WAV file for the file backend (in a folder that exists)"
+    )
+    play.add_argument(
+        "--record-dir",
+        type=Path,
+        default=None,
+        help="where OSC /lmdm/record writes (default: the --out folder, else recordings/)",
+    )
     play.add_argument(
         "--audio-device", dest="audio_device", default=None, help="sounddevice output NAME|INDEX"
     )
@@ -168,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     sao.add_argument("--input-add-dim", type=int, default=None, help="default 1 + io_channels (65)")
     sao.add_argument("--no-vae", action="store_true", help="leave the autoencoder out")
     return ap
+
+
+def check_out(path: Path | None, flag: str = "--out") -> None:
+    """A WAV file the user named: a .wav name in a folder that exists (none is created), and not a device or
+    a folder. ValueError with one line otherwise."""
+    if path is None:
+        return
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{flag} {path} is not a regular file")
+    if path.suffix.lower() != ".wav":
+        raise ValueError(f"{flag} must name a .wav file (the instrument writes WAV), got {str(path)!r}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag}: folder {str(folder)!r} does not exist (create it first; none is created)")
+
+
+def check_seconds(seconds: float | None, flag: str = "--seconds") -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{flag} must be a number of seconds > 0, got {seconds:g}")
 
 
 # --- render scripts ---
@@ -271,8 +300,7 @@ def _render(args, prompts, changes, sampler, script: Path | None = None) -> dict
     wall = time.perf_counter() - t1
     audio = np.concatenate(parts, axis=1)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # its folder exists (check_out)
     sf.write(str(out), np.clip(audio.T, -1.0, 1.0), model.sample_rate, subtype="PCM_16")
     seconds = audio.shape[1] / model.sample_rate
     return {
@@ -297,6 +325,8 @@ def cmd_play(args) -> int:
     from .engine import underruns_from_load
     from .instrument import HEADROOM_PRESETS_MS, Instrument
 
+    check_out(args.out)
+    check_seconds(args.seconds)
     headroom = args.headroom if args.headroom in HEADROOM_PRESETS_MS else float(args.headroom)
     model = args.model
     if model is not None and (args.mode or args.context or args.block):
@@ -373,7 +403,12 @@ async def _session(inst, args) -> None:
             from .control.osc import OSCControl
 
             osc = OSCControl(
-                inst, host=args.osc_host, port=args.osc_port, allow=args.osc_allow, patch_loader=inst.load
+                inst,
+                host=args.osc_host,
+                port=args.osc_port,
+                allow=args.osc_allow,
+                patch_loader=inst.load,
+                record_dir=record_dir(args),
             )
             osc.clock = clock
             ns["osc"] = osc
@@ -430,7 +465,16 @@ async def _session(inst, args) -> None:
             osc.close()
 
 
+def record_dir(args) -> Path:
+    """Where OSC recordings go: --record-dir, else beside --out, else recordings/."""
+    if args.record_dir is not None:
+        return args.record_dir
+    return args.out.parent if args.out is not None else DEFAULT_RECORD_DIR
+
+
 def cmd_render(args) -> int:
+    check_out(args.out)
+    check_seconds(args.seconds)
     if args.log is not None:
         return _write_replay(args.log, args.out, args.t5)
     sampler = {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_pp": args.cfg_pp}
@@ -440,6 +484,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    check_out(args.out, "out")
     return _write_replay(args.log, args.out, args.t5)
 
 
@@ -450,7 +495,6 @@ def _write_replay(log: Path, out: Path, t5: str | None) -> int:
 
     t0 = time.perf_counter()
     audio, rate = replay(log, t5_path=t5)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), audio, rate, subtype="FLOAT")  # float: the samples exactly as played
     print(
         json.dumps(

@@ -27,6 +27,7 @@ import torch
 
 from .audio.resample import StreamResampler
 from .audio.ring import AudioRing
+from .memory import trim
 from .model.precision import dtype_name
 from .stream import LMDMStream, StreamParams
 
@@ -191,6 +192,7 @@ class Engine:
         self._record_lock = threading.Lock()  # inference thread vs control thread; never the audio callback
         self.errors: collections.deque[str] = collections.deque(maxlen=32)
         self.fault_injector = None  # tests: a callable(block_index) that may raise, run before a block
+        self.trim_every_s = 10.0  # give freed heap back to the system this often (memory.py), while idle
         self.live = None  # a live_input.LiveInput: sketch / jam / delay inputs for each block
         self.running = False
 
@@ -212,14 +214,18 @@ class Engine:
         """Drop every change not applied yet (hush)."""
         self._pending.clear()
 
-    def record(self, path: str | Path) -> None:
-        import soundfile as sf
+    def record(self, target: str | Path | int) -> None:
+        """Record what is played to a new WAV: a path (its folders are made), or a descriptor opened for
+        writing. Its header is kept true while it grows, so a killed process leaves a readable file."""
+        from .audio.wav import WavWriter
 
         with self._record_lock:
             if self._record is not None:
                 self._record.close()
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._record = sf.SoundFile(str(path), "w", self.out_rate, self.out_channels, subtype="FLOAT")
+                self._record = None
+            if not isinstance(target, int):
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self._record = WavWriter(target, self.out_rate, self.out_channels, subtype="FLOAT")
 
     def stop_recording(self) -> None:
         with self._record_lock:
@@ -286,8 +292,12 @@ class Engine:
     def _loop(self) -> None:
         block_s = self.stream.model.block_seconds
         behind = 0.0  # real time lost against audio made since the ring was last full (see EngineStats)
+        trimmed = time.monotonic()
         while not self._stop.is_set():
             if self.ring.fill >= self.lead_frames() or self.ring.free < self.block_out_frames + 64:
+                if time.monotonic() - trimmed >= self.trim_every_s:  # the ring is full: time to spare
+                    trim()
+                    trimmed = time.monotonic()
                 # sleep until roughly a tenth of the headroom has played, or a change arrives
                 timeout = max(self.headroom_ms / 10000, 0.002)
                 t0 = time.perf_counter()

@@ -459,8 +459,9 @@ class Instrument:
     def latency(self) -> StatusReport:
         return StatusReport(self.engine.latency())
 
-    def record(self, path: str | Path) -> None:
-        """Record what is played (device rate, float WAV) from the next block on."""
+    def record(self, path: str | Path | int) -> None:
+        """Record what is played (device rate, float WAV) from the next block on, to `path` (or a descriptor
+        opened for writing). The file's header is kept true as it grows: a crash leaves a readable WAV."""
         self.engine.record(path)
 
     def stop_recording(self) -> None:

@@ -51,8 +51,10 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +68,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .control.midi import PARAM_DOMAINS, CCMapping, NoteMapping, program_map_from_dict
 from .control.osc import check_aliases
+from .files import Refused, read_small
 from .model.samplers import SamplerSettings
 from .stream import StreamParams
 
@@ -167,13 +170,49 @@ def find_patch(ref: str | Path, base_dir: Path | None = None) -> Path:
 
 
 def load_patch(ref: str | Path) -> Patch:
-    """Read and validate a whole patch file (a path or a name under patches/); PatchError if anything is off."""
+    """Read and validate a whole patch file (a path or a name under patches/); PatchError if anything is off.
+    Its size is checked before it is read."""
     path = find_patch(ref)
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PatchError(path.name, [f"cannot read the file ({e.strerror or e})"]) from None
+        data = read_small(path, MAX_PATCH_BYTES, "a patch")
+    except (Refused, OSError) as e:
+        why = str(e) if isinstance(e, Refused) else f"cannot read the file ({e.strerror or e})"
+        raise PatchError(path.name, [why]) from None
     return parse_patch(data, path)
+
+
+PATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def load_named_patch(name: str, dirs: list[Path] | None = None) -> Patch:
+    """The patch called `name` ("acid" or "acid.toml") in `dirs` (default: `patch_dirs()`), for a remote
+    client: a plain name, never a path; a regular file in the directory itself (no symbolic link), its size
+    checked before it is read. Errors name the patch, never anything outside those directories."""
+    if not isinstance(name, str) or not PATCH_NAME.fullmatch(name):
+        raise ValueError(
+            "a patch is asked for by name (letters, digits, '-', '_', '.'; no folders): "
+            f"{name[:60]!r} is not one"
+            if isinstance(name, str)
+            else f"a patch name is a string, got {name!r}"
+        )
+    file = name if name.endswith(".toml") else f"{name}.toml"
+    dirs = patch_dirs() if dirs is None else [Path(d) for d in dirs]
+    for d in dirs:
+        try:
+            dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            data = read_small(file, MAX_PATCH_BYTES, "a patch", follow=False, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        except (Refused, OSError) as e:
+            raise PatchError(file, [str(e) if isinstance(e, Refused) else "cannot be read"]) from None
+        finally:
+            os.close(dir_fd)
+        return parse_patch(data, d / file)
+    names = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    raise ValueError(f"no patch named {name!r} (available: {', '.join(names) or 'none'})")
 
 
 def parse_patch(data: bytes | str, path: Path | None = None) -> Patch:
@@ -197,6 +236,8 @@ def parse_patch(data: bytes | str, path: Path | None = None) -> Patch:
         m = _TOML_POS.search(msg)
         where = f"line {m[1]}, column {m[2]}: " if m else ""
         raise PatchError(source, [f"{where}invalid TOML: {_TOML_POS.sub('', msg)}"]) from None
+    if not doc:  # an empty save (an editor truncating the file first) is not a patch that sets nothing
+        raise PatchError(source, ["the file is empty (a patch sets at least one thing)"])
     v = _Validator(text, path)
     patch = v.patch(doc, digest)
     if v.problems:
@@ -611,6 +652,8 @@ class PatchWatcher:
     systems with coarse timestamps a quick save can keep all three). A save is judged once the file has held
     still for one interval, so a half-written file is not mistaken for a broken one. A broken save is reported to
     `on_error(message)` once (and not applied: the running patch keeps playing); the next good save applies.
+    Saves that come faster than the interval are read as they come: when they stop on a broken one, the newest
+    good version among them is applied (an empty file is not a good version).
     """
 
     def __init__(
@@ -632,9 +675,12 @@ class PatchWatcher:
         self.last_error: str | None = None
         self.patch: Patch | None = None
         self._digest = digest  # the content last judged (None: judge the file as it is now)
+        self._good = digest  # the content of the version last handed to on_change
+        self._candidate: Patch | None = None  # the newest good version seen while the file kept changing
         self._seen: tuple | None = None  # the file's (mtime, size, inode) at the last poll
         self._judged: tuple | None = None  # ... when its content was last read
-        self._polls = 0
+        self._changed_at: float | None = None  # when the file last changed, until it is judged
+        self._hashed_at = 0.0  # when its content was last read to judge it
         self._missing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -663,11 +709,11 @@ class PatchWatcher:
                 self.poll()
             except Exception as e:  # never let the watcher die silently
                 self._report(f"{self.path.name}: watcher error: {type(e).__name__}: {e}")
-            self._stop.wait(self.interval)
+            # while saves come, look five times an interval: each one is read before the next replaces it
+            self._stop.wait(self.interval / 5 if self._changed_at is not None else self.interval)
 
     def poll(self) -> bool:
         """One check; True when a new version was judged (applied or rejected)."""
-        self._polls += 1
         try:
             st = self.path.stat()
         except OSError:
@@ -675,45 +721,83 @@ class PatchWatcher:
                 self._missing = True
                 self._report(f"{self.path.name}: the file is gone; the running patch keeps playing")
             self._seen = None
+            self._changed_at = None
             return False
         self._missing = False
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        now = time.monotonic()
         if key != self._seen:  # changed since the last look: judge it once it has held still for an interval
-            self._seen = key
+            self._seen, self._changed_at = key, now
+            self._remember_if_good(key)
             return False
-        rehash = self._polls % max(1, round(1.0 / self.interval)) == 0
+        if self._changed_at is not None and now - self._changed_at < self.interval * 0.99:
+            return False
+        self._changed_at = None
+        rehash = now - self._hashed_at >= 1.0
         if key == self._judged and not rehash:
             return False
-        if st.st_size > MAX_PATCH_BYTES:  # not a patch: say so once, never read it
-            if self._digest != f"size {st.st_size}":
-                self._digest = f"size {st.st_size}"
-                self.rejected += 1
-                self._report(f"{self.path.name}: {st.st_size} bytes is too large for a patch; not read")
-            self._judged = key
+        self._hashed_at = now
+        data = self._read(key)
+        if data is None:
             return False
-        try:
-            data = self.path.read_bytes()
-            after = self.path.stat()
-        except OSError:
-            return False
-        if (after.st_mtime_ns, after.st_size, after.st_ino) != key:
-            return False  # written to while being read: look again next time
         self._judged = key
         digest = hashlib.sha256(data).hexdigest()
-        if digest == self._digest:
+        good, self._candidate = self._candidate, None
+        if good is not None and good.digest in (digest, self._good):
+            good = None  # the newest content is that version, or it plays already
+        seen_before = digest == self._digest
+        if seen_before and good is None:
             return False
         self._digest = digest
         try:
             patch = parse_patch(data, self.path)
         except PatchError as e:
-            self.rejected += 1
-            self._report(f"{e} (not applied; the running patch keeps playing)")
+            if not seen_before:
+                self.rejected += 1
+                then = "applying the last good save instead" if good else "the running patch keeps playing"
+                self._report(f"{e} (not applied; {then})")
+            if good is not None:
+                self._hand(good)
             return True
+        if patch.digest != self._good:
+            self._hand(patch)
+        return True
+
+    def _read(self, key: tuple) -> bytes | None:
+        """The file's bytes if it is still `key` after reading them (None: too big, gone, or being written)."""
+        if key[1] > MAX_PATCH_BYTES:  # not a patch: say so once, never read it
+            if self._digest != f"size {key[1]}":
+                self._digest = f"size {key[1]}"
+                self.rejected += 1
+                self._report(f"{self.path.name}: {key[1]} bytes is too large for a patch; not read")
+            self._judged = key
+            return None
+        try:
+            data = read_small(self.path, MAX_PATCH_BYTES, "a patch")
+            after = self.path.stat()
+        except (Refused, OSError):
+            return None
+        if (after.st_mtime_ns, after.st_size, after.st_ino) != key:
+            return None  # written to while being read: look again next time
+        return data
+
+    def _remember_if_good(self, key: tuple) -> None:
+        """While saves keep coming (faster than the interval, the file never holds still), keep the newest
+        version that is a good patch: if the saves stop on a broken one, that is the one to play."""
+        data = self._read(key) if key[1] <= MAX_PATCH_BYTES else None
+        if data is None:
+            return
+        try:
+            self._candidate = parse_patch(data, self.path)
+        except PatchError:
+            pass
+
+    def _hand(self, patch: Patch) -> None:
+        self._good = patch.digest
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._deliver, patch)
         else:
             self._deliver(patch)
-        return True
 
     def _deliver(self, patch: Patch) -> None:
         try:

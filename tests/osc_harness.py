@@ -101,11 +101,11 @@ class HeardClock:
 @contextmanager
 def played_over_osc(model: LMDMModel, tmp_path: Path) -> Iterator[tuple[Instrument, OSCControl, HeardClock]]:
     """A real-time instrument (a WAV file clocked like a sound card, its events logged to ev.jsonl) behind
-    the OSC server on a free port, and the clock of when its blocks were heard."""
+    the OSC server on a free port (recording under `tmp_path`), and the clock of when its blocks were heard."""
     backend = FileBackend(tmp_path / "out.wav", model.sample_rate, realtime=True)
     inst = Instrument(model, backend=backend, steps=2, headroom_ms=170, log=tmp_path / "ev.jsonl", quiet=True)
     clock = HeardClock(inst)
-    server = OSCServerThread(inst)
+    server = OSCServerThread(inst, record_dir=tmp_path)
     yield inst, server.ctl, clock
     server.close()
     clock.close()

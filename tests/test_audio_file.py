@@ -99,3 +99,62 @@ def test_open_backend_file_and_errors(tmp_path):
         FileBackend(tmp_path / "y.wav", RATE, subtype="MP3")
     with pytest.raises(ValueError, match="unknown audio backend"):
         open_backend("alsa")
+
+
+KILLED = """
+import sys, time
+from lmdm_live import Instrument
+from lmdm_live.audio import FileBackend
+from lmdm_live.model.bundle import LMDMModel
+from lmdm_live.model.lmdm import LMDMConfig
+model = LMDMModel.preset("tiny", lmdm=LMDMConfig(mode="causal", context_frames=16, block_frames=8), seed=0)
+out, take = sys.argv[1], sys.argv[2]
+inst = Instrument(model, backend=FileBackend(out, model.sample_rate, realtime=True), steps=1, quiet=True)
+inst.record(take)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def riff_frames(path, frame_bytes: int) -> int:
+    """Frames a WAV's header says it holds, after checking that its sizes are the file's: the RIFF size is the
+    file less 8 bytes and the data chunk ends at the end of the file (what strict readers insist on)."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    (riff,) = struct.unpack_from("<I", data, 4)
+    i = 12
+    while i + 8 <= len(data):
+        chunk, size = data[i : i + 4], struct.unpack_from("<I", data, i + 4)[0]
+        if chunk == b"data":
+            # what was written after the last rewrite (at most about a second) lies past the data chunk
+            assert riff == i + size and len(data) - (i + 8 + size) <= 2 * RATE * frame_bytes, (riff, size)
+            return size // frame_bytes
+        i += 8 + size + (size & 1)
+    raise AssertionError(f"no data chunk in {path.name} (RIFF size {riff})")
+
+
+def test_a_killed_recording_leaves_a_wav_every_reader_opens(tmp_path):
+    """SIGKILL while the file backend and inst.record write: both headers say (nearly) all that is there."""
+    import signal
+    import subprocess
+    import sys
+    import wave
+
+    out, take = tmp_path / "out.wav", tmp_path / "take.wav"
+    p = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(out), str(take)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(3.5)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    with wave.open(str(out)) as w:  # the standard library's reader, strict about the header
+        assert w.getnchannels() == 2 and w.getnframes() >= 2 * w.getframerate()
+        heard = w.getnframes()
+    assert riff_frames(out, 2 * 2) == heard
+    took = riff_frames(take, 2 * 4)  # float: Python's wave reads no float WAVs, so the chunks are checked
+    assert took >= 1.5 * soundfile.info(str(take)).samplerate and len(soundfile.read(str(take))[0]) >= took

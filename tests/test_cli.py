@@ -92,6 +92,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["render", "--model", str(bogus), "--out", str(tmp_path / "x.wav")]) == 2
 
 
+def test_bad_out_and_seconds_are_one_line_and_exit_2(tmp_path, capsys):
+    """A device, a folder that does not exist, a format the instrument does not write, a negative length:
+    each one line and exit 2, before any model loads; nothing is created."""
+    missing = tmp_path / "nonexistent" / "dir" / "x.wav"
+    play = ["play", "--headless", "--seconds", "1", "--osc-port", "0", "--backend", "file"]
+    cases = [
+        (["render", *SMALL, "--out", "/dev/null"], "/dev/null is not a regular file"),
+        (["render", *SMALL, "--out", str(missing)], "does not exist"),
+        (["render", *SMALL, "--out", str(tmp_path / "x.mp3")], "must name a .wav file"),
+        (["render", *SMALL, "--seconds", "-5", "--out", str(tmp_path / "neg.wav")], "--seconds must be"),
+        (["render", *SMALL, "--seconds", "0", "--out", str(tmp_path / "zero.wav")], "--seconds must be"),
+        ([*play, "--out", "/dev/null"], "/dev/null is not a regular file"),
+        ([*play, "--out", str(missing)], "does not exist"),
+        ([*play, "--out", str(tmp_path / "x.mp3")], "must name a .wav file"),
+        (["replay", str(tmp_path / "ev.jsonl"), str(tmp_path / "x.flac")], "must name a .wav file"),
+    ]
+    for argv, why in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lmdm-live: error: ") and "\n" not in err and why in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder made, nothing rendered
+
+
 def test_bench_json(capsys):
     assert (
         main(["bench", "--json", *SMALL, "--steps", "2", "--blocks", "3", "--warmup", "1", "--no-decode"])

@@ -213,3 +213,34 @@ def test_slow_blocks_show_as_time_behind_and_explain_the_underruns(model, text, 
     # each slow block loses at least one block of real time, and nothing fast comes between them
     assert st["behind_ms_max"] >= 0.9 * len(slow) * block_s * 1e3 > st["headroom_ms"]
     assert st["underruns"] > 0 and st["faults"] == 0
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_the_engine_hands_freed_heap_back_while_it_plays(model, text, tmp_path):
+    """A long set frees far more than it keeps (a conditioning per new prompt, block activations), in
+    pieces between ones that stay: glibc keeps that free heap resident, and memory creeps up. The engine
+    hands it back to the system while it waits for the ring (scripts/soak.py shows it flat over 10 min)."""
+    eng = make_engine(model, text, tmp_path)
+    eng.trim_every_s = 0.5
+    eng.start()
+    try:
+        while eng.stats.blocks < 4:  # its own memory in place first
+            time.sleep(0.05)
+        pieces = [
+            np.ones(16 * 1024, np.float32) for _ in range(2400)
+        ]  # 150 MiB of 64 KiB heap blocks, touched
+        kept = pieces[::16]  # pinned between the freed ones, so the free heap cannot shrink from its top
+        del pieces
+        before = rss_mb()
+        deadline = time.monotonic() + 20
+        while rss_mb() > before - 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = rss_mb()
+    finally:
+        eng.stop()
+    assert after < before - 100, f"resident memory {before:.0f} -> {after:.0f} MB: the freed heap stayed"
+    assert len(kept) == 150

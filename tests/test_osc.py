@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -38,6 +40,7 @@ from lmdm_live.audio import FileBackend, JackBackend
 from lmdm_live.control.osc import MAX_BUNDLE_DEPTH, OSCControl, cps_to_bpm, decode
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
+from lmdm_live.patch import PatchError
 from lmdm_live.replay import read_log
 
 WINDOW = LMDMConfig(mode="causal", context_frames=16, block_frames=8)  # 186 ms blocks
@@ -229,6 +232,7 @@ def make_rig(model, tmp_path, backend=None, headroom_ms="safe", **osc_kw) -> Rig
         quiet=True,
     )
     inst.start()
+    osc_kw.setdefault("record_dir", tmp_path / "recordings")  # never the working directory's
     server = Server(inst, **osc_kw)
     return Rig(inst, server, Client(server.port), log)
 
@@ -317,13 +321,16 @@ def test_status_reply_carries_the_values(rig):
         assert isinstance(status[key], float) and status[key] > 0, key
     assert isinstance(status["blocks"], int) and status["blocks"] >= 4
     assert isinstance(status["underruns"], int) and status["underruns"] == inst.status()["underruns"]
+    # what remote tools need to tell a busy machine from lost audio (the same figure as inst.status())
+    assert list(status)[-1] == "behind_ms_max" and isinstance(status["behind_ms_max"], float)
+    assert status["behind_ms_max"] >= 0.0
     assert status["latency_ms"] == pytest.approx(inst.latency()["total_ms"], rel=0.5)
 
 
 def test_record_patch_and_errors_of_both(rig, tmp_path):
     inst, c = rig.inst, rig.client
-    take = tmp_path / "take.wav"
-    c.send("/lmdm/record", str(take))
+    take = tmp_path / "recordings" / "take.wav"
+    c.send("/lmdm/record", "take.wav")
     no_errors(c)
     inst.wait_blocks(3)
     c.send("/lmdm/record/stop")
@@ -331,22 +338,24 @@ def test_record_patch_and_errors_of_both(rig, tmp_path):
     audio, rate = sf.read(str(take), dtype="float32")
     assert rate == inst.engine.out_rate and len(audio) >= 2 * 8192 and np.abs(audio).max() > 0
 
-    c.send("/lmdm/record", str(take))  # never overwrites
-    c.send("/lmdm/record", str(tmp_path / "take.txt"))
+    c.send("/lmdm/record", "take.wav")  # never overwrites
+    c.send("/lmdm/record", "take.txt")
     others, _ = c.sync()
     assert [a for a, _ in others] == ["/lmdm/error"] * 2
-    assert "never overwrite" in others[0][1][1] and ".wav" in others[1][1][1]
+    assert "never replaces" in others[0][1][1] and ".wav" in others[1][1][1]
 
     c.send("/lmdm/patch", "acid")
     others, _ = c.sync()
     assert others == [("/lmdm/error", ["/lmdm/patch", "no patch loader"])]
 
-    patch = tmp_path / "osc-test.toml"
+    (tmp_path / "patches").mkdir()
+    patch = tmp_path / "patches" / "osc-test.toml"
     patch.write_text(
         '[prompts]\n"acid house" = 1.0\n[sampler]\nsteps = 2\ncfg = 4.0\n[osc.aliases]\n"/knob/1" = "gain"\n'
     )
     rig.osc.patch_loader = inst.load  # as lmdm-live wires it
-    c.send("/lmdm/patch", str(patch))
+    rig.osc.patch_dirs = [tmp_path / "patches"]
+    c.send("/lmdm/patch", "osc-test")
     no_errors(c)
     assert inst.prompt() == "acid house" and inst.cfg() == 4.0 and rig.osc.aliases == {"/knob/1": "gain"}
     c.send("/knob/1", 0.25)  # the patch's alias works at once
@@ -354,10 +363,116 @@ def test_record_patch_and_errors_of_both(rig, tmp_path):
     assert inst.gain() == 0.25
     c.send("/lmdm/patch", "no-such-patch")
     patch.write_text("[sampler]\nsteps = 0\n")
-    c.send("/lmdm/patch", str(patch))
+    c.send("/lmdm/patch", "osc-test.toml")
     others, _ = c.sync()
     assert [r[1][0] for r in others] == ["/lmdm/patch"] * 2 and "no-such-patch" in others[0][1][1]
+    assert "osc-test" in others[0][1][1]  # the names there are
     assert "steps" in others[1][1][1] and inst.steps() == 2 and inst.cfg() == 4.0
+
+
+def test_record_writes_only_new_wav_files_in_its_directory(model, tmp_path, monkeypatch):
+    """Absolute paths, '..', '~', missing folders, symbolic links (dangling ones too) and existing files are
+    all refused with one error, and nothing is created anywhere; a name in the directory records."""
+    monkeypatch.chdir(tmp_path)  # a literal '~' folder would appear here
+    rec, elsewhere = tmp_path / "rec", tmp_path / "elsewhere"
+    rec.mkdir()
+    elsewhere.mkdir()
+    (rec / "takes").mkdir()
+    (rec / "dangling.wav").symlink_to(elsewhere / "target")  # no .wav suffix at its end
+    (rec / "out").symlink_to(elsewhere)
+    (rec / "old.wav").write_bytes(b"keep me")
+    r = make_rig(model, tmp_path, record_dir=rec)
+    inst, c = r.inst, r.client
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    try:
+        refused = {
+            str(elsewhere / "abs.wav"): "absolute path",
+            "../escape.wav": "'..'",
+            "takes/../../escape.wav": "'..'",
+            "~/x.wav": "'~'",
+            "missing/x.wav": "does not exist",
+            "dangling.wav": "exists",
+            "out/x.wav": "not a folder",
+            "old.wav": "never replaces",
+            "takes": ".wav",
+        }
+        for ref, why in refused.items():
+            c.send("/lmdm/record", ref)
+            others, _ = c.sync()
+            assert len(others) == 1 and others[0][1][0] == "/lmdm/record", (ref, others)
+            assert why in others[0][1][1], (ref, others)
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, followed or replaced
+        assert (rec / "old.wav").read_bytes() == b"keep me" and inst.engine._record is None
+
+        for ref in ("new.wav", "takes/set1.wav"):
+            c.send("/lmdm/record", ref)
+            no_errors(c)
+            inst.wait_blocks(2)
+            c.send("/lmdm/record/stop")
+            no_errors(c)
+            audio, rate = sf.read(str(rec / ref), dtype="float32")
+            assert rate == inst.engine.out_rate and len(audio) > 0
+    finally:
+        r.client.close()
+        r.server.close()
+        inst.stop()
+
+
+def test_patch_over_osc_comes_by_name_from_the_patch_directories(model, tmp_path):
+    """A path, '..', a symbolic link, a device-like file or a big file is refused before it is read, and the
+    reply tells nothing of files outside the patch directories; the REPL may still load a path."""
+    patches, outside = tmp_path / "patches", tmp_path / "outside"
+    patches.mkdir()
+    outside.mkdir()
+    good = '[prompts]\n"acid house" = 1.0\n[sampler]\ncfg = 4.0\n'
+    (patches / "mine.toml").write_text(good)
+    secret = outside / "secret.toml"
+    secret.write_text('[prompts]\n"leaked" = 1.0\n[secret_table]\nx = 1\n')
+    (patches / "link.toml").symlink_to(secret)
+    os.mkfifo(patches / "fifo.toml")  # reading it would wait forever
+    with open(patches / "big.toml", "wb") as f:
+        f.truncate(400 << 20)  # sparse: 400 MB that take no disk
+    r = make_rig(model, tmp_path, patch_loader=None, patch_dirs=[patches])
+    inst, c = r.inst, r.client
+    r.osc.patch_loader = inst.load
+    try:
+        refs = {
+            str(secret): "by name",
+            "../outside/secret": "by name",
+            "/etc/passwd": "by name",
+            "/etc/no-such-file": "by name",
+            "link": "symbolic link",
+            "fifo": "not a regular file",
+            "big": "too large for a patch",
+            "secret": "no patch named 'secret'",
+        }
+        replies = {}
+        for ref, why in refs.items():
+            c.send("/lmdm/patch", ref)
+            others, _ = c.sync()
+            assert len(others) == 1 and others[0][1][0] == "/lmdm/patch", (ref, others)
+            replies[ref] = reason = others[0][1][1]
+            assert why in reason, (ref, reason)
+            assert "secret_table" not in reason and "line" not in reason and "leaked" not in reason, reason
+        # whether a file outside exists is not told
+        assert replies["/etc/passwd"].replace("passwd", "X") == replies["/etc/no-such-file"].replace(
+            "no-such-file", "X"
+        )
+        assert inst.prompt() == "dub" and inst.cfg() == 1.0  # none of it applied
+        c.send("/lmdm/patch", "mine")
+        no_errors(c)
+        assert inst.prompt() == "acid house" and inst.cfg() == 4.0
+        # the performer's own REPL loads any path, and is told all about its problems
+        with pytest.raises(PatchError, match="secret_table"):
+            inst.load(secret)
+        fine = outside / "fine.toml"
+        fine.write_text(good.replace("acid house", "from the repl"))
+        inst.load(fine, at="now")
+        assert inst.prompt() == "from the repl"
+    finally:
+        r.client.close()
+        r.server.close()
+        inst.stop()
 
 
 def test_play_pairs_set_values_and_tempo_from_cps(rig):
@@ -566,6 +681,34 @@ BAD_MESSAGES = [
     (msg("/" + "a" * 5000), "?", "an address of 5001 bytes"),
     (msg("/lmdm/cfg", 2.0, "@soon"), "/lmdm/cfg", "unknown quantiser '@soon'"),
     (bundle(time.time() + 3600, msg("/lmdm/cfg", 2.0)), "/lmdm/cfg", "s ahead (at most 60 s)"),
+    # arguments the type tags announce but the bytes do not hold (a parser that pads would play them)
+    (b"/lmdm/cfg\x00\x00\x00,f\x00\x00", "?", "/lmdm/cfg: argument 1 (float) needs 4 bytes, 0 left"),
+    (b"/lmdm/gain\x00\x00,f\x00\x00", "?", "/lmdm/gain: argument 1 (float) needs 4 bytes, 0 left"),
+    (b"/lmdm/cfg\x00\x00\x00,d\x00\x00@\x00\x00\x00", "?", "argument 1 (double) needs 8 bytes, 4 left"),
+    (b"/lmdm/cfg\x00\x00\x00,f\x00\x00@\x00", "?", "size is not a multiple of 4"),  # a partial float
+    (b"/lmdm/seed\x00\x00,h\x00\x00" + bytes(4), "?", "argument 1 (64-bit int) needs 8 bytes, 4 left"),
+    (b"/lmdm/prompt\x00\x00\x00\x00,s\x00\x00abcd", "?", "argument 1 (string) has no terminating NUL"),
+    (b"/lmdm/prompt\x00\x00\x00\x00,s\x00\x00\xff\xfe\x00\x00", "?", "argument 1 (string) is not UTF-8 text"),
+    (b"/lmdm/gain\x00\x00,b\x00\x00" + struct.pack(">i", 64) + bytes(4), "?", "says 64 bytes, 4 left"),
+    (msg("/lmdm/cfg", 2.0) + bytes(4), "?", "/lmdm/cfg: 4 bytes after its last argument"),
+    (b"/lmdm/\xff\x00,f\x00\x00" + struct.pack(">f", 1.0), "?", "the address is not UTF-8 text"),
+    (b"/lmdm/cfg\x00\x00\x00,[f\x00" + struct.pack(">f", 1.0), "?", "an array that never closes"),
+    # kinds of argument that are not numbers, whatever their bytes say
+    (
+        b"/lmdm/seed\x00\x00,r\x00\x00\x00\x00\x00\x07",
+        "/lmdm/seed",
+        "seed must be an integer, got an RGBA colour",
+    ),
+    (
+        b"/lmdm/gain\x00\x00,m\x00\x00\x00\x90\x40\x7f",
+        "/lmdm/gain",
+        "gain must be a number, got a MIDI message",
+    ),
+    (
+        b"/lmdm/cfg\x00\x00\x00,t\x00\x00" + bytes(7) + b"\x02",
+        "/lmdm/cfg",
+        "cfg must be a number, got a timetag",
+    ),
     # not OSC at all
     (b"", "?", "undecodable packet of 0 bytes"),
     (b"\x00\x01garbage!", "?", "neither an OSC message"),
@@ -587,6 +730,10 @@ def test_every_bad_message_gets_one_error_and_changes_nothing(rig):
         (reply, (got_address, got_reason)) = others[0]
         assert reply == "/lmdm/error" and got_address == address, (packet[:40], others)
         assert reason in got_reason, (packet[:40], got_reason)
+        # said in the user's terms: never the name of a Python exception or of the parser's internals
+        assert not re.search(r"[A-Za-z]+(Error|Exception)\b|datagram|index out of range", got_reason), (
+            got_reason
+        )
     after = (inst.prompt(), inst.prompts(), inst.cfg(), inst.steps(), inst.gain(), inst.seed(), inst.bpm())
     assert after == before
     received, applied, errors = rig.server.counters()

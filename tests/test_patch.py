@@ -416,3 +416,39 @@ def test_render_script_example(tmp_path):
     audio, sr = sf.read(str(out))
     assert info["out"] == str(out) and sr == 44100 and len(audio) >= 2.5 * sr
     assert info["nonfinite_blocks"] == 0
+
+
+def test_fast_saves_apply_the_last_good_one(tmp_path):
+    """Saves faster than the watcher's interval, good and broken by turns, the last one broken: the file never
+    holds still for an interval while they come; once they stop, the newest good save is applied (not the
+    original, not nothing), the broken one is reported, and an empty save is not taken for a patch."""
+    from realtime import MachineTooBusy
+
+    path = tmp_path / "live.toml"
+    path.write_text(PATCH_V.format(prompt="save 0", steps=2, cfg=1.0))
+    got: list[Patch] = []
+    errors: list[str] = []
+    w = PatchWatcher(path, got.append, interval=0.25, on_error=errors.append).start()
+    try:
+        wait_for(lambda: got)
+        saves, gaps, last = 31, [], time.monotonic()  # odd saves are broken; the last one too
+        for n in range(1, saves + 1):
+            path.write_text(PATCH_V.format(prompt=f"save {n}", steps=2 if n % 2 == 0 else 0, cfg=1.0))
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+            time.sleep(0.12)
+        if max(gaps[1:]) > 0.24:  # the file held still for an interval: this run cannot judge the burst
+            raise MachineTooBusy(f"saves meant 0.12 s apart came up to {max(gaps[1:]):.2f} s apart")
+        wait_for(lambda: any("applying the last good save" in e for e in errors))
+        time.sleep(1.0)  # and nothing else is applied later
+        assert [p.prompts[0][0] for p in got] == ["save 0", f"save {saves - 1}"], [p.prompts for p in got]
+        assert (
+            len(errors) == 1 and "live.toml: line 5: [sampler].steps: must be in 1..100, got 0" in errors[0]
+        )
+        path.write_text("")  # an editor truncating the file before it writes it
+        wait_for(lambda: "empty" in errors[-1])
+        time.sleep(0.6)
+        assert len(got) == 2 and w.applied == 2 and w.rejected == 2
+    finally:
+        w.stop()

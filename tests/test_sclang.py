@@ -112,7 +112,7 @@ def test_lmdm_class_plays_the_instrument_and_gets_replies(played, tmp_path):
     take = tmp_path / "take.wav"
     body = f"""
 l = LMDM("127.0.0.1", {ctl.port});
-l.record("{take}");
+l.record("{take.name}");          // under the instrument's recordings directory
 l.prompts(["acid", 1, "strings", 0.5]);
 l.cfg(3); l.steps(3); l.gain(0.5);
 l.seed(7, latency: 2.0);          // a bundle: heard two seconds from now

@@ -55,7 +55,7 @@ class FileBackend(AudioBackend):
         self._closed = False
 
     def start(self, ring: AudioRing) -> None:
-        import soundfile
+        from .wav import WavWriter
 
         if self._closed:
             raise RuntimeError("this FileBackend was stopped; open a new one")
@@ -64,9 +64,8 @@ class FileBackend(AudioBackend):
         self._check_ring(ring)
         self._ring = ring
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = soundfile.SoundFile(
-            str(self.path), "w", samplerate=self.sample_rate, channels=self.channels, subtype=self.subtype
-        )
+        # its header is rewritten every second: a killed process leaves a WAV every reader opens
+        self._file = WavWriter(self.path, self.sample_rate, self.channels, subtype=self.subtype)
         run = self._run_realtime if self.realtime else self._run_fast
         self._thread = threading.Thread(
             target=self._guard, args=(run,), name="lmdm-file-backend", daemon=True

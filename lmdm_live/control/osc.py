@@ -2,10 +2,11 @@
 Instrument, on the same asyncio loop as the REPL.
 
 Why not python-osc's server: its dispatcher sleeps until each bundle's timetag, which stalls the loop (and
-the REPL) for every timestamped bundle Tidal or SuperCollider sends ahead of time. Here a plain
-`asyncio.DatagramProtocol` decodes each packet whole with python-osc's parsers, keeps every bundle's
-timetag and hands it to the Instrument as an absolute `at=` (a `time.monotonic()` instant), so the engine
-applies the change at the block heard at that time; nothing ever waits.
+the REPL) for every timestamped bundle Tidal or SuperCollider sends ahead of time, and its parser pads an
+argument that is cut short with zeros. Here a plain `asyncio.DatagramProtocol` decodes each packet whole,
+checking every length against the bytes that are there, keeps every bundle's timetag and hands it to the
+Instrument as an absolute `at=` (a `time.monotonic()` instant), so the engine applies the change at the
+block heard at that time; nothing ever waits.
 
 Every message has an effect or gets exactly one `/lmdm/error s:address s:reason` reply, and changes
 nothing then. A packet is decoded whole before anything in it is applied; one that cannot be decoded gets
@@ -20,6 +21,7 @@ import inspect
 import ipaddress
 import logging
 import math
+import os
 import socket
 import struct
 import time
@@ -28,16 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_message import OscMessage
 from pythonosc.parsing import osc_types
 
+from ..files import Refused, create_new
 from .midi import PARAM_DOMAINS, WEIGHT_PREFIX, param_kind
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 57140
+DEFAULT_RECORD_DIR = Path("recordings")
 MAX_BUNDLE_DEPTH = 8  # nested bundles deeper than this are refused (no real client nests more than 2)
 MAX_MESSAGES = 256  # messages in one packet
 MAX_AHEAD_S = 60.0  # a timetag further ahead than this is a clock mix-up, not a plan
@@ -73,20 +75,58 @@ class Incoming:
     problem: str = ""
 
 
+class Rgba(tuple):
+    """An OSC `r` argument (red, green, blue, alpha): a colour, never a number."""
+
+
+class MidiBytes(tuple):
+    """An OSC `m` argument (port, status, data1, data2): a MIDI message, never a number."""
+
+
+class Timetag(tuple):
+    """An OSC `t` argument (NTP seconds, fraction): a time, never a number."""
+
+
+NTP_DELTA = 2208988800  # seconds from 1900 (NTP time) to 1970 (system time)
+_FIXED = {"i": (4, ">i"), "f": (4, ">f"), "d": (8, ">d"), "h": (8, ">q")}
+_TAG_NAMES = {"i": "int", "f": "float", "d": "double", "h": "64-bit int", "s": "string", "b": "blob"}
+_TAG_NAMES |= {"r": "RGBA colour", "m": "MIDI message", "t": "timetag"}
+
+
 def decode(dgram: bytes) -> list[Incoming]:
-    """Every message of a packet, in order, with its bundle's timetag; Undecodable if any part is not OSC."""
+    """Every message of a packet, in order, with its bundle's timetag; Undecodable if any part is not OSC.
+
+    Every length is checked here, against the bytes that are really there: python-osc's parser pads a short
+    argument with zeros, which would play a truncated `/lmdm/gain ,f` as gain 0."""
     try:
-        if OscBundle.dgram_is_bundle(dgram):
+        if dgram.startswith(b"#bundle\x00"):
+            if len(dgram) < 16:
+                raise Undecodable("bundle header truncated")
+            _whole_words(dgram)
             out: list[Incoming] = []
             _walk_bundle(dgram, 0, len(dgram), 0.0, 1, out)
             return out
-        if OscMessage.dgram_is_message(dgram):
+        if dgram.startswith(b"/"):
+            _whole_words(dgram)
             return [_message(dgram, 0.0)]
     except Undecodable:
         raise
-    except Exception as e:  # python-osc's ParseError, bad UTF-8, overflowing dates...
-        raise Undecodable(f"{type(e).__name__}: {e}") from None
+    except Exception:  # a case missed here must still be answered in the user's terms
+        raise Undecodable("it cannot be read as OSC") from None
     raise Undecodable("neither an OSC message (starts with '/') nor a bundle (starts with '#bundle')")
+
+
+def _whole_words(dgram: bytes) -> None:
+    if len(dgram) % 4:
+        raise Undecodable("its size is not a multiple of 4 bytes (OSC pads every part to 4): cut short?")
+
+
+def _timetag(dgram: bytes, i: int) -> float:
+    """An NTP timetag as system time (time.time()); 0.0 for "immediately"."""
+    seconds, fraction = struct.unpack_from(">II", dgram, i)
+    if (seconds, fraction) == (0, 1):
+        return 0.0
+    return seconds - NTP_DELTA + fraction / 2**32
 
 
 def _walk_bundle(dgram: bytes, start: int, end: int, outer: float, depth: int, out: list[Incoming]) -> None:
@@ -94,8 +134,7 @@ def _walk_bundle(dgram: bytes, start: int, end: int, outer: float, depth: int, o
         raise Undecodable(f"bundles nested deeper than {MAX_BUNDLE_DEPTH}")
     if end - start < 16:
         raise Undecodable("bundle header truncated")
-    tag, _ = osc_types.get_date(dgram[start + 8 : start + 16], 0)
-    tag = outer if tag == osc_types.IMMEDIATELY else tag  # an immediate inner bundle goes with its outer one
+    tag = _timetag(dgram, start + 8) or outer  # an immediate inner bundle goes with its outer one
     i = start + 16
     while i < end:
         if end - i < 4:
@@ -117,26 +156,84 @@ def _walk_bundle(dgram: bytes, start: int, end: int, outer: float, depth: int, o
         i += size
 
 
+def _string(dgram: bytes, i: int, what: str) -> tuple[str, int]:
+    """An OSC string at `i` (UTF-8, NUL-terminated, padded to 4) and the index after it."""
+    nul = dgram.find(b"\x00", i)
+    if nul < 0:
+        raise Undecodable(f"{what} has no terminating NUL byte: cut short?")
+    try:
+        text = dgram[i:nul].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Undecodable(f"{what} is not UTF-8 text") from None
+    return text, (nul + 4) & ~3
+
+
 def _message(dgram: bytes, timetag: float) -> Incoming:
-    # python-osc reads strings a byte at a time in Python: measure them at C speed first, so a 60 kB string
-    # costs microseconds, not milliseconds of the loop
+    # strings are measured at C speed first, so a 60 kB string costs microseconds, not milliseconds of the loop
     runs = dgram.split(b"\x00")
     if len(runs[0]) > MAX_TEXT:
         raise Undecodable(f"an address of {len(runs[0])} bytes (at most {MAX_TEXT})")
-    address, i = osc_types.get_string(dgram, 0)
+    address, i = _string(dgram, 0, "the address")
+    where = _clip(address, 60)
     longest = max(map(len, runs))
     if longest > MAX_ARG_BYTES:
         return Incoming(
             address, (), timetag, f"an argument of {longest} bytes (strings: at most {MAX_TEXT} characters)"
         )
-    if i < len(dgram):
-        tags, _ = osc_types.get_string(dgram, i)
-        if not tags.startswith(","):
-            raise Undecodable(f"{_clip(address, 60)}: the type tag string does not start with ','")
-        unknown = sorted(set(tags[1:]) - READ_TAGS)
-        if unknown:  # python-osc would skip them and misread what follows
-            return Incoming(address, (), timetag, f"unsupported OSC type tag {unknown[0]!r}")
-    return Incoming(address, tuple(OscMessage(dgram).params), timetag)
+    if i >= len(dgram):
+        return Incoming(address, (), timetag)  # no type tag string: a message without arguments
+    tags, i = _string(dgram, i, f"{where}: the type tag string")
+    if not tags.startswith(","):
+        raise Undecodable(f"{where}: the type tag string does not start with ','")
+    unknown = sorted(set(tags[1:]) - READ_TAGS)
+    if unknown:
+        return Incoming(address, (), timetag, f"unsupported OSC type tag {unknown[0]!r}")
+    args, i = _arguments(dgram, i, tags[1:], where)
+    if i != len(dgram):
+        raise Undecodable(f"{where}: {len(dgram) - i} bytes after its last argument")
+    return Incoming(address, tuple(args), timetag)
+
+
+def _arguments(dgram: bytes, i: int, tags: str, where: str) -> tuple[list, int]:
+    """The arguments `tags` announce, each checked against the bytes left (arrays nest as lists)."""
+    stack: list[list] = [[]]
+    for n, tag in enumerate(tags, 1):
+        what = f"{where}: argument {n} ({_TAG_NAMES.get(tag, tag)})"
+        left = len(dgram) - i
+        if tag in "TFN[]":
+            value: Any = {"T": True, "F": False, "N": None}.get(tag)
+            if tag == "[":
+                stack.append([])
+                continue
+            if tag == "]":
+                if len(stack) == 1:
+                    raise Undecodable(f"{where}: an array closes that never opened")
+                value = stack.pop()
+        elif tag == "s":
+            value, i = _string(dgram, i, what)
+        elif tag == "b":
+            if left < 4:
+                raise Undecodable(f"{what} needs a 4-byte size, {left} bytes left")
+            (size,) = struct.unpack_from(">i", dgram, i)
+            padded = (size + 3) & ~3
+            if size < 0 or padded > left - 4:
+                raise Undecodable(f"{what} says {size} bytes, {left - 4} left")
+            value, i = dgram[i + 4 : i + 4 + size], i + 4 + padded
+        else:
+            size, fmt = _FIXED.get(tag, (8 if tag == "t" else 4, ""))
+            if left < size:
+                raise Undecodable(f"{what} needs {size} bytes, {left} left")
+            if fmt:
+                (value,) = struct.unpack_from(fmt, dgram, i)
+            else:
+                value = {"r": Rgba, "m": MidiBytes, "t": Timetag}[tag](
+                    struct.unpack_from(">II" if tag == "t" else ">4B", dgram, i)
+                )
+            i += size
+        stack[-1].append(value)
+    if len(stack) > 1:
+        raise Undecodable(f"{where}: an array that never closes")
+    return stack[0], i
 
 
 def encode(address: str, typed: list[tuple[str, Any]]) -> bytes:
@@ -170,6 +267,7 @@ def _type_name(v: Any) -> str:
     if isinstance(v, bool):
         return "a true/false"
     names = {int: "an int", float: "a float", str: "a string", bytes: "a blob", list: "an array"}
+    names |= {Rgba: "an RGBA colour", MidiBytes: "a MIDI message", Timetag: "a timetag"}
     if v is None:
         return "a nil"
     return names.get(type(v), "a " + type(v).__name__)
@@ -202,6 +300,12 @@ def _text(v: Any, what: str, max_len: int = MAX_TEXT) -> str:
     if len(v) > max_len:
         raise Bad(f"{what} is {len(v)} characters long (at most {max_len})")
     return v
+
+
+def _plain(e: BaseException) -> str:
+    """An exception's first line, in the user's terms: never the name of a Python class."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else "it could not be applied (nothing changed)"
 
 
 def _clip(s: str, n: int) -> str:
@@ -315,6 +419,8 @@ class OSCControl:
     `patch_loader(name_or_path)`: loads a patch for /lmdm/patch (if it returns something with an
     `osc_aliases` mapping, those aliases replace the current ones).
     `aliases`: extra addresses whose first number sets a patch-mapping parameter, e.g. {"/knob/1": "cfg"}.
+    `record_dir`: the one directory /lmdm/record writes under (created if missing, its parent must exist);
+    `patch_dirs`: where /lmdm/patch finds a patch by name (default: ./patches, then the shipped ones).
     Counters: `received` messages (and undecodable packets), `applied`, `errors`; `last_error`.
     """
 
@@ -326,6 +432,8 @@ class OSCControl:
         allow: list[str] | None = None,
         patch_loader: Callable[[str], Any] | None = None,
         aliases: dict[str, str] | None = None,
+        record_dir: str | Path = DEFAULT_RECORD_DIR,
+        patch_dirs: list[str | Path] | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be an address like 127.0.0.1, got {host!r}")
@@ -334,6 +442,8 @@ class OSCControl:
         self.inst, self.host, self.port = inst, host, port
         self.allow = [self._network(a) for a in allow] if allow is not None else None
         self.patch_loader = patch_loader
+        self.record_dir = Path(record_dir)
+        self.patch_dirs = [Path(d) for d in patch_dirs] if patch_dirs is not None else None
         self._aliases: dict[str, str] = {}
         self.set_aliases(aliases or {})
         self.received = self.applied = self.errors = 0
@@ -447,7 +557,7 @@ class OSCControl:
                 except ValueError as e:  # Bad, and the Instrument's own checks
                     self._fail(sender, m.address, str(e))
                 except Exception as e:  # a failing handler never stops the next message
-                    self._fail(sender, m.address, f"{type(e).__name__}: {e}")
+                    self._fail(sender, m.address, _plain(e))
         except Exception as e:  # pragma: no cover - last line of defence for the loop
             self.last_error = f"{type(e).__name__}: {e}"
 
@@ -566,12 +676,16 @@ class OSCControl:
         self.inst.bpm(_number(c.args[0], "bpm", 20.0, 400.0))
 
     def _patch(self, c: Call) -> None:
+        """A patch by name from the patch directories only (read and checked here, size first), handed to
+        the loader whole: a client never names a path."""
+        from ..patch import load_named_patch
+
         ref = _text(c.args[0], "patch")
         if not ref:
-            raise Bad("patch needs a name or a path")
+            raise Bad("patch needs a name")
         if self.patch_loader is None:
             raise Bad("no patch loader")
-        result = self.patch_loader(ref)
+        result = self.patch_loader(load_named_patch(ref, self.patch_dirs))
         if inspect.isawaitable(result):  # an async loader: its failure is answered when it happens
             task = asyncio.ensure_future(result)
             self._tasks.add(task)
@@ -586,9 +700,7 @@ class OSCControl:
         try:
             self._install_controls(task.result())
         except Exception as e:
-            self._fail(
-                c.sender, c.address, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            )
+            self._fail(c.sender, c.address, _plain(e))
 
     def _install_controls(self, result: Any) -> None:
         controls = getattr(result, "controls", result)
@@ -597,12 +709,24 @@ class OSCControl:
             self.set_aliases(dict(aliases))
 
     def _record(self, c: Call) -> None:
-        path = Path(_text(c.args[0], "record path"))
-        if path.suffix.lower() != ".wav":
-            raise Bad(f"record path must end in .wav, got {_clip(str(path), 80)!r}")
-        if path.exists():
-            raise Bad(f"{_clip(str(path), 80)} exists; OSC recordings never overwrite a file")
-        self.inst.record(path)
+        """A new .wav file under `record_dir`, created here (O_CREAT|O_EXCL|O_NOFOLLOW, one folder at a
+        time), so no name can leave the directory, follow a link or replace a file."""
+        ref = _text(c.args[0], "record path")
+        if not ref.lower().endswith(".wav") or ref.endswith("/"):
+            raise Bad(f"record path must end in .wav, got {_clip(ref, 80)!r}")
+        try:
+            self.record_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise Bad(f"the recordings directory cannot be created ({e.strerror or e})") from None
+        try:
+            fd = create_new(self.record_dir, ref, "the record path")
+        except Refused as e:
+            raise Bad(f"{e}; recordings go under the recordings directory, never overwrite a file") from None
+        try:
+            self.inst.record(fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _record_stop(self, c: Call) -> None:
         self.inst.stop_recording()
@@ -770,6 +894,8 @@ def status_pairs(inst: Any) -> list[tuple[str, Any]]:
         ("latency_ms", f(lat.get("total_ms"))),
         ("ring_ms", f(st.get("ring_ms"))),
         ("blocks", _int_arg(int(st.get("blocks") or 0))),
+        # the most the engine fell behind real time: near the headroom, underruns were a busy machine
+        ("behind_ms_max", f(st.get("behind_ms_max"))),
     ]
     out: list[tuple[str, Any]] = []
     for key, typed in pairs:
