@@ -275,7 +275,9 @@ class LMDM:
         self, frames: Tensor, x_t: Tensor, t: Tensor, cond: Conditioning, target_extras: Tensor | None = None
     ) -> Tensor:
         """Velocity for noisy targets x_t (B, io, T) at levels t (B,) given clean context `frames`
-        (B, 1+io+E, C), under this mode's attention mask: what training fits and the caches reproduce."""
+        (B, 1+io+E, C), under this mode's attention mask: what stage 1 fits. The caches reproduce it for every
+        Enc-Dec block and for a Block-Causal block right after a bootstrap; later Block-Causal blocks carry
+        what cached chunks saw before they left the window, which only the cache path computes."""
         if self.cfg.mode == "bidirectional":
             raise ValueError("window_velocity is for the Enc-Dec and Block-Causal modes")
         c, t_len = self.cfg.context_frames, self.cfg.block_frames
