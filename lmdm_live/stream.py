@@ -21,7 +21,9 @@ from .model.oobleck import StreamingDecoder
 from .model.samplers import SamplerSettings
 
 _GOLDEN = 0x9E3779B97F4A7C15
-TRANSITION_CFG_PP: float | None = 1.0  # chosen by measurement (docs/default-model.md, prompt transitions)
+# CFG++ through a transition is opt-in: measured on the default model (docs/default-model.md, prompt
+# transitions), lambda 1 after a switch raised the peak from 0.42 to 1.37 and switched a block later
+TRANSITION_CFG_PP: float | None = None
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -239,7 +241,8 @@ class LMDMStream:
 
     def _apply(self, new: StreamParams) -> None:
         """A change of the dominant prompt is a transition (the paper's recipe): drop the oldest context
-        chunks, rebuild the cache from what is left, and sample with CFG++ until the old context is gone."""
+        chunks, rebuild the cache from what is left, and (with `transition_cfg_pp`) sample with CFG++
+        until the old context is gone."""
         old = self.params
         self.params = new
         if new.dominant != old.dominant and self.state.mask.any():
