@@ -20,6 +20,9 @@ from .model.lmdm import LMDM, BlockState, Conditioning
 from .model.samplers import SamplerSettings
 
 _GOLDEN = 0x9E3779B97F4A7C15
+# CFG++ through a transition is opt-in: measured on the default model (docs/default-model.md, prompt
+# transitions), lambda 1 after a switch raised the peak from 0.42 to 1.37 and switched a block later
+TRANSITION_CFG_PP: float | None = None
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -36,7 +39,10 @@ class StreamParams:
 
     prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
-    eject_frames: int | None = None  # context frames dropped when the dominant prompt changes; None: half
+    eject_frames: int | None = None  # context frames dropped when the dominant prompt changes; None: C - T
+    # CFG++ lambda for the blocks of a prompt transition (while old context is in the window), against the
+    # over-saturation plain CFG gives there at few steps; None: the prompt's own sampler throughout
+    transition_cfg_pp: float | None = TRANSITION_CFG_PP
     seconds: float | None = None  # seconds_total conditioning; None: the model's own
     bpm: float | None = None  # the tempo a model with tempo channels plays at; None: no clock (free time)
 
@@ -57,6 +63,8 @@ class StreamParams:
         object.__setattr__(self, "prompts", tuple(norm))
         if self.eject_frames is not None and self.eject_frames < 0:
             raise ValueError(f"eject_frames must be >= 0, got {self.eject_frames}")
+        if self.transition_cfg_pp is not None and not 0.0 <= self.transition_cfg_pp <= 2.0:
+            raise ValueError(f"transition_cfg_pp must be in 0..2, got {self.transition_cfg_pp}")
         if self.bpm is not None and not (np.isfinite(self.bpm) and 20.0 <= self.bpm <= 400.0):
             raise ValueError(f"bpm must be in 20..400, got {self.bpm}")
 
@@ -77,19 +85,21 @@ class StreamParams:
             "prompts": [[t, w] for t, w in self.prompts],
             "sampler": asdict(self.sampler),
             "eject_frames": self.eject_frames,
+            "transition_cfg_pp": self.transition_cfg_pp,
             "seconds": self.seconds,
             "bpm": self.bpm,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> StreamParams:
-        unknown = set(d) - {"prompts", "sampler", "eject_frames", "seconds", "bpm"}
+        unknown = set(d) - {"prompts", "sampler", "eject_frames", "transition_cfg_pp", "seconds", "bpm"}
         if unknown:
             raise ValueError(f"unknown stream parameter(s): {', '.join(sorted(unknown))}")
         return cls(
             prompts=tuple((str(t), float(w)) for t, w in d.get("prompts", [["", 1.0]])),
             sampler=SamplerSettings(**d.get("sampler", {})),
             eject_frames=d.get("eject_frames"),
+            transition_cfg_pp=d.get("transition_cfg_pp", TRANSITION_CFG_PP),
             seconds=d.get("seconds"),
             bpm=d.get("bpm"),
         )
@@ -127,6 +137,7 @@ class LMDMStream:
         self.params = params or self._initial
         self.block_index = 0
         self.beat = 0.0  # beat position at the start of the next block (tempo channels)
+        self.transition_left = 0  # blocks of the current prompt transition still to make
         self.state: BlockState = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
         if self.decoder is not None:
             self.decoder.reset()
@@ -177,7 +188,7 @@ class LMDMStream:
         cond = self._conditioning(p)
         self.lmdm.resize(self.state, cond.rows)
         gen = torch.Generator().manual_seed(block_seed(self.seed, self.block_index))
-        block = self.lmdm.generate(self.state, cond, p.sampler, gen, target_extras=extras)
+        block = self.lmdm.generate(self.state, cond, self._sampler(p), gen, target_extras=extras)
         if not torch.isfinite(block).all():
             # never let a bad block poison the context: forget it and play silence-in-latent-space
             self.nonfinite_blocks += 1
@@ -228,11 +239,26 @@ class LMDMStream:
         return layout.build(t_len, tempo, sketch, accomp)[None]
 
     def _apply(self, new: StreamParams) -> None:
+        """A change of the dominant prompt is a transition (the paper's recipe): drop the oldest context
+        chunks, rebuild the cache from what is left, and (with `transition_cfg_pp`) sample with CFG++
+        until the old context is gone."""
         old = self.params
         self.params = new
         if new.dominant != old.dominant and self.state.mask.any():
-            d = new.eject_frames if new.eject_frames is not None else self.model.lmdm.context_frames // 2
-            self.state.eject(d)
+            c, t = self.model.lmdm.context_frames, self.model.lmdm.block_frames
+            self.state.eject(new.eject_frames if new.eject_frames is not None else default_eject(c, t))
+            self.transition_left = -(-c // t)
+
+    def _sampler(self, p: StreamParams) -> SamplerSettings:
+        """The prompt's sampler, or CFG++ in its place for a transition's blocks (when it guides at all:
+        switching an unguided stream to two rows would rebuild the cache twice)."""
+        s = p.sampler
+        if self.transition_left <= 0:
+            return s
+        self.transition_left -= 1
+        if p.transition_cfg_pp is None or not s.guided or s.cfg_pp is not None:
+            return s
+        return replace(s, cfg_pp=p.transition_cfg_pp)
 
     def _conditioning(self, p: StreamParams) -> Conditioning:
         key = (p.prompts, p.seconds, p.sampler.guided)
@@ -258,6 +284,12 @@ class LMDMStream:
             self._cond_cache.clear()
         self._cond_cache[key] = cond
         return cond
+
+
+def default_eject(context: int, block: int) -> int:
+    """Frames a transition drops by default: whole chunks, all but the newest. The paper drops 180 of 192
+    frames (keeping 0.56 s); C - T keeps 0.51 s at the default model's 48/16 frames of 32 ms."""
+    return max(context - block, 0)
 
 
 def render(stream: LMDMStream, blocks: int) -> np.ndarray:

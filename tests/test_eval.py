@@ -476,3 +476,18 @@ def test_eval_cli_end_to_end_on_the_tiny_preset(dataset, classifier_dir, tmp_pat
     png = out / "metrics.png"
     assert png.is_file() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saturation_figures_tell_noise_from_a_tone():
+    """The transition report's over-saturation figures: white noise is flat (near 1), a tone is not; the
+    peak is the loudest sample of exactly the blocks asked for."""
+    from lmdm_live.eval.run import saturation
+
+    sr, bs = 16000, 0.5
+    t = np.arange(int(4 * bs * sr)) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    noise = np.random.default_rng(0).standard_normal(len(t)) * 0.1
+    audio = np.concatenate([tone, noise])
+    a, b = saturation(audio, sr, bs, 0, 4), saturation(audio, sr, bs, 4, 4)
+    assert a["flatness"] < 0.05 < 0.4 < b["flatness"]
+    assert a["peak"] == pytest.approx(0.3, abs=1e-3) and b["peak"] == pytest.approx(np.abs(noise).max())

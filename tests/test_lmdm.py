@@ -173,7 +173,7 @@ def test_cache_memory_constant_over_500_blocks(mode):
     assert state.context.shape == (1, IO, 4) and state.history == []
     assert torch.isfinite(block).all()
     # rotated keys stay at bounded positions: the cached keys' norms do not drift over a long stream
-    assert cache.length == {"encdec": 4, "causal": 2}[mode]
+    assert cache.length == 4  # the whole context (Block-Causal keeps one chunk beyond its target's sight)
 
 
 @torch.no_grad()
@@ -410,3 +410,36 @@ def test_cached_equals_uncached_random_configs(draw):
                 )
             )
         assert rel_err(outs[0], outs[1]) < 1e-4, (mode, cfg, c_len, t_len, rows)
+
+
+@torch.no_grad()
+def test_step_window_is_recorded_and_used(tmp_path):
+    """The authors' Block-Causal target sees w chunks at steps >= 1, ours w-1: a checkpoint says which, and
+    the stream runs what it says (the two differ from the first block's second step on)."""
+    from lmdm_live.model.bundle import LMDMModel
+
+    outs = {}
+    for chunks in (None, 3):
+        window = LMDMConfig(mode="causal", context_frames=12, block_frames=4, step_chunks=chunks)
+        model = LMDMModel.preset("tiny", lmdm=window, seed=0)
+        model.save(tmp_path / f"m{chunks}.safetensors")
+        loaded = LMDMModel.load(tmp_path / f"m{chunks}.safetensors")
+        assert loaded.lmdm.step_chunks == chunks and loaded.lmdm.target_chunks == (chunks or 2)
+        lmdm = LMDM(loaded.dit, loaded.lmdm)
+        cond = conditioning_for(loaded.dit)
+        outs[chunks], _ = run_blocks_io(lmdm, cond, SamplerSettings("euler", steps=3), 3)
+    assert rel_err(outs[None], outs[3]) > 1e-3
+    with pytest.raises(ValueError, match="step_chunks"):
+        LMDMConfig(mode="causal", context_frames=12, block_frames=4, step_chunks=1)
+
+
+def conditioning_for(dit: DiT) -> Conditioning:
+    g = torch.Generator().manual_seed(2)
+    return Conditioning(dit.cross_kv(torch.randn(1, 5, dit.cfg.cond_token_dim, generator=g)), None)
+
+
+def run_blocks_io(lmdm: LMDM, cond, settings, n: int):
+    g = torch.Generator().manual_seed(5)
+    state = lmdm.new_state(1, torch.randn(1, lmdm.dit.cfg.io_channels, lmdm.cfg.context_frames, generator=g))
+    out = [lmdm.generate(state, cond, settings, torch.Generator().manual_seed(b)) for b in range(n)]
+    return torch.cat(out, dim=2), state

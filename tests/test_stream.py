@@ -9,7 +9,7 @@ import torch
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.model.samplers import SamplerSettings
-from lmdm_live.stream import LMDMStream, StreamParams, block_seed, render
+from lmdm_live.stream import LMDMStream, StreamParams, block_seed, render, replace
 
 WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
 
@@ -86,6 +86,41 @@ def test_dominant_prompt_change_ejects_old_context(model, text):
     s.set(StreamParams.of({"a": 0.5, "b": 1.0}, sampler=SamplerSettings(steps=1), eject_frames=6))
     s.next_latents()  # 6 oldest of 8 frames ejected, then the window slid by one block of 4
     assert s.state.mask[0, 0].tolist() == [0.0, 0.0] + [1.0] * 6
+
+
+def test_a_transition_drops_whole_chunks_rebuilds_the_cache_and_uses_cfg_pp(model, text):
+    """The paper's recipe by default: all context chunks but the newest go, the cache is rebuilt, and the
+    transition's blocks (until the old context has left the window) sample with CFG++ instead of CFG."""
+    guided = SamplerSettings("euler", steps=2, cfg=3.0)
+    c, t = WINDOW.context_frames, WINDOW.block_frames
+
+    def run(second: StreamParams, explicit: dict | None = None):
+        s = LMDMStream(model, text, seed=4, params=StreamParams.of("a", sampler=guided), decode=False)
+        s.at(2, second)
+        for b, p in (explicit or {}).items():
+            s.at(b, p)
+        out = []
+        for b in range(6):
+            out.append(s.next_latents())
+            if b == 2:  # C - T frames ejected before the block, then the window slid by T
+                assert s.state.mask[0, 0].tolist() == [0.0] * (c - 2 * t) + [1.0] * (2 * t)
+        return torch.cat(out, dim=2)
+
+    lam = 0.7
+    recipe = run(StreamParams.of("b", sampler=guided, transition_cfg_pp=lam))
+    # the same stream spelled out: CFG++ scheduled for the c/t transition blocks, then back to CFG
+    pp = replace(guided, cfg_pp=lam)
+    spelled = run(
+        StreamParams.of("b", sampler=pp, transition_cfg_pp=None),
+        {2 + c // t: StreamParams.of("b", sampler=guided, transition_cfg_pp=None)},
+    )
+    assert torch.equal(recipe, spelled)
+    plain = run(StreamParams.of("b", sampler=guided, transition_cfg_pp=None))
+    assert torch.equal(recipe[..., : 2 * t], plain[..., : 2 * t])
+    assert not torch.allclose(recipe[..., 2 * t :], plain[..., 2 * t :])
+    assert (
+        StreamParams.from_dict(StreamParams.of("b", transition_cfg_pp=lam).to_dict()).transition_cfg_pp == lam
+    )
 
 
 def test_checkpoint_round_trip_gives_the_same_stream(model, text, tmp_path):

@@ -68,6 +68,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu")
     m.add_argument("--dtype", choices=DTYPES, default="float32", help="the DiT's (as played)")
     m.add_argument("--t5", help="local t5-base directory, for models conditioned on T5")
+    m.add_argument(
+        "--eject-frames", type=int, default=None, help="context dropped at a switch (default: C - T)"
+    )
+    m.add_argument(
+        "--transition-cfgpp",
+        default="default",
+        help="CFG++ lambda through a switch, 'off' for plain CFG (default: the stream's)",
+    )
     m.set_defaults(eval_run=cmd_model)
     return ev
 
@@ -167,6 +175,10 @@ def cmd_model(args) -> int:
         max_prompts=args.max_prompts,
         transitions=args.transitions,
         transition_seconds=args.transition_seconds,
+        eject_frames=args.eject_frames,
+        transition_cfg_pp=args.transition_cfgpp
+        if args.transition_cfgpp in ("default", "off")
+        else float(args.transition_cfgpp),
     )
     with _progress() as bar:
 

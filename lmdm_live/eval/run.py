@@ -41,12 +41,17 @@ class EvalConfig:
     transitions: int = 4  # prompt switches measured
     transition_seconds: float = 40.0  # each: half on the old prompt, half on the new
     settle: float = 0.9  # adapted once this fraction of the way from the old to the new steady level
+    eject_frames: int | None = None  # context dropped at a switch; None: the stream's default (C - T)
+    transition_cfg_pp: float | str = "default"  # CFG++ lambda through a switch; "off": plain CFG
+    saturation_blocks: int = 4  # blocks after a switch whose peak and spectral flatness are reported
 
     def __post_init__(self) -> None:
         if self.seconds <= 0 or self.window <= 0 or self.fd_crop <= 0 or self.fd_hop <= 0:
             raise ValueError("seconds, window, fd_crop and fd_hop must be > 0")
         if self.transitions < 0 or self.transition_seconds <= 0:
             raise ValueError("transitions must be >= 0 and transition_seconds > 0")
+        if isinstance(self.transition_cfg_pp, str) and self.transition_cfg_pp not in ("default", "off"):
+            raise ValueError("transition_cfg_pp must be a number, 'default' or 'off'")
 
     def switch_block(self, block_seconds: float) -> int:
         """The block at which a transition stream switches prompt (half its blocks)."""
@@ -112,6 +117,10 @@ def stream_params(prompt: dict, cfg: EvalConfig, model):
     from ..stream import StreamParams
 
     kw: dict = {"sampler": model.sampler_settings(steps=cfg.steps, cfg=cfg.cfg)}
+    if cfg.eject_frames is not None:
+        kw["eject_frames"] = cfg.eject_frames
+    if cfg.transition_cfg_pp != "default":
+        kw["transition_cfg_pp"] = None if cfg.transition_cfg_pp == "off" else float(cfg.transition_cfg_pp)
     if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
         kw["bpm"] = float(prompt["bpm"])
     return StreamParams.of(prompt["prompt"], **kw)
@@ -212,7 +221,30 @@ def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int
         {half: stream_params(b, cfg, model)},
         tick=tick,
     )
-    return time_switch(clf, audio, model.sample_rate, model.block_seconds, half, a, b, cfg)
+    out = time_switch(clf, audio, model.sample_rate, model.block_seconds, half, a, b, cfg)
+    n = cfg.saturation_blocks
+    bs = model.block_seconds
+    for key, first in (("before", half - n), ("after", half)):
+        out.update({f"{k}_{key}": v for k, v in saturation(audio, model.sample_rate, bs, first, n).items()})
+    return out
+
+
+def saturation(audio: np.ndarray, rate: int, block_seconds: float, first: int, n: int) -> dict:
+    """Over-saturation figures of blocks [first, first + n): the peak |sample| and the mean spectral
+    flatness (geometric over arithmetic mean of the power spectrum, per 64 ms frame; 1 = white noise).
+    Plain CFG at few steps after a switch shows as louder peaks and a flatter, noisier spectrum."""
+    a = int(round(max(first, 0) * block_seconds * rate))
+    b = min(int(round((first + n) * block_seconds * rate)), len(audio))
+    x = np.asarray(audio[a:b], dtype=np.float64)
+    if len(x) == 0:
+        return {"peak": float("nan"), "flatness": float("nan")}
+    frame = max(int(0.064 * rate), 16)
+    frames = [x[i : i + frame] for i in range(0, len(x) - frame + 1, frame // 2)] or [x]
+    flat = []
+    for f in frames:
+        p = np.abs(np.fft.rfft(f * np.hanning(len(f)))) ** 2 + 1e-12
+        flat.append(float(np.exp(np.mean(np.log(p))) / np.mean(p)))
+    return {"peak": float(np.abs(x).max()), "flatness": float(np.mean(flat))}
 
 
 def splice_transition(model, clf: Classifier, real_audio: dict, a: dict, b: dict, cfg: EvalConfig):
@@ -384,6 +416,12 @@ def _summary(windows: list[dict], transitions: list[dict], tempo_errors: list[fl
         ),
         "transitions_timed_ahead": f"{sum(t.get('blocks_ahead') is not None for t in transitions)}/{len(transitions)}",
         "transition_splice_blocks_ahead": nanmean(t.get("splice_blocks_ahead") for t in transitions),
+        # adherence to the new prompt over the second half after a switch, and over-saturation after it
+        "transition_steady": nanmean(t.get("steady") for t in transitions),
+        "transition_peak_after": nanmean(t.get("peak_after") for t in transitions),
+        "transition_peak_before": nanmean(t.get("peak_before") for t in transitions),
+        "transition_flatness_after": nanmean(t.get("flatness_after") for t in transitions),
+        "transition_flatness_before": nanmean(t.get("flatness_before") for t in transitions),
     }
 
 

@@ -51,9 +51,9 @@ class KVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
-    def slots(self) -> list[KVSlot]:
-        """Per-layer views for attention: the valid frames, then the room the queries write into."""
-        return [KVSlot(self.k[i], self.v[i], self.length) for i in range(len(self.k))]
+    def slots(self, start: int = 0) -> list[KVSlot]:
+        """Per-layer views for attention: the valid frames from `start`, then the room the queries write into."""
+        return [KVSlot(self.k[i], self.v[i], self.length, start) for i in range(len(self.k))]
 
     def extend(self, n: int) -> None:
         """Keep the first n frames the last step's queries wrote after the valid ones."""
@@ -67,8 +67,8 @@ class KVCache:
         if start + n > self.capacity:
             raise ValueError(f"cache overflow: {start}+{n} > capacity {self.capacity}")
         for i, (k, v) in enumerate(kvs):
-            self.k[i, :, :, start : start + n].copy_(k)
-            self.v[i, :, :, start : start + n].copy_(v)
+            self.k[i, :, :, start : start + n].copy_(k.detach())
+            self.v[i, :, :, start : start + n].copy_(v.detach())
         self.length = max(self.length, start + n)
 
     def rotate(self, rope: Rope) -> None:
@@ -87,6 +87,10 @@ class KVCache:
             self.k[:, :, :, :keep].copy_(self.k[:, :, :, n : self.length].clone())
             self.v[:, :, :, :keep].copy_(self.v[:, :, :, n : self.length].clone())
         self.length = max(keep, 0)
+
+    def drop_newest(self, n: int) -> None:
+        """Forget the newest n frames (they are about to be recomputed from fresher inputs)."""
+        self.length = max(self.length - n, 0)
 
     def reset(self) -> None:
         self.length = 0

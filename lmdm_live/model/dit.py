@@ -125,13 +125,15 @@ class Rope(NamedTuple):
 class KVSlot(NamedTuple):
     """One layer's cached keys/values (B, H, room, Dh): `length` valid frames, then room for the queries.
 
-    Attention writes the queries' own keys/values right after the valid frames and attends to the whole
-    [0, length + n) view: no concatenation, no allocation per step.
+    Attention writes the queries' own keys/values right after the valid frames and attends to the
+    [start, length + n) view: no concatenation, no allocation per step. `start` > 0 keeps the oldest cached
+    frames out of a step's sight (a Block-Causal target sees fewer chunks than the cache holds).
     """
 
     k: Tensor
     v: Tensor
     length: int
+    start: int = 0
 
 
 class RotaryEmbedding(nn.Module):
@@ -202,9 +204,15 @@ class SelfAttention(nn.Module):
             start, end = prefix.length, prefix.length + n
             if end > prefix.k.shape[2]:
                 raise ValueError(f"KV cache has room for {prefix.k.shape[2] - start} query tokens, got {n}")
-            prefix.k[:, :, start:end].copy_(k)
-            prefix.v[:, :, start:end].copy_(v)
-            kk, vv = prefix.k[:, :, :end], prefix.v[:, :, :end]
+            # the cache holds values, never a graph: a training rollout's exit step writes detached keys
+            prefix.k[:, :, start:end].copy_(k.detach())
+            prefix.v[:, :, start:end].copy_(v.detach())
+            if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+                # backward must not read the buffers later steps overwrite: attend to a fresh copy
+                kk = torch.cat([prefix.k[:, :, prefix.start : start], k], dim=2)
+                vv = torch.cat([prefix.v[:, :, prefix.start : start], v], dim=2)
+            else:
+                kk, vv = prefix.k[:, :, prefix.start : end], prefix.v[:, :, prefix.start : end]
         else:
             kk, vv = k, v
         out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)

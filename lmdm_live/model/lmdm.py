@@ -11,9 +11,15 @@ Modes
   keys and values) and reused by every denoising step (T+1 query tokens). Fusing that pass into the first
   step measured slower on CPU (a masked pass over C+T+1 tokens costs more than the two apart).
 - "causal": Block-Causal. Frames form chunks of T; each chunk attends to itself and the w-1 chunks before it
-  (w = C/T). The cache of the last w-1 clean chunks persists across blocks; the previous block enters the
+  (w = C/T). The cache of the last w clean chunks persists across blocks; the previous block enters the
   cache in the first denoising step of the next one (the fused first step), so a block costs 2T+1 query
-  tokens for step 0 and T+1 for the rest. Cached keys are re-rotated by -T as the window slides.
+  tokens for step 0 and T+1 for the rest. Cached keys are re-rotated by -T as the window slides. The
+  target sees w-1 cached chunks (the training mask) at every step, or w at steps >= 1 when the checkpoint
+  says so (`step_chunks`, the window of the authors' streaming cache). Cached chunks whose inputs changed
+  since they were cached (a jam's accompaniment revealed after them, t_f < 0) are recomputed in the fused
+  step, from the oldest changed chunk on; the extra cached chunk is what makes that exact for one chunk.
+  The cache carries state the masked window pass cannot: once the window slides, cached chunks were
+  computed while they saw chunks that have since left it, so training rollouts go through this path too.
 
 Each cached mode has an uncached reference (`cached=False`) that recomputes the same masked attention from
 scratch; the tests hold the two equal.
@@ -40,6 +46,9 @@ class LMDMConfig:
     mode: Mode = "encdec"
     context_frames: int = 192
     block_frames: int = 48
+    # Block-Causal: context chunks the target attends to at denoising steps >= 1. None = w-1, the training
+    # mask (ours); w = the authors' streaming cache, so a model post-trained there streams here as there.
+    step_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -51,10 +60,21 @@ class LMDMConfig:
                 f"causal mode needs context_frames ({self.context_frames}) = w * block_frames "
                 f"({self.block_frames}) with w >= 2"
             )
+        if self.step_chunks is not None and self.mode == "causal":
+            w = self.window_chunks
+            if self.step_chunks not in (w - 1, w):
+                raise ValueError(
+                    f"step_chunks must be {w - 1} or {w} for this window, got {self.step_chunks}"
+                )
 
     @property
     def window_chunks(self) -> int:
         return self.context_frames // self.block_frames
+
+    @property
+    def target_chunks(self) -> int:
+        """Context chunks a Block-Causal target sees at steps >= 1."""
+        return self.window_chunks - 1 if self.step_chunks is None else self.step_chunks
 
 
 @dataclass
@@ -77,6 +97,7 @@ class BlockState:
     io: int
     cache: KVCache | None = None
     pending: Tensor | None = None  # causal: the last block's frames, not yet in the cache
+    cached_frames: Tensor | None = None  # causal: the frames the cached chunks were computed from
     history: list[Tensor] = field(default_factory=list)  # causal reference: all frames since bootstrap
     blocks: int = 0
 
@@ -94,15 +115,28 @@ class BlockState:
         if self.cache is not None:
             self.cache.reset()
         self.pending = None
+        self.cached_frames = None
         self.history = []
 
     def eject(self, n: int) -> None:
-        """Drop the oldest n context frames (mask 0, zeros) so a new prompt is not held back by old music."""
+        """Drop the oldest n context frames (mask 0, zeros) and rebuild the cache from what is left, so a
+        new prompt is not held back by old music (a re-bootstrap even when n is 0)."""
         n = min(max(n, 0), self.frames.shape[-1])
         if n:
             self.frames = self.frames.clone()
             self.frames[:, :, :n] = 0
-            self.rebootstrap()
+        self.rebootstrap()
+
+    def refresh(self, lo: int, hi: int, values: Tensor) -> None:
+        """Overwrite input channels [lo, hi) of the context (and of the pending block) with `values`
+        (B, hi-lo, C): a jam's accompaniment as visible now. Cached chunks this changes are recomputed."""
+        frames = self.frames.clone()
+        frames[:, lo:hi] = values.to(frames)
+        self.frames = frames
+        if self.pending is not None:
+            pending = self.pending.clone()
+            pending[:, lo:hi] = values[..., -pending.shape[-1] :].to(pending)
+            self.pending = pending
 
 
 def chunk_mask(q_chunks: Tensor, k_chunks: Tensor, w: int) -> Tensor:
@@ -137,13 +171,22 @@ class LMDM:
         if cfg.mode == "causal":
             w = cfg.window_chunks
             self._rope_back = dit.rope(torch.tensor([-t], device=self.device))
-            self._rope_fused = dit.rope(torch.cat([ar(c - t + 1, c + 1), self._pos_tg]).to(self.device))
             ctx_chunks = ar(c) // t
             self._mask_boot = chunk_mask(ctx_chunks, ctx_chunks, w).to(self.device)
-            q = torch.cat([torch.full((t,), w - 1), torch.full((t + 1,), w)])
-            k = torch.cat([ar(c - t) // t, q])
-            self._mask_fused = chunk_mask(q, k, w).to(self.device)
+            self._fused = {m: self._fused_tables(m) for m in (1, 2)}
         self._mask_encdec = encdec_mask(c, c + t + 1).to(self.device)
+
+    def _fused_tables(self, m: int):
+        """RoPE and mask of a fused first step that (re)computes the newest m context chunks.
+
+        The cache holds w-m+1 chunks then (positions 1-T..C-(m)T after the slide's re-rotation); the queries
+        are those m chunks, the target and G. Every chunk sees itself and the w-1 chunks before it."""
+        c, t, w = self.cfg.context_frames, self.cfg.block_frames, self.cfg.window_chunks
+        ar = torch.arange
+        rope = self.dit.rope(torch.cat([ar(c - m * t + 1, c + 1), self._pos_tg]).to(self.device))
+        q = torch.cat([ar(m * t) // t + (w - m + 1), torch.full((t + 1,), w + 1)])
+        k = torch.cat([ar((w - m + 1) * t) // t, q])
+        return rope, chunk_mask(q, k, w).to(self.device)
 
     # --- state ------------------------------------------------------------------------------------------
 
@@ -159,7 +202,7 @@ class LMDM:
             mask = torch.ones(1, 1, c)
         frames = self._frames(mask.to(context), context, extras)
         t = self.cfg.block_frames
-        cap = {"bidirectional": 0, "encdec": c, "causal": c - t}[self.cfg.mode]
+        cap = {"bidirectional": 0, "encdec": c, "causal": c}[self.cfg.mode]
         room = {"bidirectional": 0, "encdec": t + 1, "causal": 2 * t + 1}[self.cfg.mode]
         d = self.dit.cfg
         cache = (
@@ -168,6 +211,16 @@ class LMDM:
             else None
         )
         return BlockState(frames=frames, io=io, cache=cache)
+
+    def state_from_frames(self, frames: Tensor) -> BlockState:
+        """A state over a batch of context windows (B, 1+io+E, C), one stream per row (training rollouts;
+        the conditioning then has B rows and no CFG branch)."""
+        io, c = self.dit.cfg.io_channels, self.cfg.context_frames
+        if frames.shape[1:] != (1 + io + self.dit.cfg.extra_add_channels, c):
+            raise ValueError(f"frames must be (B, {1 + io + self.dit.cfg.extra_add_channels}, {c})")
+        state = self.new_state(frames.shape[0])
+        state.frames = frames.to(self.device, self.dtype)
+        return state
 
     def resize(self, state: BlockState, rows: int) -> None:
         """Switch a state to another CFG batch (guidance on/off): a new cache, rebuilt from the context."""
@@ -209,11 +262,11 @@ class LMDM:
     def _frames(self, mask: Tensor, clean: Tensor, extras: Tensor | None) -> Tensor:
         """[mask; clean; extras] on channels, on the model's device; zeros stand in for absent extras."""
         e = self.dit.cfg.extra_add_channels
-        n = clean.shape[-1]
+        b, n = clean.shape[0], clean.shape[-1]
         if extras is None:
-            extras = clean.new_zeros(1, e, n)
-        elif extras.shape != (1, e, n):
-            raise ValueError(f"extras must be (1, {e}, {n}), got {tuple(extras.shape)}")
+            extras = clean.new_zeros(b, e, n)
+        elif extras.shape != (b, e, n):
+            raise ValueError(f"extras must be ({b}, {e}, {n}), got {tuple(extras.shape)}")
         return torch.cat([mask, clean, extras], dim=1).to(self.device, self.dtype)
 
     # --- training: one masked pass over a whole window ------------------------------------------------------
@@ -222,7 +275,9 @@ class LMDM:
         self, frames: Tensor, x_t: Tensor, t: Tensor, cond: Conditioning, target_extras: Tensor | None = None
     ) -> Tensor:
         """Velocity for noisy targets x_t (B, io, T) at levels t (B,) given clean context `frames`
-        (B, 1+io+E, C), under this mode's attention mask: what training fits and the caches reproduce."""
+        (B, 1+io+E, C), under this mode's attention mask: what stage 1 fits. The caches reproduce it for every
+        Enc-Dec block and for a Block-Causal block right after a bootstrap; later Block-Causal blocks carry
+        what cached chunks saw before they left the window, which only the cache path computes."""
         if self.cfg.mode == "bidirectional":
             raise ValueError("window_velocity is for the Enc-Dec and Block-Causal modes")
         c, t_len = self.cfg.context_frames, self.cfg.block_frames
@@ -253,24 +308,40 @@ class LMDM:
             raise ValueError("conditioning rows must be 2 exactly when the sampler settings use guidance")
         io = self.dit.cfg.io_channels
         noise = torch.randn((1, io, t_len), generator=gen, dtype=torch.float32).to(self.device, self.dtype)
-        mode = self.cfg.mode
-        if state.cache is not None and state.cache.batch != rows:
-            raise ValueError("the stream's cache was built for another CFG batch; rebuild the state")
-        if mode == "bidirectional":
-            denoise = self._bidirectional(state, cond, gen)
-        elif mode == "encdec":
-            denoise = (self._encdec if cached else self._encdec_reference)(state, cond, target_extras)
-        else:
-            denoise = (self._causal if cached else self._causal_reference)(state, cond, target_extras)
+        denoise = self.denoiser(state, cond, gen, target_extras, cached)
 
         def expand(x: Tensor, t: float, i: int) -> Tensor:
             return denoise(x.expand(rows, -1, -1), t, i)
 
         block = sample_block(expand, noise, settings, gen)
-        self._advance(state, block, target_extras, cached)
+        self.advance(state, block, target_extras, cached)
         return block
 
-    def _advance(self, state: BlockState, block: Tensor, extras: Tensor | None, cached: bool) -> None:
+    def denoiser(
+        self,
+        state: BlockState,
+        cond: Conditioning,
+        gen: torch.Generator,
+        target_extras: Tensor | None = None,
+        cached: bool = True,
+    ):
+        """The velocity callable for the state's next block: what `generate` samples through, and what a
+        training rollout samples through too (so it trains on the stream's own cache). Building it runs
+        the block's context pass (Enc-Dec) or bootstrap (Block-Causal) when there is one."""
+        if state.cache is not None and state.cache.batch != cond.rows:
+            raise ValueError("the stream's cache was built for another CFG batch; rebuild the state")
+        mode = self.cfg.mode
+        if mode == "bidirectional":
+            return self._bidirectional(state, cond, gen)
+        if mode == "encdec":
+            return (self._encdec if cached else self._encdec_reference)(state, cond, target_extras)
+        return (self._causal if cached else self._causal_reference)(state, cond, target_extras)
+
+    def advance(
+        self, state: BlockState, block: Tensor, extras: Tensor | None = None, cached: bool = True
+    ) -> None:
+        """Slide the state's window over a finished block (its clean latents, detached)."""
+        block = block.detach()
         t = self.cfg.block_frames
         new = self._frames(torch.ones_like(block[:, :1]), block, extras)
         state.frames = torch.cat([state.frames[:, :, t:], new], dim=2)[:, :, -self.cfg.context_frames :]
@@ -327,35 +398,57 @@ class LMDM:
     def _causal(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
         cache = state.cache
         assert cache is not None
-        c, t_len = self.cfg.context_frames, self.cfg.block_frames
-        pending = state.pending
-        if pending is None or cache.length == 0:
-            # bootstrap: the whole context, chunk-causal; keep chunks 1..w-1 for the target to see
+        c, t_len, w = self.cfg.context_frames, self.cfg.block_frames, self.cfg.window_chunks
+        rows = cond.rows
+        later = (w - self.cfg.target_chunks) * t_len  # first cached frame the target sees at steps >= 1
+        if state.pending is None or state.cached_frames is None or cache.length != c:
+            # bootstrap: the whole context, chunk-causal, into the cache; step 0 sees the training mask's
+            # w-1 chunks, steps >= 1 the configured window
             cache.reset()
-            ctx = self._ctx_tokens(state.frames, cond.rows)
+            ctx = self._ctx_tokens(state.frames, rows)
             _, kvs = self.dit.run(
-                ctx, self._rope_ctx, cond.cross, mask=self._mask_boot, keep=slice(t_len, c), kv_only=True
+                ctx, self._rope_ctx, cond.cross, mask=self._mask_boot, keep=slice(None), kv_only=True
             )
             cache.write(kvs)
-            fused = False
+            state.cached_frames = state.frames
+            m = 0
         else:
-            cache.rotate(self._rope_back)  # window slid by T: cached chunks move to positions 1..C-T
-            p_tokens = self._ctx_tokens(pending, cond.rows)
-            fused = True
+            # the window slid by T: cached chunks move back by T (the oldest one to positions <= 0, out of
+            # every query's sight unless a stale chunk after it is recomputed)
+            cache.rotate(self._rope_back)
+            m = 1 + self._stale_chunks(state)
+            cache.drop_newest((m - 1) * t_len)
+            rope, mask = self._fused.get(m) or self._fused_tables(m)
         state.pending = None
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
             tg = self._target_tokens(x, t, cond, extras)
-            if fused and i == 0:
-                h = torch.cat([p_tokens, tg], dim=1)
-                h, _ = self.dit.run(h, self._rope_fused, cond.cross, cache.slots(), self._mask_fused)
-                cache.extend(t_len)  # the pending block's keys/values, written right after the cache
+            if m and i == 0:
+                fresh = self._ctx_tokens(state.frames[..., c - m * t_len :], rows)
+                h, _ = self.dit.run(torch.cat([fresh, tg], dim=1), rope, cond.cross, cache.slots(), mask)
+                cache.extend(m * t_len)  # the recomputed chunks' keys/values, written right after the cache
                 cache.slide(t_len)
-                return self.dit.output(h[:, t_len : 2 * t_len])
-            h, _ = self.dit.run(tg, self._rope_tg, cond.cross, cache.slots())
+                state.cached_frames = state.frames
+                return self.dit.output(h[:, m * t_len : (m + 1) * t_len])
+            start = t_len if i == 0 else later
+            h, _ = self.dit.run(tg, self._rope_tg, cond.cross, cache.slots(start))
             return self.dit.output(h[:, :t_len])
 
         return denoise
+
+    def _stale_chunks(self, state: BlockState) -> int:
+        """Cached chunks (before the pending one) whose inputs changed since they were cached: the newest
+        ones from the oldest changed chunk on. One is recomputed exactly (its w-1 predecessors are cached);
+        more see fewer predecessors than when first computed."""
+        c, t_len, w = self.cfg.context_frames, self.cfg.block_frames, self.cfg.window_chunks
+        assert state.cached_frames is not None
+        then, now = state.cached_frames[..., t_len:], state.frames[..., : c - t_len]
+        if then.shape != now.shape:
+            return 0
+        changed = (then != now).flatten(0, 1).any(0).view(w - 1, t_len).any(1)
+        if not changed.any():
+            return 0
+        return int(w - 1 - int(changed.nonzero()[0]))
 
     def _causal_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
         """Recompute every clean frame since the last bootstrap, chunk-causal, at each step (slow, exact)."""

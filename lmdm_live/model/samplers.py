@@ -51,22 +51,29 @@ class SamplerSettings:
         return self.cfg_pp is not None or self.cfg != 1.0
 
 
-def sample_block(denoise: Denoise, x: Tensor, s: SamplerSettings, gen: torch.Generator) -> Tensor:
-    """Denoise x (pure noise at t=1) to a clean block with s.steps model calls."""
+def sample_block(
+    denoise: Denoise, x: Tensor, s: SamplerSettings, gen: torch.Generator, exit: int | None = None
+) -> Tensor:
+    """Denoise x (pure noise at t=1) to a clean block with s.steps model calls.
+
+    `exit` = k stops after k calls and returns that step's clean estimate x0 (ARC-Forcing's random exit
+    step); k = s.steps is the whole sampler. With guidance, v holds the (conditional, unconditional) rows."""
     ts = logsnr_schedule(s.steps)
-    for i in range(s.steps):
+    steps = s.steps if exit is None else exit
+    if not 1 <= steps <= s.steps:
+        raise ValueError(f"exit must be in 1..{s.steps}, got {exit}")
+    for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
         v = denoise(x, t, i)
-        if v.shape[0] == 2:
+        if s.guided:
             v_c, v_u = v[:1], v[1:]
             scale = s.cfg_pp if s.cfg_pp is not None else s.cfg
             v_g = v_u + scale * (v_c - v_u)
         else:
             v_g = v_u = v
         x0 = x - t * v_g
-        if t_next == 0.0:
-            x = x0
-            continue
+        if t_next == 0.0 or i == steps - 1:
+            return x0
         # CFG++ (LMDM's rectified-flow form): re-anchor on the unconditional branch instead of the guided one
         anchor = x - t * v_u if s.cfg_pp is not None else x0
         if s.sampler == "pingpong":

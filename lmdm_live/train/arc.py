@@ -1,15 +1,19 @@
 """ARC-Forcing (stage 2): adversarial post-training on the model's own autoregressive rollouts.
 
-The generator rolls out R blocks the way it streams (each block from the blocks it generated before, with
-a few ping-pong steps), exiting at a random step k with gradient through that step only. A discriminator
-(a bidirectional DiT trunk plus a ConvNeXt head over the rolled-out region) scores re-noised real and
-generated windows with a relativistic loss; a contrastive term teaches it to tell the right conditioning
-from a rolled one, so the generator is pushed to follow the prompt, not only to sound real. Rollouts use
-the masked window pass (`LMDM.window_velocity`), which the KV caches reproduce exactly.
+The generator rolls out R blocks the way it streams: through the stream's own `BlockState` (KV cache,
+slide, re-rotation, fused first step, recomputed stale chunks), each block from the blocks it generated
+before, with a few ping-pong steps, exiting at a random step k with gradient through that step only (the
+steps before it and the cache carry none). A discriminator (a bidirectional DiT trunk cut at 3/4 of its
+depth plus a ConvNeXt head over the rolled-out region; it also reads the extra channels, so it hears the
+accompaniment of a jam) scores re-noised real and generated windows with a relativistic loss; a
+contrastive term teaches it to tell the right conditioning (text and accompaniment) from a rolled one, so
+the generator is pushed to follow the prompt and the stem, not only to sound real.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +22,8 @@ from torch import Tensor, nn
 
 from ..model.bundle import LMDMModel
 from ..model.dit import DiT, DiTConfig
-from ..model.lmdm import LMDM, Conditioning
-from ..model.samplers import logsnr_schedule
+from ..model.lmdm import LMDM, BlockState, Conditioning
+from ..model.samplers import SamplerSettings, sample_block
 from .stage1 import LatentSet, context_dropout
 
 # --- losses ---------------------------------------------------------------------------------------------
@@ -77,32 +81,136 @@ class ConvNeXtHead(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """A bidirectional DiT truncated after `layers` blocks, then a ConvNeXt head on the rollout region."""
+    """A bidirectional DiT truncated after `layers` blocks, then a ConvNeXt head on the rollout region.
+
+    The trunk runs with full attention over the re-noised window. The window's extra channels (tempo,
+    sketch, a jam's accompaniment) enter through `to_input_add_embed`, as in the generator, so the
+    discriminator can judge whether the music fits them."""
 
     def __init__(self, cfg: DiTConfig, layers: int, head_widths: tuple[int, ...] = (128, 256, 512)) -> None:
         super().__init__()
         if not 1 <= layers <= cfg.depth:
             raise ValueError(f"layers must be in 1..{cfg.depth}")
-        self.dit = DiT(DiTConfig(**{**cfg.__dict__, "depth": layers, "input_add_dim": 0}))
+        add = cfg.input_add_dim if cfg.extra_add_channels else 0
+        self.dit = DiT(DiTConfig(**{**cfg.__dict__, "depth": layers, "input_add_dim": add}))
         self.head = ConvNeXtHead(cfg.embed_dim, head_widths)
 
+    @staticmethod
+    def depth_for(depth: int, fraction: float = 0.75) -> int:
+        """The paper cuts the base model at 3/4 of its depth."""
+        return max(1, min(depth, math.ceil(fraction * depth)))
+
     @classmethod
-    def from_generator(cls, model: LMDMModel, layers: int, **kw) -> Discriminator:
-        """Initialise the trunk from the generator's own DiT (its first `layers` blocks)."""
-        d = cls(model.dit.cfg, layers, **kw)
-        own = {k: v for k, v in model.dit.state_dict().items() if not k.startswith("to_input_add_embed")}
+    def from_model(cls, model: LMDMModel, fraction: float = 0.75, **kw) -> Discriminator:
+        """Initialise the trunk from `model`'s DiT: its first 3/4 of the blocks, run bidirectionally.
+
+        The paper cuts a pretrained bidirectional base model. A model trained only as a streaming LMDM has
+        no bidirectional sibling; its stage-1 weights run with full attention are the nearest thing (the
+        blocks' weights are shared by every mask, and pass the whole window as SAOS pre-training did)."""
+        d = cls(model.dit.cfg, cls.depth_for(model.dit.cfg.depth, fraction), **kw)
+        own = model.dit.state_dict()
+        if not d.dit.cfg.input_add_dim:
+            own = {k: v for k, v in own.items() if not k.startswith("to_input_add_embed")}
         missing, _ = d.dit.load_state_dict(own, strict=False)
         if missing:
             raise ValueError(f"discriminator trunk is missing {missing[:3]}")
         return d
 
-    def forward(self, y: Tensor, s: Tensor, cross: Tensor, glob: Tensor | None, start: int) -> Tensor:
-        """Scores for frames [start:] of the re-noised window y (B, io, L) at noise levels s (B,)."""
+    def forward(
+        self,
+        y: Tensor,
+        s: Tensor,
+        cross: Tensor,
+        glob: Tensor | None,
+        start: int,
+        extras: Tensor | None = None,
+    ) -> Tensor:
+        """Scores for frames [start:] of the re-noised window y (B, io, L) at noise levels s (B,), given
+        the window's extra channels (B, E, L) when the model has them."""
         n = y.shape[-1]
-        h = torch.cat([self.dit.noisy_tokens(y), self.dit.global_token(s, glob)], dim=1)
+        h = self.dit.noisy_tokens(y)
+        if extras is not None and self.dit.cfg.input_add_dim:
+            zeros = extras.new_zeros(extras.shape[0], 1 + y.shape[1], n)
+            h = h + self.dit.add_tokens(torch.cat([zeros, extras], dim=1).transpose(1, 2))
+        h = torch.cat([h, self.dit.global_token(s, glob)], dim=1)
         positions = torch.cat([torch.arange(1, n + 1), torch.zeros(1, dtype=torch.long)]).to(y.device)
         h, _ = self.dit.run(h, self.dit.rope(positions), self.dit.cross_kv(cross))
         return self.head(h[:, start:n].transpose(1, 2))
+
+
+# --- rollouts through the stream's own state ------------------------------------------------------------------
+
+
+@dataclass
+class RolloutExtras:
+    """A window's extra channels (B, E, C + R*T), the accompaniment in them fully visible, and how each
+    block sees them: accompaniment up to t_f frames past that block's start, t_f fixed per row for the whole
+    rollout, as a jam streams (the context's accompaniment refreshed each block, as the live input does)."""
+
+    extras: Tensor
+    accomp: slice | None = None  # the accompaniment's channels within the extras
+    t_f: Tensor | None = None  # (B,) frames past each block start the accompaniment is visible
+
+    def window(self, r: int, context: int, block: int) -> Tensor:
+        """(B, E, C + T): block r's window of extras as the stream would have them when making block r."""
+        w = self.extras[..., r * block : r * block + context + block]
+        if self.accomp is None or self.t_f is None:
+            return w
+        visible = torch.arange(w.shape[-1], device=w.device)[None, :] < context + self.t_f[:, None].to(
+            w.device
+        )
+        w = w.clone()
+        w[:, self.accomp] = w[:, self.accomp] * visible[:, None, :].to(w)
+        return w
+
+    def rolled(self) -> Tensor:
+        """The full extras with the accompaniment rolled by one inside the batch (the contrastive c~)."""
+        if self.accomp is None:
+            return self.extras
+        out = self.extras.clone()
+        out[:, self.accomp] = torch.roll(self.extras[:, self.accomp], 1, dims=0)
+        return out
+
+
+def rollout(
+    lmdm: LMDM,
+    state: BlockState,
+    cond: Conditioning,
+    exits: Sequence[int],
+    steps: int,
+    gens: Sequence[torch.Generator],
+    extras: RolloutExtras | None = None,
+) -> Tensor:
+    """len(exits) blocks (B, io, R*T) through the stream's path, block r exiting after exits[r] of `steps`
+    ping-pong steps with its generator gens[r]; gradient only through each block's exit step.
+
+    With every exit = steps and the stream's per-block generators this is exactly what `LMDMStream` makes
+    (the tests hold the two equal); the state is left as the stream would leave it."""
+    settings = SamplerSettings("pingpong", steps=steps)
+    c, t_len, io = lmdm.cfg.context_frames, lmdm.cfg.block_frames, lmdm.dit.cfg.io_channels
+    b = state.frames.shape[0]
+    grad = torch.is_grad_enabled()
+    blocks = []
+    for r, (k, gen) in enumerate(zip(exits, gens, strict=True)):
+        target = None
+        if extras is not None:
+            win = extras.window(r, c, t_len)
+            if extras.accomp is not None:
+                lo = 1 + io + extras.accomp.start
+                state.refresh(lo, lo + extras.accomp.stop - extras.accomp.start, win[:, extras.accomp, :c])
+            target = win[..., c:]
+        noise = torch.randn((b, io, t_len), generator=gen, dtype=torch.float32).to(lmdm.device, lmdm.dtype)
+        with torch.no_grad():  # the context pass / bootstrap: the cache carries no gradient
+            denoise = lmdm.denoiser(state, cond, gen, target)
+
+        def step(x: Tensor, t: float, i: int, denoise=denoise, k=k) -> Tensor:
+            with torch.set_grad_enabled(grad and i == k - 1):
+                return denoise(x, t, i)
+
+        block = sample_block(step, noise, settings, gen, exit=k)
+        lmdm.advance(state, block, target)
+        blocks.append(block)
+    return torch.cat(blocks, dim=2)
 
 
 # --- the training step --------------------------------------------------------------------------------------
@@ -117,51 +225,20 @@ class ARCConfig:
     lr_d: float = 1e-6
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.01
-    lambda_c: float = 1.0
+    lambda_c: float | None = None  # None: the paper's 2 for Block-Causal, 1 for Enc-Dec
     p_uncond: float = 0.25
     p_partial: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
 
 
-def _slide(frames: Tensor, block: Tensor, extras: Tensor | None = None) -> Tensor:
-    """The context window after `block`: oldest frames out, the block (with its extras) in."""
-    e = frames.shape[1] - 1 - block.shape[1]
-    if extras is None:
-        extras = frames.new_zeros(block.shape[0], e, block.shape[-1])
-    new = torch.cat([torch.ones_like(block[:, :1]), block, extras.to(block)], dim=1)
-    return torch.cat([frames[:, :, block.shape[-1] :], new], dim=2)
-
-
-def rollout(
-    lmdm: LMDM,
-    frames: Tensor,
-    cond: Conditioning,
-    rounds: int,
-    steps: int,
-    gen: torch.Generator,
-    extras: Tensor | None = None,
-) -> Tensor:
-    """R blocks, each from the previous ones; gradient only through each block's exit step.
-
-    `extras` (B, E, R*T): each rolled-out block's extra channels (tempo, sketch, accompaniment)."""
-    ts = logsnr_schedule(steps)
-    b, io, t_len = frames.shape[0], lmdm.dit.cfg.io_channels, lmdm.cfg.block_frames
-    blocks = []
-    for r in range(rounds):
-        ext = None if extras is None else extras[..., r * t_len : (r + 1) * t_len]
-        k = int(torch.randint(1, steps, (1,), generator=gen))  # exit after k steps, 1..S-1
-        x = torch.randn(b, io, t_len, generator=gen).to(frames)
-        with torch.no_grad():
-            for i in range(k - 1):
-                t = torch.full((b,), ts[i]).to(frames)
-                x0 = x - ts[i] * lmdm.window_velocity(frames, x, t, cond, ext)
-                x = (1 - ts[i + 1]) * x0 + ts[i + 1] * torch.randn(x.shape, generator=gen).to(x)
-        t = torch.full((b,), ts[k - 1]).to(frames)
-        block = x - ts[k - 1] * lmdm.window_velocity(frames, x, t, cond, ext)
-        blocks.append(block)
-        frames = _slide(frames, block.detach(), ext)
-    return torch.cat(blocks, dim=2)
+@dataclass
+class _Batch:
+    real: Tensor  # (B, io, C + R*T): Y = X' (the context as the generator saw it)
+    frames: Tensor  # (B, 1+io+E, C): the generator's context window
+    cross: Tensor
+    glob: Tensor
+    extras: RolloutExtras | None
 
 
 class ARCTrainer:
@@ -170,6 +247,9 @@ class ARCTrainer:
     def __init__(self, model: LMDMModel, disc: Discriminator, cfg: ARCConfig) -> None:
         self.model, self.disc, self.cfg = model, disc, cfg
         self.lmdm = LMDM(model.dit, model.lmdm)
+        self.lambda_c = (
+            cfg.lambda_c if cfg.lambda_c is not None else (2.0 if model.lmdm.mode == "causal" else 1.0)
+        )
         self.g_params = list(model.net.parameters())
         self.d_params = list(disc.parameters())
         for p in self.g_params + self.d_params:
@@ -181,50 +261,88 @@ class ARCTrainer:
         self.opt_d = torch.optim.AdamW(self.d_params, lr=cfg.lr_d, **opt)
         self.step = 0
 
-    def _batch(self, data: LatentSet, gen: torch.Generator):
+    def _gen(self, seed: int | None) -> torch.Generator:
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step if seed is None else seed)
+
+    def _batch(self, data: LatentSet, gen: torch.Generator) -> _Batch:
         c, t_len = self.lmdm.cfg.context_frames, self.lmdm.cfg.block_frames
         n = c + self.cfg.rounds * t_len
         layout = self.model.layout
         p = next(self.model.net.parameters())
         e = self.model.dit.cfg.extra_add_channels
+        extras = None
         if layout.channels:
             from .windows import ExtrasConfig, window_batch
 
-            real, tokens, ext = window_batch(data, layout, ExtrasConfig(), self.cfg.batch, c, n - c, gen)
-            extras = real.new_zeros(real.shape[0], e, n)
-            extras[:, : ext.shape[1]] = ext
-            extras = extras.to(p.device, p.dtype)
+            real, tokens, ext, t_f = window_batch(
+                data, layout, ExtrasConfig(), self.cfg.batch, c, n - c, gen, block_frames=t_len
+            )
+            full = real.new_zeros(real.shape[0], e, n)
+            full[:, : ext.shape[1]] = ext
+            acc = layout.offsets()["accomp"] if layout.accomp else None
+            extras = RolloutExtras(full.to(p.device, p.dtype), acc, t_f.to(p.device))
         else:
             real, tokens = data.batch(self.cfg.batch, n, gen)
-            extras = None
         real, tokens = real.to(p.device, p.dtype), tokens.to(p.device, p.dtype)
         b, io, _ = real.shape
-        ctx_extras = real.new_zeros(b, e, c) if extras is None else extras[..., :c]
+        ctx_extras = real.new_zeros(b, e, c) if extras is None else extras.window(0, c, t_len)[..., :c]
         frames = torch.cat([real.new_ones(b, 1, c), real[..., :c], ctx_extras], dim=1)
         frames = context_dropout(frames, t_len, self.cfg.p_uncond, self.cfg.p_partial, gen)
-        real = torch.cat([frames[:, 1 : 1 + io], real[..., c:]], dim=2)  # Y = X' (context as the G saw it)
+        real = torch.cat([frames[:, 1 : 1 + io], real[..., c:]], dim=2)
         cross, glob = self.model.net.conditioning(tokens, [self.model.seconds_total] * b)
-        return real, frames, cross, glob, None if extras is None else extras[..., c:]
+        return _Batch(real, frames, cross, glob, extras)
 
-    def _scores(self, real: Tensor, fake: Tensor, cross: Tensor, glob: Tensor, gen: torch.Generator):
-        """Paired re-noising: one noise level and one noise for the real and the generated window."""
-        c = self.lmdm.cfg.context_frames
+    def _rollout(self, batch: _Batch, gen: torch.Generator) -> Tensor:
+        """The generated window [context | R blocks], rolled out through a fresh stream state."""
+        r, s = self.cfg.rounds, self.cfg.steps
+        exits = [int(k) for k in torch.randint(1, s, (r,), generator=gen)]  # exit after k steps, 1..S-1
+        gens = [torch.Generator().manual_seed(int(x)) for x in torch.randint(2**62, (r,), generator=gen)]
+        cond = Conditioning(self.model.dit.cross_kv(batch.cross), batch.glob)
+        state = self.lmdm.state_from_frames(batch.frames)
+        blocks = rollout(self.lmdm, state, cond, exits, s, gens, batch.extras)
+        return torch.cat([batch.real[..., : self.lmdm.cfg.context_frames], blocks], dim=2)
+
+    def _scores(self, batch: _Batch, fake: Tensor, gen: torch.Generator):
+        """Paired re-noising: one noise level and one noise for the real and the generated window. The
+        discriminator's view of the conditioning carries no gradient back into the generator."""
+        c, real = self.lmdm.cfg.context_frames, batch.real
         s = torch.sigmoid(torch.randn(real.shape[0], generator=gen)).to(real)
         eps = torch.randn(real.shape, generator=gen).to(real)
         y_s = (1 - s[:, None, None]) * real + s[:, None, None] * eps
         f_s = (1 - s[:, None, None]) * fake + s[:, None, None] * eps
-        return self.disc(y_s, s, cross, glob, c), self.disc(f_s, s, cross, glob, c), y_s, s
+        cross, glob = batch.cross.detach(), batch.glob.detach()
+        ext = None if batch.extras is None else batch.extras.extras
+        d_real = self.disc(y_s, s, cross, glob, c, ext)
+        d_fake = self.disc(f_s, s, cross, glob, c, ext)
+        return d_real, d_fake, y_s, s
 
-    def g_step(self, data: LatentSet) -> dict:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        real, frames, cross, glob, target_extras = self._batch(data, gen)
-        cond = Conditioning(self.model.dit.cross_kv(cross), glob)
-        blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen, target_extras)
-        fake = torch.cat([real[..., : self.lmdm.cfg.context_frames], blocks], dim=2)
+    def _contrastive(self, batch: _Batch, y_s: Tensor, s: Tensor, d_real: Tensor) -> Tensor:
+        """c~: each real window under another window's prompt and accompaniment (rolled by one)."""
+        rolled = torch.roll(batch.cross.detach(), 1, dims=0)
+        ext = None if batch.extras is None else batch.extras.rolled()
+        d_rolled = self.disc(y_s, s, rolled, batch.glob.detach(), self.lmdm.cfg.context_frames, ext)
+        return contrastive_d_loss(d_real, d_rolled)
+
+    @torch.no_grad()
+    def losses(self, data: LatentSet, seed: int) -> dict:
+        """Every loss term on the batch, rollout and noise a step with this seed would use (no update)."""
+        gen = self._gen(seed)
+        batch = self._batch(data, gen)
+        fake = self._rollout(batch, gen)
+        d_real, d_fake, y_s, s = self._scores(batch, fake, gen)
+        return {
+            "loss_g": float(relativistic_g_loss(d_real, d_fake)),
+            "loss_d": float(relativistic_d_loss(d_real, d_fake)),
+            "loss_contrastive": float(self._contrastive(batch, y_s, s, d_real)),
+        }
+
+    def g_step(self, data: LatentSet, seed: int | None = None) -> dict:
+        gen = self._gen(seed)
+        batch = self._batch(data, gen)
+        fake = self._rollout(batch, gen)
         for p in self.d_params:
             p.requires_grad_(False)
-        # the discriminator's view of the conditioning carries no gradient back into the generator
-        d_real, d_fake, _, _ = self._scores(real, fake, cross.detach(), glob.detach(), gen)
+        d_real, d_fake, _, _ = self._scores(batch, fake, gen)
         loss = relativistic_g_loss(d_real, d_fake)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,20 +353,15 @@ class ARCTrainer:
         self.step += 1
         return {"loss_g": float(loss.detach())}
 
-    def d_step(self, data: LatentSet) -> dict:
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
-        real, frames, cross, glob, target_extras = self._batch(data, gen)
+    def d_step(self, data: LatentSet, seed: int | None = None) -> dict:
+        gen = self._gen(seed)
+        batch = self._batch(data, gen)
         with torch.no_grad():
-            cond = Conditioning(self.model.dit.cross_kv(cross), glob)
-            blocks = rollout(self.lmdm, frames, cond, self.cfg.rounds, self.cfg.steps, gen, target_extras)
-        fake = torch.cat([real[..., : self.lmdm.cfg.context_frames], blocks], dim=2).detach()
-        cross, glob = cross.detach(), glob.detach()
-        d_real, d_fake, y_s, s = self._scores(real, fake, cross, glob, gen)
-        rolled = torch.roll(cross, 1, dims=0)  # c~: each window with another window's prompt
-        d_rolled = self.disc(y_s, s, rolled, glob, self.lmdm.cfg.context_frames)
+            fake = self._rollout(batch, gen)
+        d_real, d_fake, y_s, s = self._scores(batch, fake.detach(), gen)
         loss_rel = relativistic_d_loss(d_real, d_fake)
-        loss_con = contrastive_d_loss(d_real, d_rolled)
-        loss = loss_rel + self.cfg.lambda_c * loss_con
+        loss_con = self._contrastive(batch, y_s, s, d_real)
+        loss = loss_rel + self.lambda_c * loss_con
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.d_params, self.cfg.grad_clip)

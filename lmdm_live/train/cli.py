@@ -150,6 +150,12 @@ def add_parser(sub) -> None:
     arc.add_argument("--lr", type=float, default=1e-5)
     arc.add_argument("--save-every", type=int, default=50)
     arc.add_argument("--seed", type=int, default=0)
+    arc.add_argument(
+        "--disc-model",
+        type=Path,
+        default=None,
+        help="the discriminator's trunk, cut at 3/4 depth (default: --model run with full attention)",
+    )
     arc.add_argument("--device", default="cpu")
 
 

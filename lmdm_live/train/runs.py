@@ -131,7 +131,10 @@ def run_arc(args, bar_factory) -> int:
         lr_d=args.lr,
         seed=args.seed,
     )
-    disc = Discriminator.from_generator(model, layers=max(2, model.dit.cfg.depth // 2))
+    # the trunk: a bidirectional model cut at 3/4 depth (`--disc-model`), else the stage-1 model's own
+    # weights run with full attention (a streaming LMDM has no bidirectional sibling to cut)
+    disc_source = getattr(args, "disc_model", None) or args.model
+    disc = Discriminator.from_model(model if resume else LMDMModel.load(disc_source))
     history: list[dict] = []
     if resume:
         disc.load_state_dict(load_file(str(out / "discriminator.safetensors")))

@@ -3,8 +3,8 @@
 Each example is a window of C context + T target frames. The context enters through `to_input_add_embed`
 (with context dropout: the whole context, or its first k blocks, zeroed and masked out, so the model learns
 to start from nothing and to continue after `drop_context`); the target is noised on the rectified-flow
-path and the model predicts the velocity under its mode's attention mask (`LMDM.window_velocity`, the pass
-the KV caches reproduce). Text conditioning is dropped for CFG by zeroing the cross-attention tokens, the
+path and the model predicts the velocity under its mode's attention mask (`LMDM.window_velocity`; the KV caches
+reproduce it up to the first slide of a Block-Causal window, ARC-Forcing trains what they carry past it). Text conditioning is dropped for CFG by zeroing the cross-attention tokens, the
 same null the samplers use.
 """
 

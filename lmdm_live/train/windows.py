@@ -56,12 +56,17 @@ def window_batch(
     context: int,
     block: int,
     gen: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(latents (n, io, C+T), tokens (n, S, D), extras (n, E, C+T))."""
+    block_frames: int | None = None,
+) -> tuple[Tensor, ...]:
+    """(latents (n, io, C+T), tokens (n, S, D), extras (n, E, C+T)).
+
+    With `block_frames` (a rollout of several blocks after the context) the accompaniment comes back fully
+    visible and each row's t_f (drawn from [-block_frames, block_frames]) comes as a fourth output, (n,):
+    the rollout hides the accompaniment block by block, t_f past each block's start, as the stream does."""
     frames = context + block
     idx = torch.randint(len(data.latents), (n,), generator=gen).tolist()
     starts = data.crop_starts(idx, frames, gen)
-    lat, tok, ext = [], [], []
+    lat, tok, ext, t_fs = [], [], [], []
     for i, s in zip(idx, starts):
         sl = slice(s, s + frames)
         x, tokens = data.latents[i][:, sl], data.tokens[i]
@@ -87,11 +92,16 @@ def window_batch(
                 sketch = sketch_channels(curves[0], curves[1], curves[2], curves[3])
         has_pair = data.drums is not None and data.rest is not None and data.drums[i] is not None
         if layout.accomp and has_pair and not solo and u[2] < cfg.p_accomp:
-            t_f = int(torch.randint(-block, block + 1, (1,), generator=gen))
-            visible = torch.arange(frames) < context + t_f
+            span = block if block_frames is None else block_frames
+            t_f = int(torch.randint(-span, span + 1, (1,), generator=gen))
+            visible = torch.arange(frames) < context + t_f if block_frames is None else None
             accomp = accomp_channels(data.drums[i][:, sl], visible)
             x = data.rest[i][:, sl]
+            t_fs.append(t_f)
+        else:
+            t_fs.append(0)
         lat.append(x)
         tok.append(tokens)
         ext.append(layout.build(frames, tempo, sketch, accomp))
-    return torch.stack(lat), torch.stack(tok), torch.stack(ext)
+    out = torch.stack(lat), torch.stack(tok), torch.stack(ext)
+    return out if block_frames is None else (*out, torch.tensor(t_fs))
