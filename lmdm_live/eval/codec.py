@@ -64,7 +64,7 @@ def mel_distance(clean: np.ndarray, other: np.ndarray, sample_rate: int) -> floa
 def join_click_ratio(audio: np.ndarray, block: int, sample_rate: int) -> float:
     """How much sharper the signal is at block joins than elsewhere: the second difference's energy in 2 ms
     around each join over its median in 2 ms windows anywhere. About 1 means the joins cannot be told
-    apart; a click is tens."""
+    apart; a click stands far above it."""
     d2 = np.diff(audio, 2) ** 2
     w = max(int(0.002 * sample_rate), 4)
     energy = np.convolve(d2, np.ones(w), mode="same")
@@ -108,6 +108,12 @@ def decode_speed(codec, audio: np.ndarray, block_tokens: int = 16, threads: int 
             out[dec.latency_samples :], block_tokens * codec.hop, codec.sample_rate
         ),
     }
+
+
+def _parameters(codec) -> int:
+    """Trained parameters of a codec (the VAE's, for an Oobleck one; none for a fixed transform)."""
+    module = getattr(codec, "vae", codec)
+    return sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
 
 
 def codec_report(
@@ -198,9 +204,7 @@ def codec_report(
             "mel_distance": nanmean(mel_d),
             "stft_distance": nanmean(stft_d),
         },
-        "parameters": sum(p.numel() for p in codec.codec.parameters())
-        if hasattr(codec.codec, "parameters")
-        else 0,
+        "parameters": _parameters(codec.codec),
     }
     if melody:
         from .melody import melody_check
