@@ -10,6 +10,7 @@ STFT distances, and what the streaming decoder costs on one core and does at blo
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -50,11 +51,17 @@ def stft_distance(clean: np.ndarray, other: np.ndarray, ffts: tuple[int, ...] = 
     return float(np.mean([np.abs(_logspec(clean, n) - _logspec(other, n)).mean() for n in ffts]))
 
 
-def mel_distance(clean: np.ndarray, other: np.ndarray, sample_rate: int) -> float:
-    """Log-mel L1 on 128 bands at hop 512 (natural log of band power, halved: log-magnitude units)."""
+@functools.cache
+def _mel_analysis(sample_rate: int):
+    """The codec's 128-band analysis at `sample_rate`, built once (its filterbank is a Python loop)."""
     from ..model.mel import MelAnalysis, MelConfig
 
-    mel = MelAnalysis(MelConfig(sample_rate=sample_rate))
+    return MelAnalysis(MelConfig(sample_rate=sample_rate))
+
+
+def mel_distance(clean: np.ndarray, other: np.ndarray, sample_rate: int) -> float:
+    """Log-mel L1 on 128 bands at hop 512 (natural log of band power, halved: log-magnitude units)."""
+    mel = _mel_analysis(sample_rate)
     with torch.no_grad():
         a = mel.log_mel(torch.from_numpy(clean.astype(np.float32))[None])
         b = mel.log_mel(torch.from_numpy(other.astype(np.float32))[None])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .mel import hann, overlap_add, phase_advance, window_sum
+from .mel import hann, phase_advance, synthesise, window_sum
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,10 @@ class StreamingGriffinLim:
 
     def _synth(self, frames: Tensor) -> Tensor:
         """Complex frames (B, L, n_bins) -> least-squares audio over their span (B, (L-1)*hop + n_fft)."""
-        w = self.window
-        y = overlap_add(torch.fft.irfft(frames, n=self.cfg.n_fft, dim=-1) * w, self.cfg.hop)
+        y = synthesise(frames, self.cfg.n_fft, self.cfg.hop)
         n = frames.shape[1]
         if n not in self._wsum:
-            self._wsum[n] = window_sum(n, self.cfg.hop, w).clamp(min=1e-3)
+            self._wsum[n] = window_sum(n, self.cfg.hop, self.window).clamp(min=1e-3)
         return y / self._wsum[n]
 
     def _analyse(self, audio: Tensor, first: int, count: int) -> Tensor:

@@ -184,6 +184,12 @@ def phase_advance(n_bins: int, hop: int, n_fft: int) -> Tensor:
     return 2 * math.pi * torch.arange(n_bins) * hop / n_fft
 
 
+def synthesise(frames: Tensor, n_fft: int, hop: int) -> Tensor:
+    """Complex STFT frames (B, T, n_bins) -> their windowed inverse FFTs overlap-added, (B, (T-1)*hop +
+    n_fft): the numerator of a least-squares synthesis; divide by `window_sum` where it is complete."""
+    return overlap_add(torch.fft.irfft(frames, n=n_fft, dim=-1) * hann(n_fft).to(frames.real), hop)
+
+
 def window_sum(n_frames: int, hop: int, window: Tensor) -> Tensor:
     """Σ_t w² of `n_frames` frames overlap-added: what a synthesis divides by (exact at the edges too)."""
     return overlap_add((window**2).expand(1, n_frames, -1), hop)[0]

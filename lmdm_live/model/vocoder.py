@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mel import hann, overlap_add, window_sum
+from .mel import hann, synthesise, window_sum
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,8 @@ class Backbone(nn.Module):
 
 def istft(frames: Tensor, n_fft: int, hop: int) -> Tensor:
     """(B, n_bins, T) complex frames centred on t*hop -> (B, T*hop) audio (the analysis' exact inverse)."""
-    w = hann(n_fft).to(frames.real)
-    y = overlap_add(torch.fft.irfft(frames.transpose(1, 2), n=n_fft, dim=-1) * w, hop)
-    y = y / window_sum(frames.shape[-1], hop, w).clamp(min=1e-3)
+    y = synthesise(frames.transpose(1, 2), n_fft, hop)
+    y = y / window_sum(frames.shape[-1], hop, hann(n_fft).to(y)).clamp(min=1e-3)
     lead = n_fft // 2
     return y[:, lead : lead + frames.shape[-1] * hop]
 
@@ -182,9 +181,8 @@ class StreamingVocoder:
         n = frames.shape[-1]
         if n == 0:
             return frames.real.new_zeros(frames.shape[0], 0)
-        w = hann(cfg.n_fft).to(frames.real)
-        y = overlap_add(torch.fft.irfft(frames.transpose(1, 2), n=cfg.n_fft, dim=-1) * w, cfg.hop)
-        wsum = window_sum(n, cfg.hop, w)
+        y = synthesise(frames.transpose(1, 2), cfg.n_fft, cfg.hop)
+        wsum = window_sum(n, cfg.hop, hann(cfg.n_fft).to(y))
         if self.tail is not None:
             y[:, : self.tail.shape[-1]] += self.tail
             wsum[: self.tail_w.shape[-1]] += self.tail_w

@@ -239,10 +239,8 @@ class CodecTrainer:
     def generate(self, audio: Tensor) -> Tensor:
         log_mel = self.analysis.log_mel(audio)
         if self.cfg.kind == "ae":
-            if self.adversarial:  # RAVE's second stage: the representation is fixed, the decoder refines
-                with torch.no_grad():
-                    z = self.net.encode(log_mel)
-            else:
+            # RAVE's second stage: once adversarial, the representation is fixed and the decoder refines
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.adversarial):
                 z = self.net.encode(log_mel)
             return self.net(z)
         return self.net(log_mel)
