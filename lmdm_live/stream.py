@@ -7,6 +7,7 @@ bit-identical latents and audio, offline or live.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -20,6 +21,7 @@ from .model.lmdm import LMDM, BlockState, Conditioning
 from .model.samplers import SamplerSettings
 
 _GOLDEN = 0x9E3779B97F4A7C15
+COND_CACHE_SIZE = 8  # prompt sets whose conditioning is kept
 # CFG++ through a transition is opt-in: measured on the default model (docs/default-model.md, prompt
 # transitions), lambda 1 after a switch raised the peak from 0.42 to 1.37 and switched a block later
 TRANSITION_CFG_PP: float | None = None
@@ -127,7 +129,8 @@ class LMDMStream:
         self.schedule: dict[int, StreamParams] = {}
         self.nonfinite_blocks = 0
         self._initial = params or StreamParams()
-        self._cond_cache: dict[tuple, Conditioning] = {}
+        # a small LRU: a few prompts are played back and forth, and each entry holds every layer's cross K/V
+        self._cond_cache: OrderedDict[tuple, Conditioning] = OrderedDict()
         self.reset()
 
     # --- control ------------------------------------------------------------------------------------------
@@ -264,6 +267,7 @@ class LMDMStream:
         key = (p.prompts, p.seconds, p.sampler.guided)
         hit = self._cond_cache.get(key)
         if hit is not None:
+            self._cond_cache.move_to_end(key)
             return hit
         texts = [t for t, _ in p.prompts]
         weights = torch.tensor([w for _, w in p.prompts], dtype=torch.float32)
@@ -280,9 +284,9 @@ class LMDMStream:
             cross = torch.cat([cross, torch.zeros_like(cross)])
             glob = glob.expand(2, -1)
         cond = Conditioning(self.model.dit.cross_kv(cross), glob)
-        if len(self._cond_cache) > 32:
-            self._cond_cache.clear()
         self._cond_cache[key] = cond
+        while len(self._cond_cache) > COND_CACHE_SIZE:
+            self._cond_cache.popitem(last=False)
         return cond
 
 

@@ -161,3 +161,17 @@ def test_params_validation():
 def test_block_seeds_are_distinct():
     seeds = {block_seed(s, b) for s in range(4) for b in range(1000)}
     assert len(seeds) == 4000 and all(0 <= x < 2**63 for x in seeds)
+
+
+def test_conditioning_cache_is_a_small_lru(model, text):
+    """Fast prompt changes must not grow memory: the cache keeps the newest few and reuses a hit."""
+    from lmdm_live.stream import COND_CACHE_SIZE
+
+    s = LMDMStream(model, text, params=StreamParams.of("p0", sampler=SamplerSettings(steps=1)), decode=False)
+    first = s._conditioning(s.params)
+    for i in range(1, 3 * COND_CACHE_SIZE):
+        s._conditioning(StreamParams.of(f"p{i}", sampler=SamplerSettings(steps=1)))
+        s._conditioning(s.params)  # kept warm: the most recently used entry is never evicted
+    assert len(s._cond_cache) == COND_CACHE_SIZE
+    assert s._conditioning(s.params) is first
+    assert (("p1", 1.0),) not in {k[0] for k in s._cond_cache}
