@@ -443,3 +443,41 @@ def run_blocks_io(lmdm: LMDM, cond, settings, n: int):
     state = lmdm.new_state(1, torch.randn(1, lmdm.dit.cfg.io_channels, lmdm.cfg.context_frames, generator=g))
     out = [lmdm.generate(state, cond, settings, torch.Generator().manual_seed(b)) for b in range(n)]
     return torch.cat(out, dim=2), state
+
+
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_chunks_velocity_is_the_cached_stream_teacher_forced(with_extras):
+    """Stage 1's K-target pass gives, for every target chunk, the velocity the stream's cache gives after
+    playing the clean chunks before it: at step 0 (the fused step) and later steps, past several slides."""
+    cfg = LMDMConfig(mode="causal", context_frames=12, block_frames=3)  # w = 4
+    lmdm = LMDM(tiny_dit(3), cfg)
+    cond = conditioning(lmdm.dit, 1)
+    c, t, k_chunks = 12, 3, 7  # 7 targets: the window slides 6 times past the bootstrap
+    g = torch.Generator().manual_seed(11)
+    clean = torch.randn(1, IO, c + k_chunks * t, generator=g)
+    ext = torch.randn(1, EXTRA, c + k_chunks * t, generator=g) if with_extras else None
+    x_t = torch.randn(1, IO, k_chunks * t, generator=g)
+    levels = torch.rand(1, k_chunks, generator=g)
+    n = c + (k_chunks - 1) * t
+    frames = lmdm._frames(torch.ones(1, 1, n), clean[..., :n], None if ext is None else ext[..., :n])
+    tgt_ext = None if ext is None else ext[..., c:]
+    with torch.no_grad():
+        multi = lmdm.chunks_velocity(frames, x_t, levels, cond, tgt_ext)
+        state = lmdm.new_state(1, clean[..., :c], None if ext is None else ext[..., :c])
+        for k in range(k_chunks):
+            sl = slice(k * t, (k + 1) * t)
+            e = None if tgt_ext is None else tgt_ext[..., sl]
+            denoise = lmdm.denoiser(state, cond, torch.Generator().manual_seed(0), e)
+            first = denoise(x_t[..., sl], float(levels[0, k]), 0)  # fused step: the pending chunk enters
+            later = denoise(x_t[..., sl], float(levels[0, k]), 1)
+            for v in (first, later):
+                err = (v - multi[..., sl]).abs().max() / multi[..., sl].abs().max()
+                assert err < 1e-5, (k, float(err))
+            lmdm.advance(state, clean[..., c + k * t : c + (k + 1) * t], e)
+    # a target must not see its own clean chunk: changing it leaves that target's velocity alone
+    bumped = frames.clone()
+    bumped[:, 1 : 1 + IO, c : c + t] += 1.0  # the clean copy of target 0
+    with torch.no_grad():
+        again = lmdm.chunks_velocity(bumped, x_t, levels, cond, tgt_ext)
+    assert torch.allclose(again[..., :t], multi[..., :t], atol=1e-6)
+    assert not torch.allclose(again[..., t : 2 * t], multi[..., t : 2 * t], atol=1e-3)

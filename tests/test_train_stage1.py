@@ -12,7 +12,7 @@ from lmdm_live.model.dit import DiTConfig
 from lmdm_live.model.lmdm import LMDM, Conditioning, LMDMConfig
 from lmdm_live.model.oobleck import OobleckConfig, OobleckVAE
 from lmdm_live.sao import SAODiT
-from lmdm_live.train.stage1 import LatentSet, Stage1Config, Stage1Trainer, context_dropout
+from lmdm_live.train.stage1 import LatentSet, Stage1Config, Stage1Trainer, chunk_dropout, context_dropout
 
 IO = 8
 
@@ -82,18 +82,32 @@ def test_context_dropout():
     assert torch.equal(context_dropout(frames, 8, 0.0, 0.0, g), frames)
 
 
-@pytest.mark.parametrize("mode", ["encdec", "causal"])
-def test_stage1_loss_falls(mode):
-    trainer = Stage1Trainer(small_model(mode), Stage1Config(batch=8, lr=2e-3, seed=1))
+def test_chunk_dropout_starts_some_target_from_nothing():
+    w, block, chunks = 2, 8, 5  # context 16, four targets: 2 + 3 clean chunks before the last
+    frames = torch.ones(64, 1 + IO, chunks * block)
+    g = torch.Generator().manual_seed(0)
+    dropped = (chunk_dropout(frames, block, w, 1.0, 0.0, g)[:, 0] == 0).sum(dim=1) // block
+    assert dropped.min() >= w and dropped.max() <= chunks and len(set(dropped.tolist())) > 1
+    partial = (chunk_dropout(frames, block, w, 0.0, 1.0, g)[:, 0] == 0).sum(dim=1) // block
+    assert set(partial.tolist()) == {1}  # 1..w-1 chunks: some context is always left
+    assert torch.equal(chunk_dropout(frames, block, w, 0.0, 0.0, g), frames)
+    with pytest.raises(ValueError, match="Block-Causal"):
+        Stage1Trainer(small_model("encdec"), Stage1Config(targets=2))
+
+
+@pytest.mark.parametrize(("mode", "targets"), [("encdec", 1), ("causal", 1), ("causal", 3)])
+def test_stage1_loss_falls(mode, targets):
+    trainer = Stage1Trainer(small_model(mode), Stage1Config(batch=8, lr=2e-3, seed=1, targets=targets))
     data = patterned_set()
     losses = [trainer.train_step(data) for _ in range(200)]
     first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
     assert last < 0.7 * first, (first, last)
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("targets", [1, 3])
+def test_resume_continues_exactly(tmp_path, targets):
     data = patterned_set()
-    straight = Stage1Trainer(small_model("causal"), Stage1Config(batch=4, lr=1e-3, seed=2))
+    straight = Stage1Trainer(small_model("causal"), Stage1Config(batch=4, lr=1e-3, seed=2, targets=targets))
     for _ in range(6):
         straight.train_step(data)
     straight.save(tmp_path / "ckpt")

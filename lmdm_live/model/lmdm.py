@@ -175,6 +175,7 @@ class LMDM:
             self._mask_boot = chunk_mask(ctx_chunks, ctx_chunks, w).to(self.device)
             self._fused = {m: self._fused_tables(m) for m in (1, 2)}
         self._mask_encdec = encdec_mask(c, c + t + 1).to(self.device)
+        self._chunks_cache: dict[int, tuple] = {}
 
     def _fused_tables(self, m: int):
         """RoPE and mask of a fused first step that (re)computes the newest m context chunks.
@@ -290,6 +291,66 @@ class LMDM:
             mask = chunk_mask(chunks, chunks, self.cfg.window_chunks).to(self.device)
         h, _ = self.dit.run(h, self._rope_window, cond.cross, mask=mask)
         return self.dit.output(h[:, c : c + t_len])
+
+    def chunks_velocity(
+        self, frames: Tensor, x_t: Tensor, t: Tensor, cond: Conditioning, target_extras: Tensor | None = None
+    ) -> Tensor:
+        """Block-Causal, teacher-forced: velocities for K target chunks in one pass, as the stream's cache
+        would give them had it played the clean chunks before each.
+
+        `frames` (B, 1+io+E, C+(K-1)T) is the clean context followed by the clean targets 0..K-2 (each the
+        context of the next); x_t (B, io, K*T) the noisy targets at levels t (B, K). Every clean chunk sees
+        itself and the w-1 before it, as when it entered the cache; target k sees the w-1 clean chunks
+        before its own and itself. Stage 1 then trains K blocks per window at about twice one block's cost,
+        and on what the cache carries past the first slide, which one masked window cannot show."""
+        if self.cfg.mode != "causal":
+            raise ValueError("chunks_velocity is for the Block-Causal mode")
+        c, t_len = self.cfg.context_frames, self.cfg.block_frames
+        k_chunks = x_t.shape[-1] // t_len
+        if x_t.shape[-1] != k_chunks * t_len or k_chunks < 1:
+            raise ValueError(f"x_t must hold whole chunks of {t_len} frames, got {x_t.shape[-1]}")
+        if frames.shape[-1] != c + (k_chunks - 1) * t_len:
+            raise ValueError(f"frames must have {c + (k_chunks - 1) * t_len} frames, got {frames.shape[-1]}")
+        if t.shape != (x_t.shape[0], k_chunks):
+            raise ValueError(f"t must be (B, {k_chunks}), got {tuple(t.shape)}")
+        rope, mask = self._chunks_tables(k_chunks)
+        groups = [self._pad_add(frames.transpose(1, 2))]
+        for k in range(k_chunks):
+            sl = slice(k * t_len, (k + 1) * t_len)
+            ext = None if target_extras is None else target_extras[..., sl]
+            groups.append(self._target_tokens(x_t[..., sl], t[:, k], cond, ext))
+        h, _ = self.dit.run(torch.cat(groups, dim=1), rope, cond.cross, mask=mask)
+        n = frames.shape[-1]
+        out = h[:, n:].unflatten(1, (k_chunks, t_len + 1))[:, :, :t_len].flatten(1, 2)
+        return self.dit.output(out)
+
+    def _chunks_tables(self, k_chunks: int):
+        """RoPE and mask of `chunks_velocity` for K targets (cached: one per K)."""
+        hit = self._chunks_cache.get(k_chunks)
+        if hit is not None:
+            return hit
+        c, t, w = self.cfg.context_frames, self.cfg.block_frames, self.cfg.window_chunks
+        ar = torch.arange
+        n = c + (k_chunks - 1) * t
+        pos = [ar(1, n + 1)]
+        chunk, group = [ar(n) // t], [torch.full((n,), -1)]
+        for k in range(k_chunks):
+            # target k at its chunk's positions; its G one before its window, as G sits at 0 in a window
+            pos += [ar(c + k * t + 1, c + (k + 1) * t + 1), torch.tensor([k * t])]
+            chunk.append(torch.full((t + 1,), w + k))
+            group.append(torch.full((t + 1,), k))
+        pos_t, chunk_t, group_t = torch.cat(pos), torch.cat(chunk), torch.cat(group)
+        d = chunk_t[:, None] - chunk_t[None, :]
+        q_clean, k_clean = (group_t < 0)[:, None], (group_t < 0)[None, :]
+        clean_clean = q_clean & k_clean & (d >= 0) & (d < w)
+        target_clean = ~q_clean & k_clean & (d >= 1) & (d < w)
+        same_group = ~q_clean & (group_t[:, None] == group_t[None, :])
+        tables = (
+            self.dit.rope(pos_t.to(self.device)),
+            (clean_clean | target_clean | same_group).to(self.device),
+        )
+        self._chunks_cache[k_chunks] = tables
+        return tables
 
     # --- one block --------------------------------------------------------------------------------------
 

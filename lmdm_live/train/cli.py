@@ -124,6 +124,12 @@ def add_parser(sub) -> None:
     s1.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
     s1.add_argument("--steps", type=int, default=1000, help="train until this many steps in total")
     s1.add_argument("--batch", type=int, default=8)
+    s1.add_argument(
+        "--targets",
+        type=int,
+        default=1,
+        help="Block-Causal: target chunks trained per window, teacher-forced in one pass (default 1)",
+    )
     s1.add_argument("--lr", type=float, default=5e-5)
     s1.add_argument("--save-every", type=int, default=200)
     s1.add_argument("--seed", type=int, default=0)

@@ -93,7 +93,9 @@ def run_stage1(args, bar_factory) -> int:
             model = load_model(args.model, window, "cpu", torch.float32)
         extras = ExtrasConfig(p_sketch=args.p_sketch, p_solo=args.p_solo)
         trainer = Stage1Trainer(
-            model, Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed), extras=extras
+            model,
+            Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed, targets=args.targets),
+            extras=extras,
         )
     if trainer.extras.p_solo > 0 and data.lead is None:
         raise SystemExit(f"error: --p-solo needs lead-stem latents; {args.data} has none (encode it again)")

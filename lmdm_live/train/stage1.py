@@ -36,6 +36,7 @@ class Stage1Config:
     timesteps: str = "logit_normal"  # or "uniform"
     grad_clip: float = 1.0
     seed: int = 0
+    targets: int = 1  # Block-Causal: target chunks per window, all trained in one teacher-forced pass
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.lr <= 0:
@@ -43,6 +44,8 @@ class Stage1Config:
         for name in ("p_uncond", "p_partial", "cfg_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in 0..1")
+        if self.targets < 1:
+            raise ValueError(f"targets must be >= 1, got {self.targets}")
         if self.timesteps not in ("logit_normal", "uniform"):
             raise ValueError(f"timesteps must be 'logit_normal' or 'uniform', got {self.timesteps!r}")
 
@@ -199,6 +202,78 @@ def stage1_loss(
     return F.mse_loss(v.float(), (eps - x0).float())
 
 
+def chunk_dropout(
+    frames: Tensor, block: int, window: int, p_uncond: float, p_partial: float, gen: torch.Generator
+) -> Tensor:
+    """`context_dropout` for a K-target window (B, ch, C+(K-1)T): the first j chunks zeroed and masked out,
+    j >= w (some target then starts from nothing, the ones after it from a short context) or j < w."""
+    b, _, n = frames.shape
+    chunks = n // block
+    keep = torch.ones(b, n)
+    u = torch.rand(b, generator=gen)
+    none = torch.randint(window, max(chunks, window) + 1, (b,), generator=gen)
+    part = torch.randint(1, window, (b,), generator=gen)
+    for i in range(b):
+        if u[i] < p_uncond:
+            keep[i, : int(none[i]) * block] = 0
+        elif u[i] < p_uncond + p_partial:
+            keep[i, : int(part[i]) * block] = 0
+    return frames * keep[:, None, :].to(frames)
+
+
+def chunks_loss(
+    model: LMDMModel,
+    lmdm: LMDM,
+    latents: Tensor,
+    tokens: Tensor,
+    cfg: Stage1Config,
+    gen: torch.Generator,
+    extras: Tensor | None = None,
+) -> Tensor:
+    """Velocity MSE over K target chunks per window (B, io, C+KT), teacher-forced in one pass
+    (`LMDM.chunks_velocity`): each target continues the clean chunks before it, as a stream would.
+
+    `extras` (B, E, C+KT) come with any accompaniment fully visible. An accompanied row draws t_f from
+    [-T, T] as a jam streams: with t_f >= 0 every target sees its own first t_f frames of it; with t_f < 0
+    only the last target is trained, its context's accompaniment hidden from t_f before its start."""
+    c, t_len = lmdm.cfg.context_frames, lmdm.cfg.block_frames
+    p = next(model.net.parameters())
+    latents = latents.to(p.device, p.dtype)
+    b, io, length = latents.shape
+    k = (length - c) // t_len
+    n = c + (k - 1) * t_len
+    full = latents.new_zeros(b, model.dit.cfg.extra_add_channels, length)
+    if extras is not None:
+        full[:, : extras.shape[1]] = extras.to(full)
+    weights = torch.ones(b, k, device=p.device)
+    target_extras = full[..., c:].clone()  # the clean chunks keep what the targets may not see yet
+    acc = model.layout.offsets()["accomp"] if model.layout.accomp else None
+    if acc is not None and extras is not None:
+        t_f = torch.randint(-t_len, t_len + 1, (b,), generator=gen)
+        own = torch.arange(t_len)
+        for i in torch.nonzero(full[:, acc.start].amax(-1) > 0).flatten().tolist():
+            if t_f[i] >= 0:
+                target_extras[i, acc] *= (own < t_f[i]).repeat(k).to(full)
+            else:
+                weights[i, :-1] = 0
+                full[i, acc, n + int(t_f[i]) :] = 0
+                target_extras[i, acc] = 0
+    frames = torch.cat([latents.new_ones(b, 1, n), latents[..., :n], full[..., :n]], dim=1)
+    frames = chunk_dropout(frames, t_len, lmdm.cfg.window_chunks, cfg.p_uncond, cfg.p_partial, gen)
+    t = sample_t(b * k, cfg.timesteps, gen).view(b, k).to(p.device, p.dtype)
+    x0 = latents[..., c:]
+    eps = torch.randn(x0.shape, generator=gen).to(p.device, p.dtype)
+    level = t.repeat_interleave(t_len, dim=1)[:, None, :]
+    x_t = (1 - level) * x0 + level * eps
+    drop = (torch.rand(b, generator=gen) < cfg.cfg_dropout).to(p.device)
+    cross, glob = model.net.conditioning(tokens.to(p.device, p.dtype), [model.seconds_total] * b)
+    cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+    cond = Conditioning(model.dit.cross_kv(cross), glob)
+    v = lmdm.chunks_velocity(frames, x_t, t, cond, target_extras if extras is not None else None)
+    err = (v.float() - (eps - x0).float()).pow(2).mean(1).unflatten(-1, (k, t_len)).mean(-1)
+    return (err * weights).sum() / weights.sum()
+
+
 class Stage1Trainer:
     """AdamW over the DiT (and seconds conditioner); deterministic per step, resumable from a directory."""
 
@@ -214,6 +289,8 @@ class Stage1Trainer:
         if window is not None:
             model.lmdm = window
         self.lmdm = LMDM(model.dit, model.lmdm)
+        if cfg.targets > 1 and model.lmdm.mode != "causal":
+            raise ValueError("several target chunks per window need the Block-Causal mode")
         self.params = [p for p in model.net.parameters()]
         for p in self.params:
             p.requires_grad_(True)
@@ -225,13 +302,25 @@ class Stage1Trainer:
     def train_step(self, data: LatentSet) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
         c, t = self.lmdm.cfg.context_frames, self.lmdm.cfg.block_frames
+        k = self.cfg.targets
         layout = self.model.layout
         extras = None
         if layout.channels:
-            latents, tokens, extras = window_batch(data, layout, self.extras, self.cfg.batch, c, t, gen)
+            drawn = window_batch(
+                data,
+                layout,
+                self.extras,
+                self.cfg.batch,
+                c,
+                k * t,
+                gen,
+                block_frames=k * t if k > 1 else None,
+            )
+            latents, tokens, extras = drawn[:3]
         else:
-            latents, tokens = data.batch(self.cfg.batch, c + t, gen)
-        loss = stage1_loss(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras)
+            latents, tokens = data.batch(self.cfg.batch, c + k * t, gen)
+        loss_fn = chunks_loss if k > 1 else stage1_loss
+        loss = loss_fn(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: loss is {loss.item()}")
         self.opt.zero_grad(set_to_none=True)
