@@ -193,13 +193,15 @@ def test_latents_on_the_mel_codec_are_normalised_and_a_new_lmdm_plays_them(tmp_p
     add_sketch_controls(data)
     out_codec = tmp_path / "lat.codec.safetensors"
     ls = encode_dataset(data, SHIPPED_CODEC, ("train",), out_vae=out_codec)
-    flat = torch.cat([z.flatten() for z in ls.latents])
-    assert abs(float(flat.mean())) < 1e-3 and abs(float(flat.std()) - 1) < 1e-3
+    assert ls.latents[0].dtype == torch.float16  # stored at half size; training casts them back
+    flat = torch.cat([z.flatten().float() for z in ls.latents])
+    assert abs(float(flat.mean())) < 2e-3 and abs(float(flat.std()) - 1) < 2e-3
     shipped, scaled = load_codec(SHIPPED_CODEC), load_codec(out_codec)
     audio = torch.from_numpy(sf.read(data / "audio" / "000000.wav", dtype="float32")[0])[None, None]
     raw = shipped.encode(audio)
-    assert torch.allclose(ls.latents[0], scaled.encode(audio)[0], atol=1e-3)
-    assert torch.allclose(shipped.magnitude(raw), scaled.magnitude(ls.latents[0][None]), rtol=1e-3, atol=1e-6)
+    tokens = scaled.encode(audio)
+    assert torch.allclose(ls.latents[0].float(), tokens[0], atol=5e-3)
+    assert torch.allclose(shipped.magnitude(raw), scaled.magnitude(tokens), rtol=1e-3, atol=1e-6)
     model = build_model("tiny", out_codec, LMDMConfig(mode="causal", context_frames=32, block_frames=8))
     assert model.codec.dim == 512 and model.sample_rate == SR and model.dit.cfg.io_channels == 512
     stream = LMDMStream(model, model.text_encoder(), seed=0, params=StreamParams.of("a solo flute melody"))

@@ -100,7 +100,7 @@ def add_parser(sub) -> None:
     lat = tsub.add_parser(
         "latents", help="encode a dataset with a trained autoencoder (+ text tokens, controls)"
     )
-    lat.add_argument("--data", type=Path, required=True)
+    lat.add_argument("--data", type=Path, nargs="+", required=True, help="one or more dataset folders")
     lat.add_argument(
         "--vae",
         type=Path,

@@ -10,7 +10,7 @@ scale folded into its log-mel's shift and scale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ def _read(path: Path) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_dataset(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     vae_path: str | Path,
     splits: tuple[str, ...] = ("train",),
     progress: Callable[[int, int], None] | None = None,
@@ -49,27 +49,40 @@ def encode_dataset(
 ) -> LatentSet:
     from ..model.codec import is_codec_file, load_codec
 
-    data = Path(data)
-    index = load_index(data)
+    folders = [Path(data)] if isinstance(data, str | Path) else [Path(d) for d in data]
     codec = load_codec(vae_path) if is_codec_file(vae_path) else None
     vae = None if codec is not None else load_vae(vae_path).eval()
     hop = codec.hop if codec is not None else vae.cfg.hop
-    if hop != index["hop"]:
-        raise ValueError(f"the codec's hop is {hop}, the dataset was made for hop {index['hop']}")
-    if codec is not None and codec.sample_rate != index["sample_rate"]:
-        raise ValueError(
-            f"the codec runs at {codec.sample_rate} Hz, the dataset is at {index['sample_rate']} Hz"
-        )
-    encode = (lambda x: vae.encode(x)[0]) if vae is not None else (lambda x: codec.encode(x)[0])
-    examples = [e for e in index["examples"] if e["split"] in splits]
+    sample_rate = codec.sample_rate if codec is not None else None
+    items: list[tuple[Path, dict]] = []  # (dataset folder, example) over every folder, one normalisation
+    for folder in folders:
+        index = load_index(folder)
+        if hop != index["hop"]:
+            raise ValueError(f"the codec's hop is {hop}, {folder} was made for hop {index['hop']}")
+        if sample_rate is not None and sample_rate != index["sample_rate"]:
+            raise ValueError(f"the codec runs at {sample_rate} Hz, {folder} is at {index['sample_rate']} Hz")
+        items += [(folder, e) for e in index["examples"] if e["split"] in splits]
+    # log-mel tokens are wide (512) and many: kept in float16, half the memory; training casts them back
+    store = torch.float16 if codec is not None else torch.float32
+    run = (lambda x: vae.encode(x)[0]) if vae is not None else (lambda x: codec.encode(x)[0])
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return run(x).to(store)
+
+    examples = [e for _, e in items]
     if not examples:
-        raise ValueError(f"no {'/'.join(splits)} examples in {data}")
+        raise ValueError(f"no {'/'.join(splits)} examples in {', '.join(map(str, folders))}")
     text = MiniLMTextEncoder()
     latents, controls, drums, rest, lead, captions = [], [], [], [], [], []
-    for k, e in enumerate(examples):
+    moments = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the mixes' latents
+    for k, (data, e) in enumerate(items):
         mix = _read(data / "audio" / f"{e['id']}.wav")
         z = encode(mix)
         n = z.shape[-1]
+        z64 = z.double()
+        moments += torch.stack(
+            [torch.tensor(float(z64.numel()), dtype=torch.float64), z64.sum(), z64.square().sum()]
+        )
         with np.load(data / "controls" / f"{e['id']}.npz") as c:
             missing = [key for key in CONTROL_KEYS if key not in c]
             if missing:
@@ -91,12 +104,13 @@ def encode_dataset(
         captions.append(e["caption"])
         if progress:
             progress(k + 1, len(examples))
-    flat = torch.cat([z.flatten() for z in latents])
-    sigma = float(flat.std())
-    mu = float(flat.mean()) if codec is not None else 0.0  # the VAE's latents are centred already
+    count, total, squares = moments.tolist()
+    mean = total / count
+    sigma = float((squares / count - mean**2) * count / max(count - 1, 1)) ** 0.5
+    mu = mean if codec is not None else 0.0  # the VAE's latents are centred already
 
     def norm(z: torch.Tensor | None) -> torch.Tensor | None:
-        return None if z is None else (z - mu) / sigma
+        return None if z is None else ((z.float() - mu) / sigma).to(store)
 
     latents = [norm(z) for z in latents]
     drums, rest, lead = [norm(z) for z in drums], [norm(z) for z in rest], [norm(z) for z in lead]
