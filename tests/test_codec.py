@@ -201,6 +201,12 @@ def test_latents_on_the_mel_codec_are_normalised_and_a_new_lmdm_plays_them(tmp_p
     raw = shipped.encode(audio)
     tokens = scaled.encode(audio)
     assert torch.allclose(ls.latents[0].float(), tokens[0], atol=5e-3)
+    # a second set encoded in the first one's token space (to train on both): same tokens, same codec
+    joined = encode_dataset(
+        data, out_codec, ("train",), out_vae=tmp_path / "b.codec.safetensors", normalise=False
+    )
+    assert torch.allclose(joined.latents[0].float(), ls.latents[0].float(), atol=5e-3)
+    assert load_codec(tmp_path / "b.codec.safetensors").cfg == scaled.cfg
     assert torch.allclose(shipped.magnitude(raw), scaled.magnitude(tokens), rtol=1e-3, atol=1e-6)
     model = build_model("tiny", out_codec, LMDMConfig(mode="causal", context_frames=32, block_frames=8))
     assert model.codec.dim == 512 and model.sample_rate == SR and model.dit.cfg.io_channels == 512

@@ -71,6 +71,17 @@ def test_training_pass_is_the_cached_pass(mode):
     assert torch.allclose(cached, trained, atol=1e-5)
 
 
+def test_latent_sets_concatenate():
+    a, b = patterned_set(4), patterned_set(6, frames=40)
+    b.tokens = b.tokens[:, :3]  # a shorter caption: padded with zeros, as padding is
+    both = LatentSet.concat([a, b])
+    assert len(both.latents) == 10 and both.tokens.shape == (10, 5, 16)
+    assert torch.equal(both.latents[7], b.latents[3]) and both.tokens[4:, 3:].abs().sum() == 0
+    with_controls = LatentSet(a.latents, a.tokens, [torch.zeros(7, 64)] * 4)
+    with pytest.raises(ValueError, match="controls"):
+        LatentSet.concat([with_controls, b])
+
+
 def test_context_dropout():
     frames = torch.ones(64, 1 + IO, 16)
     g = torch.Generator().manual_seed(0)

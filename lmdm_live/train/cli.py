@@ -108,10 +108,18 @@ def add_parser(sub) -> None:
         help="vae.safetensors from `train ae`, an LMDM file, or a codec file (lmdm_live/assets/codec.safetensors)",
     )
     lat.add_argument("--out", type=Path, required=True, help="latent set file (.safetensors)")
+    lat.add_argument(
+        "--keep-codec-scale",
+        action="store_true",
+        help="encode in the --vae codec's own token space (the codec a latent set was written with), so this "
+        "set joins that one in training",
+    )
     lat.add_argument("--split", default="train", help="which split(s) to encode, comma-separated")
 
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
-    s1.add_argument("--data", type=Path, required=True, help="a latent set (.safetensors)")
+    s1.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="latent sets (.safetensors) in one token space"
+    )
     s1.add_argument("--model", default="tiny", help="preset or LMDM checkpoint to start from")
     s1.add_argument(
         "--vae",
@@ -146,7 +154,9 @@ def add_parser(sub) -> None:
     s1.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
 
     arc = tsub.add_parser("arc", help="LMDM stage 2: ARC-Forcing post-training of a stage-1 model")
-    arc.add_argument("--data", type=Path, required=True, help="a latent set (.safetensors)")
+    arc.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="latent sets (.safetensors) in one token space"
+    )
     arc.add_argument("--model", type=Path, required=True, help="stage-1 model.safetensors")
     arc.add_argument("--out", type=Path, required=True, help="checkpoint directory (resumed when it exists)")
     arc.add_argument("--steps", type=int, default=300)
@@ -362,7 +372,12 @@ def _latents(args) -> int:
         task = bar.add_task("", total=None, info="")
         vae_out = args.out.with_name(args.out.name.removesuffix(".safetensors") + ".vae.safetensors")
         ls = encode_dataset(
-            args.data, args.vae, splits, lambda i, n: bar.update(task, completed=i, total=n), vae_out
+            args.data,
+            args.vae,
+            splits,
+            lambda i, n: bar.update(task, completed=i, total=n),
+            vae_out,
+            normalise=not args.keep_codec_scale,
         )
     ls.save(args.out)
     frames = sum(x.shape[-1] for x in ls.latents)

@@ -46,6 +46,7 @@ def encode_dataset(
     splits: tuple[str, ...] = ("train",),
     progress: Callable[[int, int], None] | None = None,
     out_vae: str | Path | None = None,
+    normalise: bool = True,
 ) -> LatentSet:
     from ..model.codec import is_codec_file, load_codec
 
@@ -108,6 +109,10 @@ def encode_dataset(
     mean = total / count
     sigma = float((squares / count - mean**2) * count / max(count - 1, 1)) ** 0.5
     mu = mean if codec is not None else 0.0  # the VAE's latents are centred already
+    if not normalise:  # the codec's tokens are normalised already: join their space as it is
+        if codec is None:
+            raise ValueError("keeping the scale is for a codec file (log-mel), not a VAE")
+        mu, sigma = 0.0, 1.0
 
     def norm(z: torch.Tensor | None) -> torch.Tensor | None:
         return None if z is None else ((z.float() - mu) / sigma).to(store)

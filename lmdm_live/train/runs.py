@@ -79,7 +79,7 @@ def build_model(
 def run_stage1(args, bar_factory) -> int:
     from ..bench import load_model
 
-    data = LatentSet.load(args.data)
+    data = LatentSet.concat([LatentSet.load(d) for d in args.data])
     out: Path = args.out
     if (out / "progress.json").is_file():
         trainer = Stage1Trainer.resume(out)
@@ -120,7 +120,7 @@ def run_stage1(args, bar_factory) -> int:
 def run_arc(args, bar_factory) -> int:
     from .arc import ARCConfig, ARCTrainer, Discriminator
 
-    data = LatentSet.load(args.data)
+    data = LatentSet.concat([LatentSet.load(d) for d in args.data])
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / "progress.json").is_file()
@@ -172,7 +172,7 @@ def run_arc(args, bar_factory) -> int:
                         "step": len(history),
                         "history": history,
                         "config": vars(args)
-                        | {"data": str(args.data), "model": str(args.model), "out": str(out)},
+                        | {"data": [str(d) for d in args.data], "model": str(args.model), "out": str(out)},
                     },
                 )
                 bar.console.print(f"step {len(history)}: {history[-1]} {time.time() - t0:.0f}s")

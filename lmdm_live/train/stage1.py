@@ -124,6 +124,42 @@ class LatentSet:
             solo,
         )
 
+    @classmethod
+    def concat(cls, sets: list[LatentSet]) -> LatentSet:
+        """One set from several encoded in the same token space (`train latents --keep-codec-scale`)."""
+        if len(sets) == 1:
+            return sets[0]
+        if len({s.controls is None for s in sets}) > 1:
+            raise ValueError("some latent sets have frame controls and some do not: encode them alike")
+        width = max(s.tokens.shape[1] for s in sets)
+
+        def pad(tokens: Tensor) -> Tensor:
+            return torch.nn.functional.pad(tokens, (0, 0, 0, width - tokens.shape[1]))
+
+        def many(name: str) -> list | None:
+            if all(getattr(s, name) is None for s in sets):
+                return None
+            return [x for s in sets for x in (getattr(s, name) or [None] * len(s.latents))]
+
+        has_lead = any(s.lead is not None for s in sets)
+        solo = None
+        if has_lead:
+            solo = torch.cat(
+                [
+                    pad(s.solo_tokens) if s.solo_tokens is not None else pad(torch.zeros_like(s.tokens))
+                    for s in sets
+                ]
+            )
+        return cls(
+            [x for s in sets for x in s.latents],
+            torch.cat([pad(s.tokens) for s in sets]),
+            many("controls"),
+            many("drums"),
+            many("rest"),
+            many("lead"),
+            solo,
+        )
+
     def crop_starts(self, idx: list[int], frames: int, gen: torch.Generator) -> list[int]:
         starts = []
         for i in idx:
