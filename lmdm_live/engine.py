@@ -29,7 +29,7 @@ from .audio.resample import StreamResampler
 from .audio.ring import AudioRing
 from .memory import trim
 from .model.precision import dtype_name
-from .stream import LMDMStream, StreamParams
+from .stream import LMDMStream, StreamParams, StreamSnapshot
 
 HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
 CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
@@ -110,6 +110,16 @@ class OutputChain:
         out, self._tail = joined[: joined.shape[0] - keep], joined[joined.shape[0] - keep :]
         return self._finish(out)
 
+    def snapshot(self) -> tuple:
+        """What the next block's output depends on: the held tail, the fade-in, gains, the resampler."""
+        tail = None if self._tail is None else self._tail.copy()
+        return (tail, self._fade_in, self.gain, self._gain_now, self.resampler.snapshot())
+
+    def restore(self, snap: tuple) -> None:
+        tail, self._fade_in, self.gain, self._gain_now, resampler = snap
+        self._tail = None if tail is None else tail.copy()
+        self.resampler.restore(resampler)
+
     def fail(self, samples: int) -> np.ndarray:
         """A failed block of `samples` model-rate samples: fade the held tail to silence, then silence."""
         ch = self.out_channels
@@ -124,9 +134,23 @@ class OutputChain:
 
 
 @dataclass
+class QueuedBlock:
+    """A block in the ring that is not heard yet: where it starts there, and what makes it again."""
+
+    block: int
+    start: int  # the ring's frames_written before it
+    stream: StreamSnapshot | None  # None: not to be made again (a live input plays)
+    chain: tuple
+    applied: list[Change]  # the changes applied at it, in order
+    latency_ms: list[float]  # each applied change's control -> sound, as measured when it was made
+    out: np.ndarray  # its device frames (for a recording, written once it can no longer change)
+
+
+@dataclass
 class EngineStats:
     blocks: int = 0
     faults: int = 0
+    rewinds: int = 0  # times queued blocks were made again for a change
     last_error: str = ""
     block_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
@@ -194,6 +218,12 @@ class Engine:
         self.fault_injector = None  # tests: a callable(block_index) that may raise, run before a block
         self.trim_every_s = 10.0  # give freed heap back to the system this often (memory.py), while idle
         self.live = None  # a live_input.LiveInput: sketch / jam / delay inputs for each block
+        # A change regenerates the queued blocks not yet heard, from the stream's state saved at their
+        # boundary, instead of waiting behind them: latency then no longer grows with the ring. Off with a
+        # live input, whose blocks depend on audio arriving in real time.
+        self.regenerate = True
+        self.rewind_guard_frames = int(0.025 * self.out_rate) + 2048  # beyond a callback's reach
+        self._queued: collections.deque[QueuedBlock] = collections.deque()
         self.running = False
 
     # --- control side -------------------------------------------------------------------------------------
@@ -265,6 +295,7 @@ class Engine:
             self._thread = None
         if self.backend is not None:
             self.backend.stop()
+        self._commit(everything=True)
         self.stop_recording()
         self._event({"type": "stop", "block": self.stream.block_index})
         if self._log is not None:
@@ -294,6 +325,9 @@ class Engine:
         behind = 0.0  # real time lost against audio made since the ring was last full (see EngineStats)
         trimmed = time.monotonic()
         while not self._stop.is_set():
+            self._commit()
+            if self._pending and self._rewind():
+                continue
             if self.ring.fill >= self.lead_frames() or self.ring.free < self.block_out_frames + 64:
                 if time.monotonic() - trimmed >= self.trim_every_s:  # the ring is full: time to spare
                     trim()
@@ -316,6 +350,54 @@ class Engine:
                 time.sleep(0.01)
             behind += time.perf_counter() - t0 - made
             self._note_behind(behind)
+
+    # --- regenerating queued blocks -----------------------------------------------------------------------
+
+    def _commit(self, everything: bool = False) -> None:
+        """Blocks too close to the read position to be made again are final: record them, count their
+        changes' latency."""
+        limit = self.ring.frames_read + self.rewind_guard_frames
+        while self._queued and (everything or self._queued[0].start < limit):
+            q = self._queued.popleft()
+            self.stats.latency_ms.extend(q.latency_ms)
+            with self._record_lock:
+                if self._record is not None:
+                    self._record.write(q.out)
+
+    def _due_at(self, c: Change, q: QueuedBlock, now: float) -> bool:
+        """Whether change `c` would apply at queued block `q` (the rules of `_due`, for a block made again)."""
+        if isinstance(c.at, str) and c.at in ("now", "block"):
+            return True
+        if isinstance(c.at, str):
+            return q.block * self.stream.model.block_seconds + 1e-9 >= (c.target_s or 0.0)
+        heard = now + (q.start - self.ring.frames_read) / self.out_rate + self.pipeline_delay_s()
+        return heard + 1e-3 >= float(c.at)
+
+    def _rewind(self) -> bool:
+        """A pending change due at a queued block that is not heard yet, with time left to make it again:
+        take that block and those after it back out of the ring, restore the stream and the output chain
+        to its boundary, and queue the changes they had applied ahead of the new ones. Exact: the same
+        state, seeds and changes make the same audio, and the log's "rewind" tells a replay to do the same."""
+        if not (self.regenerate and self.live is None and self._queued):
+            return False
+        recent = list(self.stats.block_ms)[-8:]
+        compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
+        limit = self.ring.frames_read + self.rewind_guard_frames + compute
+        now = time.monotonic()
+        pending = list(self._pending)
+        for i, q in enumerate(self._queued):
+            if q.stream is None or q.start < limit or not any(self._due_at(c, q, now) for c in pending):
+                continue
+            if not self.ring.retract(q.start, self.rewind_guard_frames + compute):
+                return False
+            dropped = [self._queued.pop() for _ in range(len(self._queued) - i)][::-1]
+            self.stream.restore(q.stream)
+            self.chain.restore(q.chain)
+            self._pending.extendleft(reversed([c for d in dropped for c in d.applied]))
+            self.stats.rewinds += 1
+            self._event({"type": "rewind", "block": q.block})
+            return True
+        return False
 
     def _note_behind(self, behind_s: float) -> None:
         if behind_s * 1e3 > self.stats.behind_ms_max:
@@ -359,6 +441,10 @@ class Engine:
     def _generate_one(self) -> None:
         s = self.stream
         block = s.block_index
+        start = self.ring.frames_written
+        rewindable = self.regenerate and self.live is None
+        snap = s.snapshot() if rewindable else None  # before this block's changes: they are applied again
+        chain_snap = self.chain.snapshot() if rewindable else ()
         due = self._due(block)
         for c in due:
             try:
@@ -399,13 +485,10 @@ class Engine:
             self.errors.append(f"block {block}: ring full, {out.shape[0] - written} frames dropped")
         now = time.monotonic()
         heard = (fill_before / self.out_rate + self.pipeline_delay_s() + self._device_latency()) * 1e3
-        for c in due:
-            self.stats.latency_ms.append((now - c.submitted) * 1e3 + heard)
+        latency = [(now - c.submitted) * 1e3 + heard for c in due]
         self.stats.blocks += 1
         self.stats.block_ms.append(ms)
-        with self._record_lock:
-            if self._record is not None:
-                self._record.write(out)
+        self._queued.append(QueuedBlock(block, start, snap, chain_snap, list(due), latency, out))
 
     def pipeline_delay_s(self) -> float:
         """Audio a block's change waits behind besides the ring: the streaming decoder's lookahead, the
@@ -491,6 +574,7 @@ class Engine:
             "ring_min_ms": round(self.ring.fill_min / self.out_rate * 1e3, 1),
             "headroom_ms": self.headroom_ms,
             "faults": self.stats.faults,
+            "rewinds": self.stats.rewinds,
             "last_error": self.stats.last_error,
             "latency_ms_last": round(lat[-1], 1) if lat else None,
             "latency_ms_max": round(max(lat), 1) if lat else None,

@@ -59,7 +59,9 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
         end = max((e.get("block", 0) for e in events), default=0) + 1
     by_block: dict[int, list[dict]] = {}
     for e in events[1:]:
-        if e.get("type") != "stop":
+        if e.get("type") == "rewind":  # the engine made these blocks again before they were heard
+            by_block = {b: evs for b, evs in by_block.items() if b < int(e["block"])}
+        elif e.get("type") != "stop":
             by_block.setdefault(int(e["block"]), []).append(e)
     out = []
     samples = model.lmdm.block_frames * model.hop

@@ -112,6 +112,22 @@ class StreamParams:
         return max(self.prompts, key=lambda p: p[1])[0]
 
 
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """A stream at a block boundary: `LMDMStream.restore` makes the same blocks again from it, bit for bit
+    (the engine regenerates queued blocks that were not heard yet when a change comes)."""
+
+    block_index: int
+    params: StreamParams
+    seed: int
+    beat: float
+    transition_left: int
+    nonfinite_blocks: int
+    schedule: dict[int, StreamParams]
+    state: BlockState
+    decoder: object | None
+
+
 class LMDMStream:
     """Generates one block at a time; holds the KV cache, context window, decoder state and schedule."""
 
@@ -171,6 +187,30 @@ class LMDMStream:
         if block < self.block_index:
             raise ValueError(f"block {block} has already been generated (now at {self.block_index})")
         self.schedule[block] = params
+
+    def snapshot(self) -> StreamSnapshot:
+        """Everything the next block depends on (the KV cache and the decoder's state copied)."""
+        return StreamSnapshot(
+            self.block_index,
+            self.params,
+            self.seed,
+            self.beat,
+            self.transition_left,
+            self.nonfinite_blocks,
+            dict(self.schedule),
+            self.state.copy(),
+            None if self.decoder is None else self.decoder.snapshot(),
+        )
+
+    def restore(self, snap: StreamSnapshot) -> None:
+        """Back to a snapshot's block boundary (the snapshot stays usable)."""
+        self.block_index, self.params, self.seed = snap.block_index, snap.params, snap.seed
+        self.beat, self.transition_left = snap.beat, snap.transition_left
+        self.nonfinite_blocks = snap.nonfinite_blocks
+        self.schedule = dict(snap.schedule)
+        self.state = snap.state.copy()
+        if self.decoder is not None and snap.decoder is not None:
+            self.decoder.restore(snap.decoder)
 
     # --- generation ---------------------------------------------------------------------------------------
 

@@ -244,3 +244,58 @@ def test_the_engine_hands_freed_heap_back_while_it_plays(model, text, tmp_path):
         eng.stop()
     assert after < before - 100, f"resident memory {before:.0f} -> {after:.0f} MB: the freed heap stayed"
     assert len(kept) == 150
+
+
+def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(model, text, tmp_path):
+    """Six blocks queued, the first three heard: a prompt change is applied from the first block that can
+    still be made in time, not after the queue; what is played (old blocks, then new ones) replays exactly.
+    (The decoder's latency and the fade tail make the first two blocks' output empty.)"""
+    engine = make_engine(model, text, tmp_path)
+    engine.rewind_guard_frames = 256
+    engine._open_log()
+    for _ in range(6):
+        engine._generate_one()
+    starts = [q.start for q in engine._queued]
+    engine.stats.block_ms.clear()
+    engine.stats.block_ms.append(1.0)  # the time a block takes decides how close a remade one may start
+    heard = np.zeros((starts[3], engine.out_channels), np.float32)  # block 3 is about to play
+    assert engine.ring.read_into(heard) == starts[3] > 0
+    engine.regenerate = False
+    engine.submit("params", StreamParams.of("ambient pads", sampler=SamplerSettings(steps=2)))
+    assert not engine._rewind()  # off: the change waits behind the queue
+    engine.regenerate = True
+    assert engine._rewind()
+    assert engine.stream.block_index == 4 and engine.ring.frames_written == starts[4]
+    assert [q.block for q in engine._queued] == [0, 1, 2, 3]
+    for _ in range(3):
+        engine._generate_one()
+    assert engine.stats.rewinds == 1 and engine.stream.params.dominant == "ambient pads"
+    live = np.concatenate([heard, drain(engine)])
+    engine.stop()
+    events = read_log(tmp_path / "ev.jsonl")
+    assert [(e["type"], e["block"]) for e in events if e["type"] in ("params", "rewind")] == [
+        ("rewind", 4),
+        ("params", 4),
+    ]
+    again, _ = replay(tmp_path / "ev.jsonl", model=model, text=text)
+    assert again.shape == live.shape and np.array_equal(again, live)
+    # the change is heard from block 4: up to there the same audio as a stream left alone, then not
+    alone = make_engine(model, text, tmp_path / "alone")
+    for _ in range(7):
+        alone._generate_one()
+    old = drain(alone)
+    assert np.array_equal(old[: starts[4]], live[: starts[4]])
+    assert not np.allclose(old[starts[4] :], live[starts[4] :])
+
+
+def test_ring_retract_keeps_clear_of_the_reader():
+    from lmdm_live.audio.ring import AudioRing
+
+    ring = AudioRing(1, 1000)
+    ring.write(np.ones((600, 1), np.float32))
+    out = np.zeros((100, 1), np.float32)
+    ring.read_into(out)
+    assert not ring.retract(150, guard=100)  # within reach of the reader
+    assert ring.retract(300, guard=100) and ring.fill == 200
+    with pytest.raises(ValueError):
+        ring.retract(700, guard=0)

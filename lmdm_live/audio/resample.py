@@ -74,6 +74,14 @@ class StreamResampler:
         self._n_in = 0  # input frames consumed since reset
         self._m_next = 0  # next output frame index
 
+    def snapshot(self) -> tuple:
+        """The filter's memory, to `restore` and resample the same input again to the same output."""
+        return (self._hist.copy(), self._n_in, self._m_next)
+
+    def restore(self, snap: tuple) -> None:
+        hist, self._n_in, self._m_next = snap
+        self._hist = hist.copy()
+
     def process(self, x: np.ndarray) -> np.ndarray:
         """Resample the next chunk; returns the output frames it completes (float32, may be empty).
 

@@ -113,6 +113,18 @@ class AudioRing:
         self._w = w + n  # publish only after the data is in place
         return n
 
+    def retract(self, position: int, guard: int) -> bool:
+        """Take back every frame written from `position` (a `frames_written` value) on, to write others in
+        their place; refused (False) unless `position` is at least `guard` frames past what the consumer
+        has read. Producer side. A consumer read in progress copies at most one callback's frames from its
+        read index, so with `guard` above a callback's size it never meets the frames being replaced."""
+        if position > self._w:
+            raise ValueError(f"cannot retract to {position}: only {self._w} frames were written")
+        if position < self._r + guard:
+            return False
+        self._w = position
+        return True
+
     # --- consumer ------------------------------------------------------------------------------
 
     def read_into(self, out: np.ndarray) -> int:

@@ -40,6 +40,10 @@ class KVCache:
         z = torch.zeros((depth, batch, heads, capacity + room, head_dim), device=device, dtype=dtype)
         return cls(z, torch.zeros_like(z), room=room)
 
+    def clone(self) -> KVCache:
+        """An independent copy (a stream snapshot to regenerate from)."""
+        return KVCache(self.k.clone(), self.v.clone(), self.length, self.room)
+
     @property
     def capacity(self) -> int:
         return self.k.shape[3] - self.room

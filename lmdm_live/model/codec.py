@@ -12,6 +12,7 @@ lmdm_live.codec`); an LMDM file carries its codec inside.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,8 @@ class StreamDecoder(Protocol):
     def push(self, tokens: Tensor) -> Tensor: ...
     def flush(self) -> Tensor: ...
     def reset(self) -> None: ...
+    def snapshot(self) -> object: ...  # the carried state, to `restore` and decode the same again
+    def restore(self, snap: object) -> None: ...
 
 
 class Codec(Protocol):
@@ -73,6 +76,12 @@ class _VAEStreamDecoder:
 
     def reset(self) -> None:
         self._dec.reset()
+
+    def snapshot(self) -> object:
+        return copy.deepcopy(self._dec.state)
+
+    def restore(self, snap: object) -> None:
+        self._dec.state = copy.deepcopy(snap)
 
 
 class VAECodec:
@@ -160,6 +169,12 @@ class _GriffinLimStream:
     def reset(self) -> None:
         self.gl.reset()
 
+    def snapshot(self) -> object:
+        return copy.deepcopy(self.gl.state)
+
+    def restore(self, snap: object) -> None:
+        self.gl.state = copy.deepcopy(snap)
+
 
 class _VocoderStream:
     def __init__(self, codec: MelCodec) -> None:
@@ -177,6 +192,13 @@ class _VocoderStream:
 
     def reset(self) -> None:
         self.voc.reset()
+
+    def snapshot(self) -> object:
+        return copy.deepcopy({k: v for k, v in vars(self.voc).items() if k != "net"})
+
+    def restore(self, snap: object) -> None:
+        assert isinstance(snap, dict)
+        vars(self.voc).update(copy.deepcopy(snap))
 
 
 class MelCodec(nn.Module):

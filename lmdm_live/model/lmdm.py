@@ -110,6 +110,18 @@ class BlockState:
     def mask(self) -> Tensor:
         return self.frames[:, :1]
 
+    def copy(self) -> BlockState:
+        """An independent copy: the stream saves one at each block boundary it may regenerate from."""
+        return BlockState(
+            frames=self.frames.clone(),
+            io=self.io,
+            cache=None if self.cache is None else self.cache.clone(),
+            pending=None if self.pending is None else self.pending.clone(),
+            cached_frames=None if self.cached_frames is None else self.cached_frames.clone(),
+            history=list(self.history),
+            blocks=self.blocks,
+        )
+
     def rebootstrap(self) -> None:
         """Forget cached context (it is recomputed from `frames` at the next block)."""
         if self.cache is not None:
