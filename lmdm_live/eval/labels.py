@@ -5,7 +5,13 @@ One place, so a caption's labels and the classifier's heads always mean the same
 
 from __future__ import annotations
 
-STYLES = ("techno", "house", "hiphop", "dnb", "rock", "ambient", "chorale", "folk")
+# the renderer's styles in its render order (train/styles RENDER_ORDER): today's eight first, so their
+# indices stay where they were, then the further styles
+STYLES = (
+    "techno", "house", "hiphop", "dnb", "rock", "ambient", "chorale", "folk",
+    "dub", "reggae", "acid", "minimal", "synthwave", "chiptune", "trap", "jungle",
+    "lofi", "funk", "jazz", "bossa", "orchestral", "solo_piano", "string_quartet",
+)  # fmt: skip
 FAMILIES = (
     "piano",
     "organ",

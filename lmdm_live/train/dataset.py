@@ -24,12 +24,13 @@ import soundfile as sf
 
 from ..eval.labels import tempo_bucket
 from ..model.checkpoint import write_json_atomic
-from .music import PROCEDURAL_STYLES, SCORE_STYLES, Piece, caption, procedural_piece, score_paths, score_piece
+from .music import SCORE_STYLES, Piece, caption, procedural_piece, score_paths, score_piece
 from .solo import SOLO_FAMILY_ORDER, solo_piece, solo_piece_caption
+from .styles import FURTHER_STYLES, RENDER_ORDER, style_piece
 from .synth import StemSynth, render_piece
 
 FORMAT = "lmdm-dataset"
-STYLES_ORDER = PROCEDURAL_STYLES + SCORE_STYLES
+STYLES_ORDER = RENDER_ORDER  # today's loops, the scores, then the further styles (train/styles)
 SPLITS = ("train", "valid", "test")
 KINDS = ("styles", "solo")  # the style cycle (mix + stems), or solo melodies of each GM lead family
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -176,6 +177,8 @@ def piece_for(i: int, cfg: RenderConfig, scores: dict[str, list[str]]) -> Piece:
             if piece is not None:
                 return piece
         raise RuntimeError(f"no usable {style} score found for example {i}")
+    if style in FURTHER_STYLES:
+        return style_piece(style, rng, cfg.seconds)
     return procedural_piece(style, rng, cfg.seconds)
 
 
@@ -208,6 +211,7 @@ def render_example(
             "key": piece.key_name,
             "bpm": piece.bpm,
             "beats_per_bar": piece.beats_per_bar,
+            **({"mood": piece.mood} if piece.mood else {}),
         },
         "stems": sorted(stems),
         "source": piece.source,

@@ -1,4 +1,6 @@
-"""Musical material for the training renders: procedural parts by style and real scores from music21's corpus.
+"""Musical material for the training renders: the shared pieces (notes, parts, pieces, harmony, moods and
+captions), today's procedural loop styles and real scores from music21's corpus. The further styles live
+in train/styles.
 
 A `Piece` is a few `Part`s of note events in seconds plus the parameters a caption is written from. Every
 random choice goes through one `random.Random`, so a piece is a pure function of its seed.
@@ -65,6 +67,24 @@ PROGRAMS: dict[int, tuple[str, str]] = {
     82: ("synth_lead", "calliope lead"),
     84: ("synth_lead", "charang lead"),
     87: ("synth_lead", "bass and lead"),
+    # the further styles' sounds (train/styles)
+    7: ("piano", "clavinet"),
+    10: ("piano", "music box"),
+    12: ("piano", "marimba"),
+    17: ("organ", "percussive organ"),
+    22: ("organ", "harmonica"),
+    26: ("guitar", "jazz guitar"),
+    28: ("guitar", "muted guitar"),
+    35: ("bass", "fretless bass"),
+    36: ("bass", "slap bass"),
+    44: ("strings", "tremolo strings"),
+    45: ("strings", "pizzicato strings"),
+    47: ("drums", "timpani"),
+    49: ("strings", "slow strings"),
+    50: ("strings", "synth strings"),
+    59: ("brass", "muted trumpet"),
+    62: ("brass", "synth brass"),
+    90: ("synth_pad", "polysynth pad"),
 }
 
 # GM drum keys
@@ -102,6 +122,7 @@ class Piece:
     lead: str  # family of the lead part
     drums: str  # words for the groove ("" without drums)
     source: str = "procedural"
+    mood: str = ""  # a word from MOODS ("" for pieces made before moods were captioned)
 
     @property
     def key_name(self) -> str:
@@ -123,6 +144,15 @@ def scale_pitch(key: int, mode: str, degree: int, octave: int) -> int:
 
 def triad(key: int, mode: str, degree: int, octave: int) -> list[int]:
     return [scale_pitch(key, mode, degree + i, octave) for i in (0, 2, 4)]
+
+
+def chord(key: int, mode: str, degree: int, octave: int, size: int = 4, dominant: bool = False) -> list[int]:
+    """Diatonic thirds stacked on a degree: 3 a triad, 4 a seventh, 5 a ninth chord. `dominant` raises the
+    minor mode's seventh step, so the V of a minor key is the dominant seventh that leads home."""
+    notes = [scale_pitch(key, mode, degree + 2 * i, octave) for i in range(size)]
+    if dominant and mode == "minor":
+        notes = [p + 1 if (p - key) % 12 == 10 else p for p in notes]
+    return notes
 
 
 PROGRESSIONS = {
@@ -275,7 +305,8 @@ def procedural_piece(style: str, rng: random.Random, seconds: float) -> Piece:
                 Note(at(b, s), length, scale_pitch(key, mode, d + shift, 5), rng.randint(85, 110))
             )
     parts.append(lead)
-    return Piece(style, bpm, key, mode, 4, seconds, parts, lead.family, drum_words)
+    mood = pick_mood(rng, STYLE_MOODS[style], mode, bpm)  # drawn last: the notes stay what they were
+    return Piece(style, bpm, key, mode, 4, seconds, parts, lead.family, drum_words, mood=mood)
 
 
 # --- real scores ------------------------------------------------------------------------------------------
@@ -350,7 +381,8 @@ def score_piece(style: str, path: str, rng: random.Random, seconds: float) -> Pi
     if length < seconds * 0.5:
         return None
     source = "music21:" + "/".join(Path(path).parts[-2:])
-    return Piece(style, bpm, key, mode, beats_per_bar, seconds, out, out[0].family, "", source)
+    mood = pick_mood(rng, STYLE_MOODS[style], mode, bpm)
+    return Piece(style, bpm, key, mode, beats_per_bar, seconds, out, out[0].family, "", source, mood)
 
 
 def _folk_accompaniment(
@@ -367,6 +399,37 @@ def _folk_accompaniment(
     return acc
 
 
+# --- moods -----------------------------------------------------------------------------------------------
+
+MOODS = (
+    "dark", "melancholic", "tense", "solemn", "dreamy", "peaceful", "laid-back", "nostalgic",
+    "warm", "hypnotic", "groovy", "playful", "uplifting", "triumphant", "gritty", "energetic",
+)  # fmt: skip
+MINOR_MOODS = frozenset({"dark", "melancholic", "tense"})  # they need a minor key
+MAJOR_MOODS = frozenset({"peaceful", "warm", "playful", "uplifting", "triumphant"})  # they need a major one
+CALM_MOODS = frozenset({"melancholic", "solemn", "dreamy", "peaceful", "laid-back"})  # never fast
+BUSY_MOODS = frozenset({"energetic"})  # never slow
+
+# today's styles' moods (the further styles carry theirs in train/styles)
+STYLE_MOODS: dict[str, tuple[str, ...]] = {
+    "techno": ("dark", "hypnotic", "energetic", "tense", "uplifting"),
+    "house": ("uplifting", "groovy", "warm", "energetic", "dark"),
+    "hiphop": ("laid-back", "gritty", "dark", "nostalgic", "warm"),
+    "dnb": ("energetic", "dark", "tense", "uplifting"),
+    "rock": ("energetic", "gritty", "uplifting", "dark", "melancholic"),
+    "ambient": ("dreamy", "peaceful", "melancholic", "dark", "hypnotic"),
+    "chorale": ("solemn", "peaceful", "melancholic", "uplifting"),
+    "folk": ("playful", "warm", "nostalgic", "melancholic", "uplifting"),
+}
+
+
+def pick_mood(rng: random.Random, palette: tuple[str, ...], mode: str, bpm: float) -> str:
+    """One of the style's moods that fits the piece's mode and tempo (the whole palette when none fits)."""
+    clash = MAJOR_MOODS if mode == "minor" else MINOR_MOODS
+    clash |= {"fast": CALM_MOODS, "slow": BUSY_MOODS}.get(tempo_word(bpm), frozenset())
+    return rng.choice([m for m in palette if m not in clash] or list(palette))
+
+
 # --- captions ---------------------------------------------------------------------------------------------
 
 STYLE_WORDS = {
@@ -378,6 +441,21 @@ STYLE_WORDS = {
     "ambient": "ambient",
     "chorale": "chorale",
     "folk": "folk tune",
+    "dub": "dub",
+    "reggae": "reggae",
+    "acid": "acid house",
+    "minimal": "minimal techno",
+    "synthwave": "synthwave",
+    "chiptune": "chiptune",
+    "trap": "trap",
+    "jungle": "jungle",
+    "lofi": "lo-fi hip hop",
+    "funk": "funk",
+    "jazz": "jazz",
+    "bossa": "bossa nova",
+    "orchestral": "orchestral",
+    "solo_piano": "solo piano",
+    "string_quartet": "string quartet",
 }
 
 
@@ -386,16 +464,20 @@ def tempo_word(bpm: float) -> str:
 
 
 def caption(piece: Piece, rng: random.Random | None = None) -> str:
-    """A caption from the piece's parameters: tempo, style, lead sound, groove, key and bpm."""
+    """A caption from the piece's parameters: tempo, mood, style, lead sound, the other instruments, groove,
+    key and bpm ("fast dark techno with saw lead, acid synth bass and warm pad and four-on-the-floor drums,
+    in A minor, 130 bpm")."""
     lead = next(p for p in piece.parts if p.stem == "lead")
     lead_word = PROGRAMS[lead.program][1]
     others = [PROGRAMS[p.program][1] for p in piece.parts if p.stem in ("bass", "chords") and p.notes]
+    others = [w for w in dict.fromkeys(others) if w != lead_word]
     lead_word = lead_word if lead_word.endswith("lead") else f"{lead_word} lead"
-    words = f"{tempo_word(piece.bpm)} {STYLE_WORDS[piece.style]} with {lead_word}"
+    mood = f"{piece.mood} " if piece.mood else ""
+    words = f"{tempo_word(piece.bpm)} {mood}{STYLE_WORDS[piece.style]} with {lead_word}"
     if others:
-        words += ", " + " and ".join(dict.fromkeys(others))
+        words += ", " + " and ".join(others)
     if piece.drums:
         words += f" and {piece.drums}"
-    elif piece.style in ("ambient", "chorale", "folk"):
+    elif not any(p.program == DRUMS and p.notes for p in piece.parts):
         words += ", no drums"
     return f"{words}, in {piece.key_name} {piece.mode}, {round(piece.bpm)} bpm"
