@@ -27,7 +27,7 @@ import torch
 
 from .audio.resample import StreamResampler
 from .audio.ring import AudioRing
-from .memory import trim
+from .memory import mmap_large, trim
 from .model.precision import dtype_name
 from .stream import LMDMStream, StreamParams, StreamSnapshot
 
@@ -224,6 +224,7 @@ class Engine:
         self.regenerate = True
         self.rewind_guard_frames = int(0.025 * self.out_rate) + 2048  # beyond a callback's reach
         self._queued: collections.deque[QueuedBlock] = collections.deque()
+        self._last_rewind = 0.0
         self.running = False
 
     # --- control side -------------------------------------------------------------------------------------
@@ -271,6 +272,7 @@ class Engine:
         # the audio callback runs Python too: hand it the GIL within a fraction of a JACK period, not the
         # default 5 ms, while the inference thread works
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        mmap_large()  # large short-lived tensors mapped and unmapped whole: the heap does not fragment
         self._open_log()
         # Prime before the first callback, to the lead the loop keeps (the headroom plus the compute time the
         # priming blocks showed): filled only to the headroom, a first block slower than the headroom runs the
@@ -380,10 +382,12 @@ class Engine:
         state, seeds and changes make the same audio, and the log's "rewind" tells a replay to do the same."""
         if not (self.regenerate and self.live is None and self._queued):
             return False
+        now = time.monotonic()
+        if now - self._last_rewind < self.stream.model.block_seconds:
+            return False  # at most one a block: a flood of changes must not remake the same block forever
         recent = list(self.stats.block_ms)[-8:]
         compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
         limit = self.ring.frames_read + self.rewind_guard_frames + compute
-        now = time.monotonic()
         pending = list(self._pending)
         for i, q in enumerate(self._queued):
             if q.stream is None or q.start < limit or not any(self._due_at(c, q, now) for c in pending):
@@ -395,6 +399,7 @@ class Engine:
             self.chain.restore(q.chain)
             self._pending.extendleft(reversed([c for d in dropped for c in d.applied]))
             self.stats.rewinds += 1
+            self._last_rewind = now
             self._event({"type": "rewind", "block": q.block})
             return True
         return False

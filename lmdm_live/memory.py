@@ -7,6 +7,10 @@ the heap that torch frees for reuse, and the churn of a live set (a 1 MB conditi
 prompt and dropped later, block activations, on several threads) leaves it fragmented, so the free part
 stays resident. After `malloc_trim(0)` it was flat. So the engine calls `trim()` every few seconds, while
 its thread waits for the ring to drain (never in the audio callback).
+
+That still left about 1 MB a minute over 10 minutes: glibc raises its mmap threshold each time a large
+mmapped block is freed (up to 32 MB), after which the large, short-lived tensors of every block come from
+the heap and fragment it. `mmap_large()` fixes the threshold, so they are mapped and unmapped whole.
 """
 
 from __future__ import annotations
@@ -17,16 +21,31 @@ import ctypes.util
 _libc = None
 
 
-def trim() -> bool:
-    """Hand the heap's free pages back to the system; False where the C library has no malloc_trim."""
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def _lib():
     global _libc
     if _libc is None:
         try:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _libc = False
-    if not _libc:
+    return _libc
+
+
+def mmap_large(threshold: int = 256 * 1024) -> bool:
+    """Serve allocations of `threshold` bytes and more by mmap, always (a fixed threshold)."""
+    lib = _lib()
+    return bool(lib) and bool(lib.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
+def trim() -> bool:
+    """Hand the heap's free pages back to the system; False where the C library has no malloc_trim."""
+    lib = _lib()
+    if not lib:
         return False
-    _libc.malloc_trim(0)
+    lib.malloc_trim(0)
     return True

@@ -18,7 +18,9 @@ from .stream import LMDMStream, StreamParams
 from .threads import ThreadBudget
 
 
-def read_log(path: str | Path) -> list[dict]:
+def read_log(path: str | Path, heard: bool = True) -> list[dict]:
+    """The log's events. `heard`: as played, i.e. without the events of blocks the engine made again (a
+    "rewind" to block b undoes what was logged before it for blocks from b on); else every line."""
     events = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -29,7 +31,17 @@ def read_log(path: str | Path) -> list[dict]:
             raise ValueError(f"{Path(path).name}:{n}: not a JSON event ({e.msg})") from None
     if not events or events[0].get("type") != "start":
         raise ValueError(f"{Path(path).name} is not an lmdm-live event log (no start event first)")
-    return events
+    return _heard(events) if heard else events
+
+
+def _heard(events: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for e in events:
+        if e.get("type") == "rewind":
+            out = [x for x in out if x.get("type") == "start" or int(x.get("block", 0)) < int(e["block"])]
+        else:
+            out.append(e)
+    return out
 
 
 def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -> tuple[np.ndarray, int]:
@@ -59,9 +71,7 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
         end = max((e.get("block", 0) for e in events), default=0) + 1
     by_block: dict[int, list[dict]] = {}
     for e in events[1:]:
-        if e.get("type") == "rewind":  # the engine made these blocks again before they were heard
-            by_block = {b: evs for b, evs in by_block.items() if b < int(e["block"])}
-        elif e.get("type") != "stop":
+        if e.get("type") != "stop":
             by_block.setdefault(int(e["block"]), []).append(e)
     out = []
     samples = model.lmdm.block_frames * model.hop

@@ -491,3 +491,21 @@ def test_saturation_figures_tell_noise_from_a_tone():
     a, b = saturation(audio, sr, bs, 0, 4), saturation(audio, sr, bs, 4, 4)
     assert a["flatness"] < 0.05 < 0.4 < b["flatness"]
     assert a["peak"] == pytest.approx(0.3, abs=1e-3) and b["peak"] == pytest.approx(np.abs(noise).max())
+
+
+def test_a_classifier_trained_on_fewer_styles_loads_and_never_names_the_new_ones():
+    """The label lists only grow at their end: an older classifier keeps its classes where they were, and
+    the classes added since are never its answer (it has not heard them)."""
+    from lmdm_live.eval.classifier import Classifier
+    from lmdm_live.eval.labels import STYLES
+    from lmdm_live.model.checkpoint import load_checkpoint_config
+
+    shipped = Path(__file__).resolve().parents[1] / "lmdm_live" / "assets" / "classifier"
+    known = load_checkpoint_config(shipped / "classifier.safetensors")["vocab"]["style"]
+    clf = Classifier.load(shipped)
+    rng = np.random.default_rng(0)
+    windows = [0.3 * rng.standard_normal(16000 * 4).astype(np.float32) for _ in range(4)]
+    windows.append(np.sin(2 * np.pi * 220 * np.arange(16000 * 4) / 16000).astype(np.float32))
+    for pred in clf.predict(np.stack(windows), 16000):
+        assert pred.labels["style"] in known
+        assert len(pred.probs["style"]) == len(STYLES) > len(known)

@@ -625,7 +625,8 @@ def test_bar_and_beat_quantise_to_the_grid(rig):
     submitted = range(before, after + 2)  # a block may be in the making while a message arrives
     assert cfg_event["block"] in {first_block_on_grid(n, 4.0) for n in submitted}
     assert gain_event["block"] in {first_block_on_grid(n, 1.0) for n in submitted}
-    assert seed_event["block"] in submitted  # no quantiser: the next block
+    # no quantiser: the next block, or an earlier one not heard yet, made again for it
+    assert seed_event["block"] <= after + 1
     assert cfg_event["block"] > after + 5  # it waited for the bar
 
 

@@ -419,13 +419,21 @@ class Classifier:
         if config.get("format") != CLASSIFIER_FORMAT:
             raise ValueError(f"{path} is not an evaluation classifier (format {config.get('format')!r})")
         vocab = {**{k: list(v) for k, v in HEADS.items()}, "families": list(FAMILIES)}
-        if config.get("vocab") != vocab:
+        saved = config.get("vocab") or {}
+        if saved.keys() != vocab.keys() or any(v[: len(saved[k])] != saved[k] for k, v in vocab.items()):
             raise ValueError(f"{path} was trained on other label vocabularies than labels.py's")
         # version 1 had no pitch-class branch, mean+max pooling and uniform sampling
         legacy = {"chroma_channels": 0, "pool": "meanmax", "balance": False}
         cfg = ClassifierConfig(**{**legacy, **config["config"]})
         net = LabelNet(cfg)
-        net.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        for head, classes in vocab.items():  # classes added since it was trained: never predicted
+            extra = len(classes) - len(saved[head])
+            if extra:
+                w, b = state[f"heads.{head}.weight"], state[f"heads.{head}.bias"]
+                state[f"heads.{head}.weight"] = torch.cat([w, w.new_zeros(extra, w.shape[1])])
+                state[f"heads.{head}.bias"] = torch.cat([b, b.new_full((extra,), -1e4)])
+        net.load_state_dict(state)
         return cls(net.eval(), cfg)
 
 
