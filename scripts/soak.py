@@ -32,6 +32,17 @@ from lmdm_live.control.osc import OSCControl  # noqa: E402
 WORDS = "dub techno acid house ambient pads choir rain jungle break drone warm tape hiss deep bass".split()
 
 
+def second_half_slope(rss: list[list[float]]) -> float | None:
+    """MB a minute, fitted to the samples of the run's second half."""
+    half = [(t, m) for t, m in rss if t >= rss[-1][0] / 2]
+    if len(half) < 3:
+        return None
+    n = len(half)
+    mt, mm = sum(t for t, _ in half) / n, sum(m for _, m in half) / n
+    var = sum((t - mt) ** 2 for t, _ in half)
+    return round(60 * sum((t - mt) * (m - mm) for t, m in half) / var, 3) if var else None
+
+
 def trimmed_rss_mb() -> float:
     """Resident memory after glibc hands its free heap back (malloc_trim): what is really in use."""
     import ctypes
@@ -200,6 +211,9 @@ def soak(
         "rss_growth_after_settling_mb_per_min": round((rss[-1][1] - settled) / max((wall - 60) / 60, 1e-9), 2)
         if wall > 120
         else None,
+        # a least-squares slope over the second half: one noisy sample cannot make or hide a trend
+        "rss_slope_second_half_mb_per_min": second_half_slope(rss),
+        "rewinds": st.get("rewinds", 0),
         "rss_mb": rss,
         **({"growth_after_settling": grew, "rss_trimmed_mb": trimmed} if trace else {}),
     }
