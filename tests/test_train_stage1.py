@@ -71,12 +71,18 @@ def test_training_pass_is_the_cached_pass(mode):
     assert torch.allclose(cached, trained, atol=1e-5)
 
 
-def test_latent_sets_concatenate():
+def test_latent_sets_concatenate(tmp_path):
     a, b = patterned_set(4), patterned_set(6, frames=40)
     b.tokens = b.tokens[:, :3]  # a shorter caption: padded with zeros, as padding is
     both = LatentSet.concat([a, b])
     assert len(both.latents) == 10 and both.tokens.shape == (10, 5, 16)
     assert torch.equal(both.latents[7], b.latents[3]) and both.tokens[4:, 3:].abs().sum() == 0
+    assert both.styles is None
+    a.styles = ["dub", "techno", "", "dub"]
+    labelled = LatentSet.concat([a, b])
+    assert labelled.styles == a.styles + [""] * 6
+    labelled.save(tmp_path / "both.safetensors")
+    assert LatentSet.load(tmp_path / "both.safetensors").styles == labelled.styles
     with_controls = LatentSet(a.latents, a.tokens, [torch.zeros(7, 64)] * 4)
     with pytest.raises(ValueError, match="controls"):
         LatentSet.concat([with_controls, b])

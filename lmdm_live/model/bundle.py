@@ -46,6 +46,7 @@ class LMDMModel:
     extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.extras)
     sampler: dict = field(default_factory=dict)  # the sampler settings it plays best with (SamplerSettings)
     mel_codec: MelCodec | None = None  # the log-mel codec, for models on one
+    styles: dict[str, str] = field(default_factory=dict)  # what it was trained on: style -> one line
 
     @property
     def codec(self) -> Codec:
@@ -135,6 +136,7 @@ class LMDMModel:
             **({"codec": self.mel_codec.config()} if self.mel_codec is not None else {}),
             "extras": dict(self.extras),
             "sampler": dict(self.sampler),
+            **({"styles": dict(self.styles)} if self.styles else {}),
         }
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -193,6 +195,7 @@ class LMDMModel:
             dict(config.get("extras", {})),
             dict(config.get("sampler", {})),
             mel,
+            dict(config.get("styles", {})),
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (

@@ -133,6 +133,7 @@ def encode_dataset(
                 vae.state_dict(),
                 {"vae": vae.cfg.to_dict(), "latent_sigma": sigma, "sample_rate": index["sample_rate"]},
             )
-    ls = LatentSet(latents, tokens, controls, drums, rest, lead if has_lead else None, solo)
+    styles = [str(e.get("labels", {}).get("style") or "") for e in examples]
+    ls = LatentSet(latents, tokens, controls, drums, rest, lead if has_lead else None, solo, styles)
     ls.sigma = sigma  # type: ignore[attr-defined]
     return ls

@@ -19,6 +19,7 @@ from ..model.lmdm import LMDMConfig
 from ..sao import SAODiT
 from .autoencoder import load_vae
 from .stage1 import LatentSet, Stage1Config, Stage1Trainer
+from .styles import STYLE_DESCRIPTIONS
 from .windows import ExtrasConfig
 
 DIT_SHAPES = {"tiny": (256, 8, 4), "small": (512, 12, 8)}  # width, depth, heads
@@ -97,6 +98,9 @@ def run_stage1(args, bar_factory) -> int:
             Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed, targets=args.targets),
             extras=extras,
         )
+    if data.styles:  # what the model knows, listed in its file (`lmdm-live styles`)
+        seen = set(data.styles)
+        trainer.model.styles = {s: d for s, d in STYLE_DESCRIPTIONS.items() if s in seen}
     if trainer.extras.p_solo > 0 and data.lead is None:
         raise SystemExit(f"error: --p-solo needs lead-stem latents; {args.data} has none (encode it again)")
     trainer.model.to(args.device)

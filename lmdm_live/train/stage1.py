@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -68,11 +69,12 @@ class LatentSet:
     rest: list[Tensor | None] | None = None
     lead: list[Tensor | None] | None = None
     solo_tokens: Tensor | None = None
+    styles: list[str] | None = None  # each example's style label ("" where none), what the model will know
 
     def __post_init__(self) -> None:
         if len(self.latents) != self.tokens.shape[0] or not self.latents:
             raise ValueError(f"{len(self.latents)} latent clips for {self.tokens.shape[0]} token sets")
-        for name in ("controls", "drums", "rest", "lead", "solo_tokens"):
+        for name in ("controls", "drums", "rest", "lead", "solo_tokens", "styles"):
             v = getattr(self, name)
             if v is not None and len(v) != len(self.latents):
                 raise ValueError(f"{len(v)} {name} entries for {len(self.latents)} latent clips")
@@ -90,7 +92,8 @@ class LatentSet:
             for i, x in enumerate(getattr(self, name) or []):
                 if x is not None:
                     tensors[f"{name}.{i}"] = x.contiguous()
-        save_file(tensors, str(path))
+        meta = {"styles": json.dumps(self.styles)} if self.styles is not None else None
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> LatentSet:
@@ -114,6 +117,8 @@ class LatentSet:
             raise ValueError(f"{Path(path).name}: controls missing for some examples")
         lead = opt("lead")
         solo = t.get("solo_tokens") if lead is not None else None
+        with safe_open(str(path), "pt") as f:
+            styles = (f.metadata() or {}).get("styles")
         return cls(
             [t[f"latents.{i}"] for i in range(n)],
             t["tokens"],
@@ -122,6 +127,7 @@ class LatentSet:
             opt("rest"),
             lead,
             solo,
+            json.loads(styles) if styles else None,
         )
 
     @classmethod
@@ -158,6 +164,9 @@ class LatentSet:
             many("rest"),
             many("lead"),
             solo,
+            None
+            if all(s.styles is None for s in sets)
+            else [x for s in sets for x in s.styles or [""] * len(s.latents)],
         )
 
     def crop_starts(self, idx: list[int], frames: int, gen: torch.Generator) -> list[int]:
