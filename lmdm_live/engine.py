@@ -133,6 +133,20 @@ class OutputChain:
         return self._finish(out)
 
 
+def splice_frames(old: np.ndarray, new: np.ndarray, at: int, fade: int) -> np.ndarray:
+    """The block as heard when a change cuts into it at frame `at`: the old version up to there, `fade`
+    frames of crossfade, then the new version made from the same boundary with the change. Shared by the
+    engine and `replay`, so both produce the same samples."""
+    out = new.copy()
+    at = min(at, new.shape[0], old.shape[0])
+    out[:at] = old[:at]
+    k = min(fade, new.shape[0] - at, old.shape[0] - at)
+    if k > 0:
+        ramp = (np.arange(1, k + 1, dtype=np.float32) / (k + 1))[:, None]
+        out[at : at + k] = old[at : at + k] * (1 - ramp) + new[at : at + k] * ramp
+    return out
+
+
 @dataclass
 class QueuedBlock:
     """A block in the ring that is not heard yet: where it starts there, and what makes it again."""
@@ -222,7 +236,13 @@ class Engine:
         # boundary, instead of waiting behind them: latency then no longer grows with the ring. Off with a
         # live input, whose blocks depend on audio arriving in real time.
         self.regenerate = True
-        self.rewind_guard_frames = int(0.025 * self.out_rate) + 2048  # beyond a callback's reach
+        # ... and with `splice` (the low-latency preset) a change cuts into the block playing, a few
+        # milliseconds ahead of the read position, instead of waiting for the next block boundary
+        self.splice = False
+        self.splice_fade = int(0.005 * self.out_rate)
+        period = int(getattr(backend, "blocksize", 0) or 1024)
+        self.rewind_guard_frames = int(0.01 * self.out_rate) + 2 * period  # beyond a callback's reach
+        self._splice: tuple[int, int, np.ndarray] | None = None  # (block, frame, its old version)
         self._queued: collections.deque[QueuedBlock] = collections.deque()
         self._last_rewind = 0.0
         self.running = False
@@ -389,20 +409,34 @@ class Engine:
         compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
         limit = self.ring.frames_read + self.rewind_guard_frames + compute
         pending = list(self._pending)
+        if self.splice and any(isinstance(c.at, str) and c.at in ("now", "block") for c in pending):
+            for i, q in enumerate(self._queued):
+                if q.stream is not None and q.start + q.out.shape[0] > limit:
+                    return self._take_back(i, max(limit - q.start, 0), compute, now)
         for i, q in enumerate(self._queued):
             if q.stream is None or q.start < limit or not any(self._due_at(c, q, now) for c in pending):
                 continue
-            if not self.ring.retract(q.start, self.rewind_guard_frames + compute):
-                return False
-            dropped = [self._queued.pop() for _ in range(len(self._queued) - i)][::-1]
-            self.stream.restore(q.stream)
-            self.chain.restore(q.chain)
-            self._pending.extendleft(reversed([c for d in dropped for c in d.applied]))
-            self.stats.rewinds += 1
-            self._last_rewind = now
-            self._event({"type": "rewind", "block": q.block})
-            return True
+            return self._take_back(i, 0, compute, now)
         return False
+
+    def _take_back(self, i: int, at: int, compute: int, now: float) -> bool:
+        """Queued block i and those after it out of the ring from its frame `at` on (0: whole), the stream
+        and the output chain back to its boundary, their changes queued again ahead of the new ones."""
+        q = self._queued[i]
+        if not self.ring.retract(q.start + at, self.rewind_guard_frames + compute):
+            return False
+        dropped = [self._queued.pop() for _ in range(len(self._queued) - i)][::-1]
+        self.stream.restore(q.stream)
+        self.chain.restore(q.chain)
+        self._pending.extendleft(reversed([c for d in dropped for c in d.applied]))
+        self.stats.rewinds += 1
+        self._last_rewind = now
+        if at:
+            self._splice = (q.block, at, q.out)
+            self._event({"type": "splice", "block": q.block, "at": at, "fade": self.splice_fade})
+        else:
+            self._event({"type": "rewind", "block": q.block})
+        return True
 
     def _note_behind(self, behind_s: float) -> None:
         if behind_s * 1e3 > self.stats.behind_ms_max:
@@ -484,10 +518,16 @@ class Engine:
             s.recover(next_block=block + 1)
             out = self.chain.fail(s.model.lmdm.block_frames * s.model.hop)
         ms = (time.perf_counter() - t0) * 1e3
+        write = out
+        if self._splice is not None and self._splice[0] == block:
+            _, at, old = self._splice
+            self._splice = None
+            out = splice_frames(old, out, at, self.splice_fade)
+            write, start, snap = out[at:], start - at, None  # its head was heard: never made again
         fill_before = self.ring.fill
-        written = self.ring.write(out)
-        if written < out.shape[0]:  # cannot happen when the loop waits for room; never drop silently
-            self.errors.append(f"block {block}: ring full, {out.shape[0] - written} frames dropped")
+        written = self.ring.write(write)
+        if written < write.shape[0]:  # cannot happen when the loop waits for room; never drop silently
+            self.errors.append(f"block {block}: ring full, {write.shape[0] - written} frames dropped")
         now = time.monotonic()
         heard = (fill_before / self.out_rate + self.pipeline_delay_s() + self._device_latency()) * 1e3
         latency = [(now - c.submitted) * 1e3 + heard for c in due]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import OutputChain
+from .engine import OutputChain, splice_frames
 from .model.lmdm import LMDMConfig
 from .stream import LMDMStream, StreamParams
 from .threads import ThreadBudget
@@ -37,9 +37,11 @@ def read_log(path: str | Path, heard: bool = True) -> list[dict]:
 def _heard(events: list[dict]) -> list[dict]:
     out: list[dict] = []
     for e in events:
-        if e.get("type") == "rewind":
-            out = [x for x in out if x.get("type") == "start" or int(x.get("block", 0)) < int(e["block"])]
-        else:
+        kind = e.get("type")
+        if kind in ("rewind", "splice"):  # a splice keeps its block's old events: heard up to the cut
+            last = int(e["block"]) - (kind == "rewind")
+            out = [x for x in out if x.get("type") == "start" or int(x.get("block", 0)) <= last]
+        if kind != "rewind":
             out.append(e)
     return out
 
@@ -70,8 +72,11 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
     if end is None:
         end = max((e.get("block", 0) for e in events), default=0) + 1
     by_block: dict[int, list[dict]] = {}
+    cuts: dict[int, tuple[int, int, list[dict]]] = {}  # block -> (frame, fade, its old version's events)
     for e in events[1:]:
-        if e.get("type") != "stop":
+        if e.get("type") == "splice":
+            cuts[int(e["block"])] = (int(e["at"]), int(e["fade"]), by_block.pop(int(e["block"]), []))
+        elif e.get("type") != "stop":
             by_block.setdefault(int(e["block"]), []).append(e)
     out = []
     samples = model.lmdm.block_frames * model.hop
@@ -80,7 +85,7 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
     if budget is not None:
         budget.enter()
     try:
-        _render(stream, chain, by_block, end, samples, out)
+        _render(stream, chain, by_block, cuts, end, samples, out)
     finally:
         if budget is not None:
             budget.leave()
@@ -88,29 +93,45 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
     return audio, chain.out_rate
 
 
-def _render(stream, chain, by_block: dict[int, list[dict]], end: int, samples: int, out: list) -> None:
-    """Play the logged events block by block into `out`, as the engine applied them."""
+def _render(
+    stream, chain, by_block: dict[int, list[dict]], cuts: dict, end: int, samples: int, out: list
+) -> None:
+    """Play the logged events block by block into `out`, as the engine applied them; a block a change cut
+    into is made twice from its boundary, as the engine made it, and spliced where the engine spliced it."""
     while stream.block_index < end:
         b = stream.block_index
-        failed = False
-        for e in by_block.get(b, []):
-            kind, value = e["type"], e.get("value")
-            if kind == "params":
-                stream.set(StreamParams.from_dict(value))
-            elif kind == "gain":
-                chain.gain = float(value)
-            elif kind == "drop":
-                stream.drop_context(int(value))
-            elif kind == "seed":
-                stream.seed = int(value)
-            elif kind == "reset":
-                stream.recover(next_block=b)
-            elif kind == "fault":
-                failed = True
-            else:
-                raise ValueError(f"unknown event type {kind!r} at block {b}")
-        if failed:
-            stream.recover(next_block=b + 1)
-            out.append(chain.fail(samples))
+        if b in cuts:
+            at, frames, old_events = cuts[b]
+            snap, chain_snap = stream.snapshot(), chain.snapshot()
+            old = _block(stream, chain, old_events, b, samples)
+            stream.restore(snap)
+            chain.restore(chain_snap)
+            new = _block(stream, chain, by_block.get(b, []), b, samples)
+            out.append(splice_frames(old, new, at, frames))
         else:
-            out.append(chain.push(stream.next_block()))
+            out.append(_block(stream, chain, by_block.get(b, []), b, samples))
+
+
+def _block(stream, chain, events: list[dict], b: int, samples: int) -> np.ndarray:
+    """One block's device frames after its logged events."""
+    failed = False
+    for e in events:
+        kind, value = e["type"], e.get("value")
+        if kind == "params":
+            stream.set(StreamParams.from_dict(value))
+        elif kind == "gain":
+            chain.gain = float(value)
+        elif kind == "drop":
+            stream.drop_context(int(value))
+        elif kind == "seed":
+            stream.seed = int(value)
+        elif kind == "reset":
+            stream.recover(next_block=b)
+        elif kind == "fault":
+            failed = True
+        else:
+            raise ValueError(f"unknown event type {kind!r} at block {b}")
+    if failed:
+        stream.recover(next_block=b + 1)
+        return chain.fail(samples)
+    return chain.push(stream.next_block())

@@ -300,3 +300,41 @@ def test_ring_retract_keeps_clear_of_the_reader():
     assert ring.retract(300, guard=100) and ring.fill == 200
     with pytest.raises(ValueError):
         ring.retract(700, guard=0)
+
+
+def test_low_latency_cuts_a_change_into_the_block_playing_and_replays_exactly(model, text, tmp_path):
+    """With `splice`, a change does not wait for a block boundary: the block playing is made again from
+    its boundary with the change and cut in a guard ahead of the read position, with a short crossfade."""
+    engine = make_engine(model, text, tmp_path)
+    engine.splice, engine.rewind_guard_frames = True, 256
+    engine._open_log()
+    for _ in range(6):
+        engine._generate_one()
+    starts = [q.start for q in engine._queued]
+    engine.stats.block_ms.clear()
+    engine.stats.block_ms.append(1.0)
+    read = starts[3] + 1000  # block 3 is playing
+    heard = np.zeros((read, engine.out_channels), np.float32)
+    assert engine.ring.read_into(heard) == read
+    engine.submit("gain", 0.25)
+    assert engine._rewind()
+    cut = read + 256 + int(1.25 * 1.0 / 1e3 * engine.out_rate)  # guard + the time to make the block
+    assert engine.stream.block_index == 3 and engine.ring.frames_written == cut
+    for _ in range(3):
+        engine._generate_one()
+    live = np.concatenate([heard, drain(engine)])
+    engine.stop()
+    events = read_log(tmp_path / "ev.jsonl")
+    assert [(e["type"], e["block"]) for e in events if e["type"] in ("gain", "splice")] == [
+        ("splice", 3),
+        ("gain", 3),
+    ]
+    again, _ = replay(tmp_path / "ev.jsonl", model=model, text=text)
+    assert again.shape == live.shape and np.array_equal(again, live)
+    alone = make_engine(model, text, tmp_path / "alone")
+    for _ in range(7):
+        alone._generate_one()
+    old = drain(alone)
+    assert np.array_equal(old[:cut], live[:cut])  # untouched up to the cut
+    after = slice(cut + engine.splice_fade, starts[4])  # then the rest of block 3 at a quarter
+    assert np.allclose(live[after], 0.25 * old[after], atol=1e-6)
