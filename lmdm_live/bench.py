@@ -208,22 +208,32 @@ def run_bench(cfg: BenchConfig) -> dict:
     return result
 
 
+CHANGE_PROMPTS = ("deep techno", "ambient pads", "jungle breaks", "solo piano")
+
+
 def run_engine_bench(
     seconds: float,
     model: str = "tiny",
     backend: str | None = None,
-    steps: int = 8,
-    headroom: str = "normal",
+    steps: int | None = 8,
+    headroom: str | None = None,
     dtype: str = "float32",
     threads: int | None = None,
+    latency: str = "normal",
+    window: LMDMConfig | None = None,
+    cfg: float | None = None,
+    change_every: float = 2.0,
 ) -> dict:
-    """Play `seconds` through the real-time engine and report what the audio side saw.
+    """Play `seconds` through the real-time engine and report what the audio side saw, and how long each
+    of the prompt changes made every `change_every` seconds took to be heard (`status()`'s latency).
 
-    Uses JACK when a server is running (never starts one), else a WAV file paced in real time.
+    Uses JACK when a server is running (never starts one), else a WAV file paced in real time. A preset
+    plays `window` (default: the default LMDMConfig); a model file plays the window it was saved with.
     """
     import tempfile
 
     from .audio import NoAudioDevice, open_backend
+    from .engine import LATENCY_PRESETS
     from .instrument import Instrument
 
     tmp = tempfile.TemporaryDirectory()
@@ -232,20 +242,36 @@ def run_engine_bench(
             be = open_backend(backend or "jack", connect=False) if backend != "file" else None
         except (NoAudioDevice, OSError, RuntimeError):
             be = None
-        window = None if Path(model).is_file() else LMDMConfig()  # a file plays the window it was saved with
+        window = None if Path(model).is_file() else window or LMDMConfig()
         m = load_model(model, window, "cpu", getattr(torch, dtype))
         if be is None:
             be = open_backend("file", path=f"{tmp.name}/engine.wav", sample_rate=m.sample_rate, realtime=True)
+        cap = LATENCY_PRESETS[latency].max_steps
         inst = Instrument(
-            m, backend=be, steps=steps, headroom_ms=headroom, quiet=True, start=False, threads=threads
+            m,
+            backend=be,
+            steps=min(steps, cap) if steps is not None and cap is not None else steps,
+            cfg=cfg,
+            headroom_ms=headroom,
+            latency=latency,
+            quiet=True,
+            start=False,
+            threads=threads,
+            prompt=CHANGE_PROMPTS[0],
         )
         inst.start()
         t0 = time.monotonic()
+        changes = 0
         try:
-            time.sleep(seconds)
+            while (left := seconds - (time.monotonic() - t0)) > 0:
+                time.sleep(min(change_every, left) if change_every > 0 else left)
+                if change_every > 0 and seconds - (time.monotonic() - t0) > 1.0:
+                    changes += 1
+                    inst.prompt(CHANGE_PROMPTS[changes % len(CHANGE_PROMPTS)])
         finally:
             inst.stop()
         st = inst.status()
+        heard = list(inst.engine.stats.latency_ms)
         return {
             "backend": be.name,
             "dtype": dtype,
@@ -264,6 +290,12 @@ def run_engine_bench(
             "ms_per_block": st["ms_per_block"],
             "x_realtime_with_decode": st["x_realtime"],
             "faults": st["faults"],
+            "latency_preset": latency,
+            "steps": inst.stream.params.sampler.steps,
+            "changes": changes,
+            "rewinds": st["rewinds"],
+            "latency_ms_median": round(statistics.median(heard), 1) if heard else None,
+            "latency_ms_max": st["latency_ms_max"],
             "latency": inst.latency(),
         }
     finally:

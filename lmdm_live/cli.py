@@ -84,7 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument(
         "--audio-device", dest="audio_device", default=None, help="sounddevice output NAME|INDEX"
     )
-    play.add_argument("--headroom", default="normal", help="ring headroom: tight|normal|safe or milliseconds")
+    play.add_argument(
+        "--headroom",
+        default=None,
+        help="ring headroom: tight|normal|safe or milliseconds (default: the --latency's)",
+    )
+    play.add_argument(
+        "--latency",
+        choices=("normal", "low"),
+        default="normal",
+        help="low: changes cut into the block playing, less audio queued, at most 4 steps (see the model card)",
+    )
     play.add_argument("--seed", type=int, default=0)
     play.add_argument(
         "--threads", type=int, default=None, help="torch threads for the model (default: all cores but one)"
@@ -165,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also play SECONDS through the real-time engine (JACK if running, else a paced file)",
     )
     bench.add_argument("--engine-only", action="store_true", help="skip the per-mode cache figures")
+    bench.add_argument("--latency", choices=("normal", "low"), default="normal", help="the engine's preset")
+    bench.add_argument(
+        "--change-every",
+        type=float,
+        default=2.0,
+        help="seconds between the engine's prompt changes (0: none)",
+    )
 
     train_cli.add_parser(sub)
     eval_cli.add_parser(sub)
@@ -327,7 +344,14 @@ def cmd_play(args) -> int:
 
     check_out(args.out)
     check_seconds(args.seconds)
-    headroom = args.headroom if args.headroom in HEADROOM_PRESETS_MS else float(args.headroom)
+    headroom = args.headroom
+    if headroom is not None and headroom not in HEADROOM_PRESETS_MS:
+        try:
+            headroom = float(headroom)
+        except ValueError:
+            raise SystemExit(
+                f"lmdm-live: error: --headroom must be tight, normal, safe or milliseconds, got {headroom!r}"
+            ) from None
     model = args.model
     if model is not None and (args.mode or args.context or args.block):
         model = _load(args)  # a window override: load here, the instrument takes the model as it is
@@ -342,6 +366,7 @@ def cmd_play(args) -> int:
         out=args.out,
         device=args.audio_device,
         headroom_ms=headroom,
+        latency=args.latency,
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
@@ -531,9 +556,19 @@ def cmd_bench(args) -> int:
     result = {"model": args.model, "modes": {}} if args.engine_only else run_bench(cfg)
     if args.engine > 0:
         from .bench import run_engine_bench
+        from .model.lmdm import LMDMConfig
 
+        window = LMDMConfig(mode="causal", context_frames=args.context, block_frames=args.block)
         result["engine"] = run_engine_bench(
-            args.engine, model=args.model, steps=args.steps, dtype=args.dtype, threads=args.threads
+            args.engine,
+            model=args.model,
+            steps=args.steps,
+            dtype=args.dtype,
+            threads=args.threads,
+            latency=args.latency,
+            window=window,
+            cfg=args.cfg,
+            change_every=args.change_every,
         )
     text = json.dumps(result, indent=1)
     if args.out:

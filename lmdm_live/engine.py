@@ -32,6 +32,19 @@ from .model.precision import dtype_name
 from .stream import LMDMStream, StreamParams, StreamSnapshot
 
 HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
+
+
+@dataclass(frozen=True)
+class LatencyPreset:
+    """How fast a change is heard, against what it costs. "low" cuts changes into the block playing (a
+    jump mid-block, 5 ms crossfaded), keeps less audio queued and caps the denoising steps."""
+
+    headroom: str  # a HEADROOM_PRESETS_MS key
+    splice: bool
+    max_steps: int | None = None
+
+
+LATENCY_PRESETS = {"normal": LatencyPreset("normal", False), "low": LatencyPreset("tight", True, 4)}
 CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
 
 
@@ -632,8 +645,14 @@ class Engine:
         """Worst-case control -> sound: the ring and device buffers, waiting for a block boundary, compute."""
         ms = list(self.stats.block_ms)
         compute = statistics.median(ms) if ms else 0.0
-        buffer_ms = self.headroom_ms + (self._device_latency() + self.pipeline_delay_s()) * 1e3
+        pipeline_ms = (self._device_latency() + self.pipeline_delay_s()) * 1e3
         block_ms = self.stream.model.block_seconds * 1e3
+        if self.regenerate and self.live is None:  # a change remakes what is queued: the ring is no wait
+            buffer_ms = self.rewind_guard_frames / self.out_rate * 1e3 + pipeline_ms
+            block_ms = self.splice_fade / self.out_rate * 1e3 if self.splice else block_ms
+            compute = 1.25 * max(ms[-8:]) if ms else 0.0
+        else:
+            buffer_ms = self.headroom_ms + pipeline_ms
         return {
             "buffer_ms": round(buffer_ms, 1),
             "block_ms": round(block_ms, 1),

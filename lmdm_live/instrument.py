@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .engine import HEADROOM_PRESETS_MS, Engine
+from .engine import HEADROOM_PRESETS_MS, LATENCY_PRESETS, Engine
 from .stream import LMDMStream, StreamParams
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -65,7 +65,8 @@ class Instrument:
         backend: str | Any | None = None,
         out: str | Path | None = None,
         device: str | int | None = None,
-        headroom_ms: float | str = "normal",
+        headroom_ms: float | str | None = None,
+        latency: str = "normal",
         seed: int = 0,
         prompt: str = "",
         steps: int | None = None,
@@ -87,6 +88,10 @@ class Instrument:
 
         self._threads = ThreadBudget(inference_threads(threads))
 
+        if latency not in LATENCY_PRESETS:
+            raise ValueError(f"latency must be one of {', '.join(LATENCY_PRESETS)}, got {latency!r}")
+        preset = LATENCY_PRESETS[latency]
+        headroom_ms = preset.headroom if headroom_ms is None else headroom_ms
         if isinstance(headroom_ms, str):
             if headroom_ms not in HEADROOM_PRESETS_MS:
                 raise ValueError(
@@ -107,6 +112,8 @@ class Instrument:
             window = None if Path(ref).is_file() else LMDMConfig()
             self.model = load_model(ref, window, "cpu", resolve_dtype(dtype, "cpu"))
         # None: the model's own sampler defaults (a trained model records what it plays best with)
+        if steps is None and preset.max_steps is not None:
+            steps = min(self.model.sampler_settings().steps, preset.max_steps)
         settings = self.model.sampler_settings(steps=steps, cfg=cfg, sampler=sampler)
         self._params = StreamParams.of(prompt, sampler=settings, bpm=float(bpm))
         self._gain = 1.0
@@ -124,6 +131,8 @@ class Instrument:
             bpm=self._bpm,
             model_ref=ref,
         )
+        self.engine.splice = preset.splice
+        self.latency_preset = latency
         if start:
             self.start()
 
