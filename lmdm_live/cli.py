@@ -37,7 +37,10 @@ def _change_arg(text: str) -> tuple[int, str]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", default="tiny", help="tiny | small | saos-random | PATH to an LMDM .safetensors"
+        "--model",
+        default=None,
+        help="PATH to an LMDM .safetensors (default: the shipped model), or a random preset on purpose: "
+        "tiny | small | tiny-mel | saos-random",
     )
     p.add_argument("--mode", choices=("encdec", "causal", "bidirectional"), help="override the model's mode")
     p.add_argument("--context", type=int, help="context frames C (override)")
@@ -126,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="tempo source for at='beat'/'bar': inst.bpm, MIDI clock, Tidal's cps, or Ableton Link",
     )
     play.add_argument("--midi-api", choices=("alsa", "jack"), default=None, help="force a MIDI system")
-    play.set_defaults(model=None)
 
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
     _add_model_args(render)
@@ -147,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seconds", type=float, default=10.0)
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--out", type=Path, required=True)
+
+    st = sub.add_parser("styles", help="list the styles the model was trained on")
+    st.add_argument("--model", default=None, help="PATH to an LMDM .safetensors (default: the shipped model)")
+    st.add_argument("--near", metavar="PROMPT", help="also rank the styles by how near they are to PROMPT")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
 
     rp = sub.add_parser("replay", help="rebuild a live performance from its event log, sample for sample")
     rp.add_argument("log", type=Path)
@@ -274,6 +281,10 @@ def _load(args):
     from .model.lmdm import LMDMConfig
     from .model.precision import resolve_dtype
 
+    if args.model is None:
+        from .instrument import default_model_ref
+
+        args.model = default_model_ref()
     if args.model in PRESETS:
         base = LMDMConfig()
     else:  # the saved window, then the overrides
@@ -612,7 +623,38 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_styles(args) -> int:
+    from .model.bundle import LMDMModel
+    from .model.styles import StyleVocabulary
+
+    if args.model is None:
+        from .instrument import default_model_ref
+
+        args.model = default_model_ref()
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file not found: {args.model}")
+    model = LMDMModel.load(args.model)
+    near = None
+    if args.near is not None:
+        near = StyleVocabulary(dict(model.styles)).nearest(
+            args.near, model.text_encoder(), k=len(model.styles)
+        )
+    if args.json:
+        print(json.dumps({"model": model.name, "styles": model.styles, "near": near}, indent=1))
+        return 0
+    if not model.styles:
+        print(f"{model.name} lists no styles (a model trained before models listed what they know)")
+        return 0
+    width = max(len(s) for s in model.styles)
+    for style, line in model.styles.items():
+        print(f"{style:<{width}}  {line}")
+    if near is not None:
+        print(f"\nnearest to {args.near!r}: " + ", ".join(f"{s} ({c:.2f})" for s, c in near[:5]))
+    return 0
+
+
 COMMANDS = {
+    "styles": cmd_styles,
     "play": cmd_play,
     "render": cmd_render,
     "replay": cmd_replay,

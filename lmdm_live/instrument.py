@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import HEADROOM_PRESETS_MS, LATENCY_PRESETS, Engine
+from .model.styles import StyleVocabulary
 from .stream import LMDMStream, StreamParams
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -121,6 +122,8 @@ class Instrument:
         self._seed = int(seed)
         self._bpm = float(bpm)
         text = self.model.text_encoder(t5)
+        self._styles = StyleVocabulary(dict(self.model.styles))
+        self.notice: str | None = None  # the last far-prompt line
         self.stream = LMDMStream(self.model, text, seed=self._seed, params=self._params)
         self.backend = self._open_backend(backend, out, device)
         self.engine = Engine(
@@ -195,8 +198,23 @@ class Instrument:
         at = _check_at(at)
         if params == self._params:
             return  # re-evaluating the same line is a no-op
+        new_prompt = params.dominant != self._params.dominant
         self._params = params
         self.engine.submit("params", params, at)
+        if new_prompt:
+            self._check_known(params.dominant)
+
+    def _check_known(self, prompt: str) -> None:
+        """One line when a prompt is far from every style the model knows (it still plays)."""
+        near = self._styles.far(prompt, self.stream.text)
+        self.notice = None
+        if near:
+            self.notice = f"{prompt!r} is far from what this model knows; nearest: {', '.join(near)}"
+            self._say(self.notice)
+
+    def styles(self) -> dict[str, str]:
+        """The styles the model was trained on, with a line each (`lmdm-live styles`)."""
+        return dict(self.model.styles)
 
     def _sampler(self, at: Any, **kw) -> None:
         self._set(replace(self._params, sampler=replace(self._params.sampler, **kw)), at)

@@ -19,7 +19,7 @@ from lmdm_live.cli import main
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 
-SMALL = ["--context", "8", "--block", "4"]
+SMALL = ["--model", "tiny", "--context", "8", "--block", "4"]  # a random preset, named on purpose
 
 
 def console_script() -> str:
@@ -65,6 +65,34 @@ def test_render_writes_a_deterministic_wav(tmp_path, capsys):
     c = tmp_path / "c.wav"
     assert main(["render", *SMALL, "--steps", "2", "--seconds", "0.5", "--seed", "9", "--out", str(c)]) == 0
     assert c.read_bytes() != a.read_bytes()
+
+
+def test_render_plays_the_shipped_model_unless_told_otherwise(tmp_path, capsys):
+    from lmdm_live.instrument import DEFAULT_MODEL_FILE
+
+    out = tmp_path / "first.wav"
+    assert main(["render", "--steps", "1", "--seconds", "0.5", "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == LMDMModel.load(DEFAULT_MODEL_FILE).name != "tiny"
+
+
+def test_styles_lists_what_a_model_knows_and_ranks_a_prompt(tmp_path, capsys):
+    m = LMDMModel.preset("tiny", lmdm=LMDMConfig(mode="causal", context_frames=8, block_frames=4))
+    m.styles = {
+        "dub": "slow dub, echoing chords",
+        "jungle": "fast breakbeats",
+        "string_quartet": "four strings",
+    }
+    m.save(tmp_path / "m.safetensors")
+    assert main(["styles", "--model", str(tmp_path / "m.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["dub", "jungle", "string_quartet"]
+    assert (
+        main(["styles", "--model", str(tmp_path / "m.safetensors"), "--near", "jungle breaks", "--json"]) == 0
+    )
+    got = json.loads(capsys.readouterr().out)
+    assert got["styles"] == m.styles and got["near"][0][0] == "jungle"
+    assert main(["styles", "--model", str(tmp_path / "nope.safetensors")]) == 2
 
 
 def test_render_a_saved_model(tmp_path, capsys):

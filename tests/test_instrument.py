@@ -223,3 +223,17 @@ def test_latency_presets(model, tmp_path):
     finally:
         low.stop()
         normal.stop()
+
+
+def test_a_prompt_far_from_what_the_model_knows_gets_a_line_and_still_plays(model, tmp_path):
+    model.styles = {"dub": "slow dub with echoing chords", "jungle": "fast breakbeats", "techno": "fast techno"}
+    try:
+        inst = Instrument(model, backend="file", out=tmp_path / "o.wav", steps=1, start=False, quiet=True)
+        assert inst.styles() == model.styles
+        inst.prompt("dub techno")
+        assert inst.notice is None
+        inst.prompt("a baby crying on a train")
+        assert inst.notice is not None and "nearest: " in inst.notice
+        assert inst.engine._pending[-1].value.dominant == "a baby crying on a train"  # it still plays
+    finally:
+        model.styles = {}
