@@ -1,45 +1,59 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (lmdm_live/assets/default.lmdm.safetensors) from nothing:
-# render the data, train the autoencoder, encode, train stage 1 and ARC-Forcing, evaluate, ship.
-# Every stage resumes where it stopped, so the script can be stopped and run again at any time.
-#   RUNS=runs bash scripts/train_default.sh          (CPU; set DEVICE=cuda on a GPU)
+# render the data, encode it with the log-mel codec, train stage 1 and ARC-Forcing, train the evaluation
+# classifier, evaluate, ship. Every stage resumes where it stopped, so the script can be stopped and run
+# again at any time (a finished stage is skipped).
+#   RUNS=runs/m17 bash scripts/train_default.sh          (CPU, one thread; set DEVICE=cuda on a GPU)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-RUNS="${RUNS:-runs}"
+RUNS="${RUNS:-runs/m17}"
 DEVICE="${DEVICE:-cpu}"
+STAGE1_STEPS="${STAGE1_STEPS:-60000}"
+ARC_STEPS="${ARC_STEPS:-60}"
 L=.venv/bin/lmdm-live
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_controls as a; a('$1')"; }
 
-$L train data --out "$RUNS/data" --hours 1.5 --seconds 20 --sample-rate 16000 --hop 512
-$L train ae --data "$RUNS/data" --out "$RUNS/ae" --steps 700 --batch 6 --crop 8192 --lr 5e-4 \
-    --channels 32 --latent-dim 32 --strides 4,4,4,8
-$L train latents --data "$RUNS/data" --vae "$RUNS/ae/vae.safetensors" --out "$RUNS/lat.safetensors"
-$L train stage1 --data "$RUNS/lat.safetensors" --vae "$RUNS/lat.vae.safetensors" --model tiny \
-    --mode causal --context 48 --block 16 --out "$RUNS/stage1" --steps "${STAGE1_STEPS:-11800}" \
-    --batch 8 --lr 4e-4 --save-every 50 --device "$DEVICE"
-$L train arc --data "$RUNS/lat.safetensors" --model "$RUNS/stage1/model.safetensors" --out "$RUNS/arc" \
-    --steps "${ARC_STEPS:-60}" --batch 4 --rollout 3 --sampler-steps 4 --lr 1e-5 --save-every 10 \
-    --device "$DEVICE"
-# the decoder trains on with the encoder frozen (the DiT's latents stay valid); this can run beside stage 1
-$L train decoder --model "$RUNS/arc/model.safetensors" --data "$RUNS/data" --out "$RUNS/decoder" \
-    --steps "${DECODER_STEPS:-4000}" --batch 8 --lr 3e-4 --save-every 50
-# the same decoder into the stage-1 model, the no-ARC-Forcing baseline of the evaluation
-$L train decoder --model "$RUNS/stage1/model.safetensors" --data "$RUNS/data" --out "$RUNS/decoder" \
-    --steps "${DECODER_STEPS:-4000}" --save-as "$RUNS/stage1_decoder.safetensors"
-# more held-out renders for the evaluation classifier (the generator never sees them); it also learns them
-# as they sound through the shipped autoencoder
-$L train data --out "$RUNS/data" --hours 2.5 --split valid
-$L eval classifier --data "$RUNS/data" --out "$RUNS/clf" --steps 800 --save-every 50 \
-    --codec "$RUNS/decoder/model.safetensors"
-$L eval model --model "$RUNS/decoder/model.safetensors" --compare "$RUNS/stage1_decoder.safetensors" \
-    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/data" \
-    --out "$RUNS/eval_adherence" --seconds 30 --window 10 --max-prompts 20 --transitions 10 \
-    --transition-seconds 24
-$L eval model --model "$RUNS/decoder/model.safetensors" --compare "$RUNS/stage1_decoder.safetensors" \
-    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/data" \
-    --out "$RUNS/eval_drift" --seconds 120 --window 10 --max-prompts 4 --transitions 0
-# what the autoencoder keeps of the test leads' pitch and the mixes' tempo: the ceiling of those bars
-$L eval codec --model "$RUNS/decoder/model.safetensors" --data "$RUNS/data" --out "$RUNS/codec.json"
+# 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), the
+#    style cycle twice (8 styles, no mood in the captions), then the 23-style cycle with mood captions
+$L train data --kind solo --out "$RUNS/solo" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048
+$L train data --out "$RUNS/styles" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 0
+$L train data --out "$RUNS/styles2" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 1
+$L train data --out "$RUNS/styles3" --hours 5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 2
+for d in solo styles styles2 styles3; do sketch "$RUNS/$d"; done
+
+# 2. log-mel tokens, centred and scaled over the first sets; the 23-style set joins their token space
+[[ -f "$RUNS/lat_a.safetensors" ]] || $L train latents --data "$RUNS/solo" "$RUNS/styles" "$RUNS/styles2" \
+    --vae lmdm_live/assets/codec.safetensors --out "$RUNS/lat_a.safetensors"
+[[ -f "$RUNS/lat_b.safetensors" ]] || $L train latents --data "$RUNS/styles3" \
+    --vae "$RUNS/lat_a.vae.safetensors" --keep-codec-scale --out "$RUNS/lat_b.safetensors"
+LAT=("$RUNS/lat_a.safetensors" "$RUNS/lat_b.safetensors")
+
+# 3. stage 1: Block-Causal, 3.2 s of context (17 chunks of 4 tokens = 186 ms blocks), 8 target chunks per
+#    window trained in one teacher-forced pass; sketch and solo windows for the hum, drum stems for the jam
+$L train stage1 --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --model tiny --mode causal \
+    --context 68 --block 4 --targets 8 --batch 8 --lr 3e-4 --p-sketch 0.4 --p-solo 0.25 \
+    --out "$RUNS/stage1" --steps "$STAGE1_STEPS" --save-every 100 --device "$DEVICE"
+
+# 4. ARC-Forcing through the streaming cache (the stage-1 checkpoint stays: it is the no-ARC baseline)
+$L train arc --data "${LAT[@]}" --model "$RUNS/stage1/model.safetensors" --out "$RUNS/arc" \
+    --steps "$ARC_STEPS" --batch 4 --rollout 4 --sampler-steps 4 --lr 1e-5 --save-every 5 --device "$DEVICE"
+
+# 5. the evaluation classifier: held-out renders of the 23 styles, also heard through the codec
+$L train data --out "$RUNS/clfdata" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048 --seed 3 --split valid
+$L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" --steps 1200 --save-every 50 \
+    --codec "$RUNS/stage1/model.safetensors"
+
+# 6. the figures of docs/default-model.md: 20 prompts x 30 s, and 300 s drift with and without ARC-Forcing
+$L eval model --model "$RUNS/arc/model.safetensors" --compare "$RUNS/stage1/model.safetensors" \
+    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" \
+    --out "$RUNS/eval_adherence" --seconds 30 --window 10 --max-prompts 20 --transitions 10 --transition-seconds 24
+$L eval model --model "$RUNS/arc/model.safetensors" --compare "$RUNS/stage1/model.safetensors" \
+    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" \
+    --out "$RUNS/eval_drift" --seconds 300 --window 10 --max-prompts 4 --transitions 0
+
+# 7. ship
 mkdir -p lmdm_live/assets/classifier
-cp "$RUNS/decoder/model.safetensors" lmdm_live/assets/default.lmdm.safetensors
+cp "$RUNS/arc/model.safetensors" lmdm_live/assets/default.lmdm.safetensors
 cp "$RUNS/clf/classifier.safetensors" "$RUNS/clf/classifier.json" lmdm_live/assets/classifier/
