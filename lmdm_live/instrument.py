@@ -124,6 +124,7 @@ class Instrument:
         text = self.model.text_encoder(t5)
         self._styles = StyleVocabulary(dict(self.model.styles))
         self.notice: str | None = None  # the last far-prompt line
+        self.notices = 0  # how many were given
         self.stream = LMDMStream(self.model, text, seed=self._seed, params=self._params)
         self.backend = self._open_backend(backend, out, device)
         self.engine = Engine(
@@ -210,6 +211,7 @@ class Instrument:
         self.notice = None
         if near:
             self.notice = f"{prompt!r} is far from what this model knows; nearest: {', '.join(near)}"
+            self.notices += 1
             self._say(self.notice)
 
     def styles(self) -> dict[str, str]:

@@ -1086,3 +1086,24 @@ def test_flood_of_1000_messages_a_second_applies_in_order(jack_server, model, tm
     assert status["faults"] == 0
     r.server.check_loop_gap(0.25)
     check_underruns(status)
+
+
+def test_a_far_prompt_plays_and_its_sender_hears_the_nearest_styles(model, tmp_path):
+    model.styles = {
+        "dub": "slow dub with echoing chords",
+        "jungle": "fast breakbeats",
+        "techno": "fast techno",
+    }
+    r = make_rig(model, tmp_path)
+    try:
+        r.client.send("/lmdm/prompt", "dub techno")
+        assert r.client.sync()[0] == []
+        r.client.send("/lmdm/prompt", "a baby crying on a train")
+        others, _ = r.client.sync()
+        assert len(others) == 1 and others[0][0] == "/lmdm/notice", others
+        assert "nearest: " in others[0][1][0] and r.inst.prompt() == "a baby crying on a train"
+    finally:
+        model.styles = {}
+        r.client.close()
+        r.server.close()
+        r.inst.stop()

@@ -355,6 +355,7 @@ ROUTES: dict[str, Route] = {
     "/lmdm/delay/off": Route("_delay_off", 0, 0, "no arguments", timed=False),
     # another instrument's reply: consumed without an answer, so two servers never bounce errors forever
     "/lmdm/error": Route("_ignore", 0, 0, "", timed=False),
+    "/lmdm/notice": Route("_ignore", 0, 0, "", timed=False),
 }
 ALIAS_ROUTE = Route("_alias", 1, 64, "f:value")
 
@@ -622,7 +623,14 @@ class OSCControl:
     # --- handlers: each checks every argument, then calls one Instrument setter ------------------------------
 
     def _prompt(self, c: Call) -> None:
+        before = self.inst.notices
         self.inst.prompt(_text(c.args[0], "prompt"), at=c.at)
+        self._notice(c, before)
+
+    def _notice(self, c: Call, before: int) -> None:
+        """A prompt far from what the model knows plays, and its sender gets the line naming the nearest."""
+        if self.inst.notices > before and self.inst.notice:
+            self.reply(c.sender, "/lmdm/notice", [("s", self.inst.notice)])
 
     def _prompts(self, c: Call) -> None:
         if len(c.args) % 2:
@@ -635,7 +643,9 @@ class OSCControl:
             blend[text] = _number(
                 c.args[k + 1], f"weight of {_clip(text, 60)!r}", 0.0, PARAM_DOMAINS["weight"][1]
             )
+        before = self.inst.notices
         self.inst.prompts(blend, at=c.at)
+        self._notice(c, before)
 
     def _cfg(self, c: Call) -> None:
         self.inst.cfg(_number(c.args[0], "cfg", 0.0, 20.0), at=c.at)
