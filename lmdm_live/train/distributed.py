@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -99,10 +100,16 @@ class World:
         steps: list[int | None] = [None] * self.size
         dist.all_gather_object(steps, step)
         if len(set(steps)) > 1:
-            raise ValueError(
+            self.refuse(
                 f"the ranks start at steps {steps}: every host needs the same --out (a shared filesystem, "
                 "or a copy of rank 0's checkpoint)"
             )
+
+    def refuse(self, message: str) -> NoReturn:
+        """Stop the run over something every rank found: rank 0 says it (one line), the others leave quietly."""
+        if self.main:
+            raise ValueError(message)
+        raise SystemExit(2)
 
 
 def world_from_env(env: Mapping[str, str] = os.environ, device: str = "cpu") -> World:
@@ -119,7 +126,10 @@ def process_group(device: str, batch: int) -> Iterator[World]:
     The batch is checked first, so a bad world size fails at once with one line instead of after a
     rendezvous. On CUDA each process takes cuda:LOCAL_RANK."""
     world = world_from_env(device=device)
-    world.rows(batch)
+    try:
+        world.rows(batch)
+    except ValueError as e:
+        world.refuse(str(e))
     if not world.distributed:
         yield world
         return
