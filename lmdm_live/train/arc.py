@@ -24,6 +24,7 @@ from ..model.bundle import LMDMModel
 from ..model.dit import DiT, DiTConfig
 from ..model.lmdm import LMDM, BlockState, Conditioning
 from ..model.samplers import SamplerSettings, sample_block
+from .distributed import Rows, World, data_parallel
 from .stage1 import LatentSet, context_dropout
 
 # --- losses ---------------------------------------------------------------------------------------------
@@ -150,6 +151,7 @@ class RolloutExtras:
     extras: Tensor
     accomp: slice | None = None  # the accompaniment's channels within the extras
     t_f: Tensor | None = None  # (B,) frames past each block start the accompaniment is visible
+    before: Tensor | None = None  # (1, A, L) the accompaniment of the batch row before these rows
 
     def window(self, r: int, context: int, block: int) -> Tensor:
         """(B, E, C + T): block r's window of extras as the stream would have them when making block r."""
@@ -164,11 +166,16 @@ class RolloutExtras:
         return w
 
     def rolled(self) -> Tensor:
-        """The full extras with the accompaniment rolled by one inside the batch (the contrastive c~)."""
+        """The full extras with the accompaniment rolled by one inside the batch (the contrastive c~). When
+        these are some rows of a larger batch, the first takes the accompaniment of the row `before` them."""
         if self.accomp is None:
             return self.extras
         out = self.extras.clone()
-        out[:, self.accomp] = torch.roll(self.extras[:, self.accomp], 1, dims=0)
+        acc = self.extras[:, self.accomp]
+        if self.before is None:
+            out[:, self.accomp] = torch.roll(acc, 1, dims=0)
+        else:
+            out[:, self.accomp] = torch.cat([self.before.to(acc), acc[:-1]])
         return out
 
 
@@ -180,15 +187,20 @@ def rollout(
     steps: int,
     gens: Sequence[torch.Generator],
     extras: RolloutExtras | None = None,
+    rows: Rows | None = None,
 ) -> Tensor:
     """len(exits) blocks (B, io, R*T) through the stream's path, block r exiting after exits[r] of `steps`
     ping-pong steps with its generator gens[r]; gradient only through each block's exit step.
 
     With every exit = steps and the stream's per-block generators this is exactly what `LMDMStream` makes
-    (the tests hold the two equal); the state is left as the stream would leave it."""
+    (the tests hold the two equal); the state is left as the stream would leave it.
+
+    The state's rows are `rows` of a larger batch (a data-parallel process's share): the sampler then runs
+    on the whole batch's noise, so its re-noising draws are the whole batch's, and only these rows are
+    denoised (the others stay noise, computed by the processes that own them)."""
     settings = SamplerSettings("pingpong", steps=steps)
     c, t_len, io = lmdm.cfg.context_frames, lmdm.cfg.block_frames, lmdm.dit.cfg.io_channels
-    b = state.frames.shape[0]
+    rows = rows or Rows.all(state.frames.shape[0])
     grad = torch.is_grad_enabled()
     blocks = []
     for r, (k, gen) in enumerate(zip(exits, gens, strict=True)):
@@ -199,15 +211,16 @@ def rollout(
                 lo = 1 + io + extras.accomp.start
                 state.refresh(lo, lo + extras.accomp.stop - extras.accomp.start, win[:, extras.accomp, :c])
             target = win[..., c:]
-        noise = torch.randn((b, io, t_len), generator=gen, dtype=torch.float32).to(lmdm.device, lmdm.dtype)
+        shape = (rows.total, io, t_len)
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(lmdm.device, lmdm.dtype)
         with torch.no_grad():  # the context pass / bootstrap: the cache carries no gradient
             denoise = lmdm.denoiser(state, cond, gen, target)
 
         def step(x: Tensor, t: float, i: int, denoise=denoise, k=k) -> Tensor:
             with torch.set_grad_enabled(grad and i == k - 1):
-                return denoise(x, t, i)
+                return rows.widen(denoise(rows.take(x), t, i))
 
-        block = sample_block(step, noise, settings, gen, exit=k)
+        block = rows.take(sample_block(step, noise, settings, gen, exit=k))
         lmdm.advance(state, block, target)
         blocks.append(block)
     return torch.cat(blocks, dim=2)
@@ -234,18 +247,36 @@ class ARCConfig:
 
 @dataclass
 class _Batch:
-    real: Tensor  # (B, io, C + R*T): Y = X' (the context as the generator saw it)
-    frames: Tensor  # (B, 1+io+E, C): the generator's context window
-    cross: Tensor
-    glob: Tensor
+    """This process's rows of a step's batch (all of it in a single process)."""
+
+    real: Tensor  # (b, io, C + R*T): Y = X' (the context as the generator saw it)
+    frames: Tensor  # (b, 1+io+E, C): the generator's context window
+    tokens: Tensor  # (b + 1, S, D): the rows' text tokens, then those of the batch row before the first
     extras: RolloutExtras | None
 
 
-class ARCTrainer:
-    """Alternating generator / discriminator steps on windows of C + R*T real frames."""
+@dataclass
+class _Conditioning:
+    cross: Tensor
+    glob: Tensor
+    rolled: Tensor  # each row's cross-attention tokens from the row before it in the batch (c~)
 
-    def __init__(self, model: LMDMModel, disc: Discriminator, cfg: ARCConfig) -> None:
+
+class ARCTrainer:
+    """Alternating generator / discriminator steps on windows of C + R*T real frames.
+
+    With a `world` of several processes (under torchrun) each player's step is data-parallel: every draw is
+    made for the whole batch, each process computes its rows, and DistributedDataParallel averages the
+    gradients of the player that steps; the models must already be on the world's device."""
+
+    def __init__(
+        self, model: LMDMModel, disc: Discriminator, cfg: ARCConfig, world: World | None = None
+    ) -> None:
         self.model, self.disc, self.cfg = model, disc, cfg
+        self.world = world or World()
+        self.rows = self.world.rows(cfg.batch)
+        if self.world.distributed and model.lmdm.mode == "bidirectional":
+            raise ValueError("the bidirectional mode draws its context noise per process: train it on one")
         self.lmdm = LMDM(model.dit, model.lmdm)
         self.lambda_c = (
             cfg.lambda_c if cfg.lambda_c is not None else (2.0 if model.lmdm.mode == "causal" else 1.0)
@@ -259,91 +290,122 @@ class ARCTrainer:
         opt = {"betas": cfg.betas, "weight_decay": cfg.weight_decay}
         self.opt_g = torch.optim.AdamW(self.g_params, lr=cfg.lr_g, **opt)
         self.opt_d = torch.optim.AdamW(self.d_params, lr=cfg.lr_d, **opt)
+        # each player's loss as a module over its own parameters only; the discriminator reads the trunk,
+        # not the DiT's output layers, so some of its parameters see no gradient
+        self.g_objective = data_parallel(model.net, self._g_loss, self.world)
+        self.d_objective = data_parallel(disc, self._d_loss, self.world, find_unused=True)
         self.step = 0
 
     def _gen(self, seed: int | None) -> torch.Generator:
         return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step if seed is None else seed)
 
     def _batch(self, data: LatentSet, gen: torch.Generator) -> _Batch:
+        """The step's windows, drawn for the whole batch; this process's rows read, and the row before them
+        (whose prompt and accompaniment the first row is contrasted with)."""
         c, t_len = self.lmdm.cfg.context_frames, self.lmdm.cfg.block_frames
         n = c + self.cfg.rounds * t_len
         layout = self.model.layout
         p = next(self.model.net.parameters())
         e = self.model.dit.cfg.extra_add_channels
+        rows = self.rows
+        wanted = [*rows.indices, (rows.start - 1) % rows.total]
         extras = None
         if layout.channels:
             from .windows import ExtrasConfig, window_batch
 
             real, tokens, ext, t_f = window_batch(
-                data, layout, ExtrasConfig(), self.cfg.batch, c, n - c, gen, block_frames=t_len
+                data, layout, ExtrasConfig(), self.cfg.batch, c, n - c, gen, block_frames=t_len, rows=wanted
             )
             full = real.new_zeros(real.shape[0], e, n)
             full[:, : ext.shape[1]] = ext
+            full = full.to(p.device, p.dtype)
             acc = layout.offsets()["accomp"] if layout.accomp else None
-            extras = RolloutExtras(full.to(p.device, p.dtype), acc, t_f.to(p.device))
+            before = full[-1:, acc] if acc is not None else None
+            extras = RolloutExtras(full[:-1], acc, t_f[:-1].to(p.device), before)
         else:
-            real, tokens = data.batch(self.cfg.batch, n, gen)
-        real, tokens = real.to(p.device, p.dtype), tokens.to(p.device, p.dtype)
+            real, tokens = data.batch(self.cfg.batch, n, gen, wanted)
+        real, tokens = real[:-1].to(p.device, p.dtype), tokens.to(p.device, p.dtype)
         b, io, _ = real.shape
         ctx_extras = real.new_zeros(b, e, c) if extras is None else extras.window(0, c, t_len)[..., :c]
         frames = torch.cat([real.new_ones(b, 1, c), real[..., :c], ctx_extras], dim=1)
-        frames = context_dropout(frames, t_len, self.cfg.p_uncond, self.cfg.p_partial, gen)
+        frames = context_dropout(frames, t_len, self.cfg.p_uncond, self.cfg.p_partial, gen, rows)
         real = torch.cat([frames[:, 1 : 1 + io], real[..., c:]], dim=2)
-        cross, glob = self.model.net.conditioning(tokens, [self.model.seconds_total] * b)
-        return _Batch(real, frames, cross, glob, extras)
+        return _Batch(real, frames, tokens, extras)
 
-    def _rollout(self, batch: _Batch, gen: torch.Generator) -> Tensor:
+    def _conditioning(self, batch: _Batch) -> _Conditioning:
+        cross, glob = self.model.net.conditioning(
+            batch.tokens, [self.model.seconds_total] * len(batch.tokens)
+        )
+        return _Conditioning(cross[:-1], glob[:-1], torch.roll(cross, 1, dims=0)[:-1])
+
+    def _rollout(self, batch: _Batch, cond: _Conditioning, gen: torch.Generator) -> Tensor:
         """The generated window [context | R blocks], rolled out through a fresh stream state."""
         r, s = self.cfg.rounds, self.cfg.steps
         exits = [int(k) for k in torch.randint(1, s, (r,), generator=gen)]  # exit after k steps, 1..S-1
         gens = [torch.Generator().manual_seed(int(x)) for x in torch.randint(2**62, (r,), generator=gen)]
-        cond = Conditioning(self.model.dit.cross_kv(batch.cross), batch.glob)
         state = self.lmdm.state_from_frames(batch.frames)
-        blocks = rollout(self.lmdm, state, cond, exits, s, gens, batch.extras)
+        kv = Conditioning(self.model.dit.cross_kv(cond.cross), cond.glob)
+        blocks = rollout(self.lmdm, state, kv, exits, s, gens, batch.extras, self.rows)
         return torch.cat([batch.real[..., : self.lmdm.cfg.context_frames], blocks], dim=2)
 
-    def _scores(self, batch: _Batch, fake: Tensor, gen: torch.Generator):
+    def _scores(self, batch: _Batch, cond: _Conditioning, fake: Tensor, gen: torch.Generator):
         """Paired re-noising: one noise level and one noise for the real and the generated window. The
         discriminator's view of the conditioning carries no gradient back into the generator."""
-        c, real = self.lmdm.cfg.context_frames, batch.real
-        s = torch.sigmoid(torch.randn(real.shape[0], generator=gen)).to(real)
-        eps = torch.randn(real.shape, generator=gen).to(real)
+        c, real, rows = self.lmdm.cfg.context_frames, batch.real, self.rows
+        s = rows.take(torch.sigmoid(torch.randn(rows.total, generator=gen))).to(real)
+        eps = rows.take(torch.randn((rows.total, *real.shape[1:]), generator=gen)).to(real)
         y_s = (1 - s[:, None, None]) * real + s[:, None, None] * eps
         f_s = (1 - s[:, None, None]) * fake + s[:, None, None] * eps
-        cross, glob = batch.cross.detach(), batch.glob.detach()
+        cross, glob = cond.cross.detach(), cond.glob.detach()
         ext = None if batch.extras is None else batch.extras.extras
         d_real = self.disc(y_s, s, cross, glob, c, ext)
         d_fake = self.disc(f_s, s, cross, glob, c, ext)
         return d_real, d_fake, y_s, s
 
-    def _contrastive(self, batch: _Batch, y_s: Tensor, s: Tensor, d_real: Tensor) -> Tensor:
+    def _contrastive(
+        self, batch: _Batch, cond: _Conditioning, y_s: Tensor, s: Tensor, d_real: Tensor
+    ) -> Tensor:
         """c~: each real window under another window's prompt and accompaniment (rolled by one)."""
-        rolled = torch.roll(batch.cross.detach(), 1, dims=0)
         ext = None if batch.extras is None else batch.extras.rolled()
-        d_rolled = self.disc(y_s, s, rolled, batch.glob.detach(), self.lmdm.cfg.context_frames, ext)
+        c = self.lmdm.cfg.context_frames
+        d_rolled = self.disc(y_s, s, cond.rolled.detach(), cond.glob.detach(), c, ext)
         return contrastive_d_loss(d_real, d_rolled)
+
+    def _g_loss(self, batch: _Batch, gen: torch.Generator) -> Tensor:
+        cond = self._conditioning(batch)
+        fake = self._rollout(batch, cond, gen)
+        d_real, d_fake, _, _ = self._scores(batch, cond, fake, gen)
+        return relativistic_g_loss(d_real, d_fake)
+
+    def _d_loss(self, batch: _Batch, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            cond = self._conditioning(batch)
+            fake = self._rollout(batch, cond, gen)
+        d_real, d_fake, y_s, s = self._scores(batch, cond, fake, gen)
+        loss_rel = relativistic_d_loss(d_real, d_fake)
+        loss_con = self._contrastive(batch, cond, y_s, s, d_real)
+        return loss_rel + self.lambda_c * loss_con, loss_rel, loss_con
 
     @torch.no_grad()
     def losses(self, data: LatentSet, seed: int) -> dict:
         """Every loss term on the batch, rollout and noise a step with this seed would use (no update)."""
         gen = self._gen(seed)
         batch = self._batch(data, gen)
-        fake = self._rollout(batch, gen)
-        d_real, d_fake, y_s, s = self._scores(batch, fake, gen)
+        cond = self._conditioning(batch)
+        fake = self._rollout(batch, cond, gen)
+        d_real, d_fake, y_s, s = self._scores(batch, cond, fake, gen)
         return {
-            "loss_g": float(relativistic_g_loss(d_real, d_fake)),
-            "loss_d": float(relativistic_d_loss(d_real, d_fake)),
-            "loss_contrastive": float(self._contrastive(batch, y_s, s, d_real)),
+            "loss_g": self.world.mean(relativistic_g_loss(d_real, d_fake)),
+            "loss_d": self.world.mean(relativistic_d_loss(d_real, d_fake)),
+            "loss_contrastive": self.world.mean(self._contrastive(batch, cond, y_s, s, d_real)),
         }
 
     def g_step(self, data: LatentSet, seed: int | None = None) -> dict:
         gen = self._gen(seed)
         batch = self._batch(data, gen)
-        fake = self._rollout(batch, gen)
         for p in self.d_params:
             p.requires_grad_(False)
-        d_real, d_fake, _, _ = self._scores(batch, fake, gen)
-        loss = relativistic_g_loss(d_real, d_fake)
+        loss = self.g_objective(batch, gen)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.g_params, self.cfg.grad_clip)
@@ -351,20 +413,15 @@ class ARCTrainer:
         for p in self.d_params:
             p.requires_grad_(True)
         self.step += 1
-        return {"loss_g": float(loss.detach())}
+        return {"loss_g": self.world.mean(loss)}
 
     def d_step(self, data: LatentSet, seed: int | None = None) -> dict:
         gen = self._gen(seed)
         batch = self._batch(data, gen)
-        with torch.no_grad():
-            fake = self._rollout(batch, gen)
-        d_real, d_fake, y_s, s = self._scores(batch, fake.detach(), gen)
-        loss_rel = relativistic_d_loss(d_real, d_fake)
-        loss_con = self._contrastive(batch, y_s, s, d_real)
-        loss = loss_rel + self.lambda_c * loss_con
+        loss, loss_rel, loss_con = self.d_objective(batch, gen)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.d_params, self.cfg.grad_clip)
         self.opt_d.step()
         self.step += 1
-        return {"loss_d": float(loss_rel.detach()), "loss_contrastive": float(loss_con.detach())}
+        return {"loss_d": self.world.mean(loss_rel), "loss_contrastive": self.world.mean(loss_con)}

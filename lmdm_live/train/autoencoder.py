@@ -7,6 +7,7 @@ reported as a multi-resolution STFT distance and SI-SDR, so numbers are comparab
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..model.checkpoint import (
     write_json_atomic,
 )
 from ..model.oobleck import OobleckConfig, OobleckVAE
+from .distributed import Rows, World, data_parallel, global_sum
 
 
 def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
@@ -33,12 +35,22 @@ def _stft_mag(x: Tensor, n_fft: int) -> Tensor:
     return spec.abs().clamp(min=1e-7)
 
 
-def multires_stft_loss(pred: Tensor, target: Tensor, ffts: tuple[int, ...] = (2048, 512, 128)) -> Tensor:
-    """Spectral convergence + log-magnitude L1, averaged over resolutions (audio (B, ch, n))."""
+def multires_stft_loss(
+    pred: Tensor,
+    target: Tensor,
+    ffts: tuple[int, ...] = (2048, 512, 128),
+    across: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Spectral convergence + log-magnitude L1, averaged over resolutions (audio (B, ch, n)).
+
+    The spectral convergence is a ratio of norms over the whole batch, not a mean over its rows: when these
+    rows are one process's share, `across` (`global_sum`) sums its sums of squares over the processes."""
+    across = across or (lambda x: x)
     total = pred.new_zeros(())
     for n_fft in ffts:
         p, t = _stft_mag(pred, n_fft), _stft_mag(target, n_fft)
-        sc = torch.linalg.norm(t - p) / torch.linalg.norm(t).clamp(min=1e-7)
+        err, ref = across((t - p).square().sum()), across(t.square().sum())
+        sc = err.sqrt() / ref.sqrt().clamp(min=1e-7)
         total = total + sc + F.l1_loss(p.log(), t.log())
     return total / len(ffts)
 
@@ -66,34 +78,48 @@ class AEConfig:
 
 class AETrainer:
     """Adam on the VAE (or its decoder alone); each step encodes (sampling the posterior), decodes and
-    compares spectra."""
+    compares spectra.
 
-    def __init__(self, vae: OobleckVAE, cfg: AEConfig) -> None:
+    With a `world` of several processes (under torchrun) each step is data-parallel: the posterior noise is
+    drawn for the whole batch, each process computes its rows and DistributedDataParallel averages the
+    gradients; the VAE must already be on the world's device."""
+
+    def __init__(self, vae: OobleckVAE, cfg: AEConfig, world: World | None = None) -> None:
         self.vae, self.cfg = vae, cfg
+        self.world = world or World()
+        self.rows = self.world.rows(cfg.batch)
         vae.requires_grad_(not cfg.decoder_only)
         vae.decoder.requires_grad_(True)
         vae.train()
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.8, 0.99))
+        self.objective = data_parallel(vae, self._loss, self.world)
         self.step = 0
         self.history: list[dict] = []
 
-    def train_step(self, audio: Tensor) -> dict:
-        """audio: (B, ch, n) with n a multiple of the VAE's hop."""
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+    def _loss(self, audio: Tensor, gen: torch.Generator, rows: Rows) -> tuple[Tensor, Tensor, Tensor]:
         with torch.set_grad_enabled(not self.cfg.decoder_only):
             mean, std = self.vae.bottleneck.posterior(self.vae.encoder(audio))
-        z = mean + std * torch.randn(mean.shape, generator=gen).to(mean)
+        eps = rows.take(torch.randn((rows.total, *mean.shape[1:]), generator=gen))
+        z = mean + std * eps.to(mean)
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
-        rec = multires_stft_loss(recon, audio, self.cfg.ffts)
+        rec = multires_stft_loss(recon, audio, self.cfg.ffts, global_sum)
         kl = self.vae.bottleneck.kl(mean, std)
-        loss = rec + self.cfg.kl_weight * kl
+        return rec + self.cfg.kl_weight * kl, rec, kl
+
+    def train_step(self, audio: Tensor, rows: Rows | None = None) -> dict:
+        """audio: (B, ch, n) with n a multiple of the VAE's hop; `rows` of a larger batch when it is this
+        process's share (`self.rows`, cut by `AudioClips.batch(..., rows=...)`)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        p = next(self.vae.parameters())
+        loss, rec, kl = self.objective(audio.to(p.device), gen, rows or Rows.all(audio.shape[0]))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        out = {"loss": float(loss.detach()), "stft": float(rec.detach()), "kl": float(kl.detach())}
+        mean = self.world.mean
+        out = {"loss": mean(loss), "stft": mean(rec), "kl": mean(kl)}
         self.history.append(out)
         return out
 
@@ -102,6 +128,7 @@ class AETrainer:
         """Held-out reconstruction from the posterior mean: STFT distance and SI-SDR (dB)."""
         self.vae.eval()
         try:
+            audio = audio.to(next(self.vae.parameters()).device)
             recon = self.vae.decode(self.vae.encode(audio))[..., : audio.shape[-1]]
             return {
                 "stft_distance": float(multires_stft_loss(recon, audio, self.cfg.ffts)),
@@ -115,27 +142,39 @@ class AETrainer:
 
 
 class AudioClips:
-    """The mixes of a dataset split held in memory as one float32 array each, cropped at random."""
+    """The mixes of a dataset split, cropped at random: held in memory as one float32 array each, or with
+    `lazy` read crop by crop from their files (a data-parallel process then reads only its rows' crops)."""
 
-    def __init__(self, data: str | Path, splits: tuple[str, ...] = ("train",)) -> None:
+    def __init__(self, data: str | Path, splits: tuple[str, ...] = ("train",), lazy: bool = False) -> None:
         from .dataset import load_index
 
         index = load_index(data)
         self.sample_rate, self.hop = index["sample_rate"], index["hop"]
-        self.clips = [
-            torch.from_numpy(sf.read(Path(data) / "audio" / f"{e['id']}.wav", dtype="float32")[0])
-            for e in index["examples"]
-            if e["split"] in splits
+        self.paths = [
+            Path(data) / "audio" / f"{e['id']}.wav" for e in index["examples"] if e["split"] in splits
         ]
-        if not self.clips:
+        if not self.paths:
             raise ValueError(f"no {'/'.join(splits)} examples in {data}")
+        self.clips = None if lazy else [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in self.paths]
+        self.lengths = [sf.info(p).frames for p in self.paths] if lazy else [len(x) for x in self.clips]
 
-    def batch(self, n: int, length: int, gen: torch.Generator) -> Tensor:
-        out = torch.empty(n, 1, length)
-        for b in range(n):
-            x = self.clips[int(torch.randint(len(self.clips), (1,), generator=gen))]
-            start = int(torch.randint(max(len(x) - length, 0) + 1, (1,), generator=gen))
-            crop = x[start : start + length]
+    def _crop(self, i: int, start: int, length: int) -> Tensor:
+        if self.clips is not None:
+            return self.clips[i][start : start + length]
+        audio, _ = sf.read(self.paths[i], start=start, stop=start + length, dtype="float32")
+        return torch.from_numpy(audio)
+
+    def batch(self, n: int, length: int, gen: torch.Generator, rows: list[int] | None = None) -> Tensor:
+        """n random crops; with `rows`, only those of the n drawn (every crop is drawn, so a row is the same
+        whichever process reads it)."""
+        drawn = []
+        for _ in range(n):
+            i = int(torch.randint(len(self.lengths), (1,), generator=gen))
+            drawn.append((i, int(torch.randint(max(self.lengths[i] - length, 0) + 1, (1,), generator=gen))))
+        rows = list(range(n)) if rows is None else rows
+        out = torch.empty(len(rows), 1, length)
+        for b, r in enumerate(rows):
+            crop = self._crop(*drawn[r], length)
             out[b, 0] = F.pad(crop, (0, length - len(crop)))
         return out
 
@@ -170,14 +209,17 @@ def load_vae(path: str | Path) -> OobleckVAE:
     return vae
 
 
-def resume_ae(out: str | Path, vae: OobleckVAE | None = None) -> AETrainer:
-    """The trainer saved in `out`; `vae` (already holding the saved weights, e.g. from an LMDM file)
-    replaces loading `vae.safetensors`."""
+def resume_ae(out: str | Path, vae: OobleckVAE | None = None, world: World | None = None) -> AETrainer:
+    """The trainer saved in `out`, on the world's device and any number of processes; `vae` (already holding
+    the saved weights, e.g. from an LMDM file, on that device) replaces loading `vae.safetensors`."""
     out = Path(out)
+    world = world or World()
     progress = json.loads((out / "progress.json").read_text())
     cfg = progress["config"]
     cfg["ffts"] = tuple(cfg["ffts"])
-    trainer = AETrainer(vae if vae is not None else load_vae(out / "vae.safetensors"), AEConfig(**cfg))
+    trainer = AETrainer(
+        vae if vae is not None else load_vae(out / "vae.safetensors").to(world.device), AEConfig(**cfg), world
+    )
     # runs saved before the progress file carried the optimizer's metadata: fresh param groups, saved tensors
     fresh = {"param_groups": trainer.opt.state_dict()["param_groups"], "state": {}}
     load_optimizer(trainer.opt, out / "optimizer.safetensors", progress.get("optimizer", fresh))

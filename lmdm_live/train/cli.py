@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     ae.add_argument("--strides", default="4,4,4,8", help="encoder strides; their product is the hop")
     ae.add_argument("--save-every", type=int, default=100)
     ae.add_argument("--seed", type=int, default=0)
+    ae.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK each)")
 
     dec = tsub.add_parser(
         "decoder",
@@ -69,6 +70,7 @@ def add_parser(sub) -> None:
     dec.add_argument("--lr", type=float, default=2e-4)
     dec.add_argument("--save-every", type=int, default=100)
     dec.add_argument("--seed", type=int, default=0)
+    dec.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK each)")
 
     codec = tsub.add_parser(
         "codec",
@@ -176,14 +178,21 @@ def add_parser(sub) -> None:
 
 
 def _bar(description: str):
+    """A progress bar; silent (bar and messages) on every torchrun rank but 0."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .distributed import world_from_env
+
+    quiet = not world_from_env().main
     return Progress(
         TextColumn(description),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
+        console=Console(quiet=True) if quiet else None,
+        disable=quiet,
     )
 
 
@@ -222,14 +231,23 @@ def _data(args) -> int:
 
 
 def _ae(args) -> int:
+    from .distributed import process_group
+    from .runs import saved_batch
+
+    with process_group(args.device, saved_batch(args.out, args.batch)) as world:
+        return _ae_run(args, world)
+
+
+def _ae_run(args, world) -> int:
     from ..model.oobleck import OobleckConfig, OobleckVAE
     from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae
 
-    clips = AudioClips(args.data, ("train",))
-    held = AudioClips(args.data, ("test",))
+    clips = AudioClips(args.data, ("train",), lazy=world.distributed)
+    held = AudioClips(args.data, ("test",), lazy=world.distributed)
     if (args.out / "progress.json").is_file():
-        trainer = resume_ae(args.out)
-        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+        trainer = resume_ae(args.out, world=world)
+        if world.main:
+            print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
     else:
         strides = tuple(int(s) for s in args.strides.split(","))
         vae_cfg = OobleckConfig(
@@ -246,30 +264,36 @@ def _ae(args) -> int:
             )
         torch.manual_seed(args.seed)
         trainer = AETrainer(
-            OobleckVAE(vae_cfg), AEConfig(lr=args.lr, kl_weight=args.kl, batch=args.batch, seed=args.seed)
+            OobleckVAE(vae_cfg).to(world.device),
+            AEConfig(lr=args.lr, kl_weight=args.kl, batch=args.batch, seed=args.seed),
+            world,
         )
     return _fit_ae(args, trainer, clips, held)
 
 
 def _fit_ae(args, trainer, clips, held, also_save=None) -> int:
     """The autoencoder loop shared by `ae` and `decoder`: train, and every save_every steps evaluate on
-    held-out crops and checkpoint (plus `also_save()`, e.g. the LMDM file carrying the new decoder)."""
+    held-out crops and checkpoint (plus `also_save()`, e.g. the LMDM file carrying the new decoder). Under
+    torchrun every rank trains on its crops of each batch; rank 0 alone evaluates and writes."""
     from .autoencoder import save_ae
 
+    trainer.world.same_step(trainer.step)
+    main = trainer.world.main
     progress_path = args.out / "progress.json"
     evals = json.loads(progress_path.read_text()).get("evals", []) if progress_path.is_file() else []
     gen_eval = torch.Generator().manual_seed(12345)
-    held_batch = held.batch(8, 4 * args.crop, gen_eval)
-    if not evals:
+    held_batch = held.batch(8, 4 * args.crop, gen_eval) if main else None
+    if not evals and main:
         evals.append({"step": trainer.step, "seconds": 0.0, **trainer.evaluate(held_batch)})
     t0 = time.time()
     with _bar(args.stage) as bar:
         task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
         while trainer.step < args.steps:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + trainer.step)
-            out = trainer.train_step(clips.batch(trainer.cfg.batch, args.crop, gen))
+            audio = clips.batch(trainer.cfg.batch, args.crop, gen, trainer.rows.indices)
+            out = trainer.train_step(audio, trainer.rows)
             bar.update(task, completed=trainer.step, info=f"loss {out['loss']:.3f} stft {out['stft']:.3f}")
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            if main and (trainer.step % args.save_every == 0 or trainer.step == args.steps):
                 ev = {"step": trainer.step, "seconds": time.time() - t0, **trainer.evaluate(held_batch)}
                 evals.append(ev)
                 save_ae(trainer, args.out, {"evals": evals, "sample_rate": clips.sample_rate})
@@ -331,6 +355,14 @@ def _codec(args) -> int:
 
 
 def _decoder(args) -> int:
+    from .distributed import process_group
+    from .runs import saved_batch
+
+    with process_group(args.device, saved_batch(args.out, args.batch)) as world:
+        return _decoder_run(args, world)
+
+
+def _decoder_run(args, world) -> int:
     """Resuming (or re-running with the same --steps) puts the trained decoder into the current --model, so a
     DiT trained further on the same latents can pick up the decoder without training it again."""
     from safetensors.torch import load_file
@@ -338,8 +370,8 @@ def _decoder(args) -> int:
     from ..model.bundle import LMDMModel
     from .autoencoder import AEConfig, AETrainer, AudioClips, resume_ae
 
-    clips = AudioClips(args.data, ("train",))
-    held = AudioClips(args.data, ("test",))
+    clips = AudioClips(args.data, ("train",), lazy=world.distributed)
+    held = AudioClips(args.data, ("test",), lazy=world.distributed)
     model = LMDMModel.load(args.model)
     if model.sample_rate != clips.sample_rate or model.hop != clips.hop:
         raise SystemExit(
@@ -351,16 +383,19 @@ def _decoder(args) -> int:
         if any(not torch.equal(v, saved[k]) for k, v in mine.items() if not k.startswith("decoder.")):
             raise SystemExit(f"error: {args.model}'s encoder is not the one {args.out} was trained under")
         model.vae.load_state_dict(saved, strict=True)
-        trainer = resume_ae(args.out, vae=model.vae)
-        print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
+        trainer = resume_ae(args.out, vae=model.vae.to(world.device), world=world)
+        if world.main:
+            print(f"lmdm-live: resuming {args.out} at step {trainer.step}", file=sys.stderr)
     else:
         cfg = AEConfig(lr=args.lr, batch=args.batch, seed=args.seed, decoder_only=True)
-        trainer = AETrainer(model.vae, cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
+        trainer = AETrainer(model.vae.to(world.device), cfg, world)
     target = args.save_as or args.out / "model.safetensors"
+    if world.main:
+        args.out.mkdir(parents=True, exist_ok=True)
     _fit_ae(args, trainer, clips, held, lambda: model.save(target))
-    model.save(target)
-    print(f"{target}: {args.model} with the decoder of step {trainer.step}")
+    if world.main:
+        model.save(target)
+        print(f"{target}: {args.model} with the decoder of step {trainer.step}")
     return 0
 
 

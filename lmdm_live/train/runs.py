@@ -1,5 +1,6 @@
 """The stage-1 and ARC-Forcing training loops behind `lmdm-live train stage1|arc`: build or resume, step,
-checkpoint every few minutes' worth of steps, print the loss curve as it goes."""
+checkpoint every few minutes' worth of steps, print the loss curve as it goes. Under torchrun every rank
+runs the loop on its share of each batch; rank 0 alone writes checkpoints and prints."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..model.dit import DiTConfig
 from ..model.lmdm import LMDMConfig
 from ..sao import SAODiT
 from .autoencoder import load_vae
+from .distributed import World, process_group
 from .stage1 import LatentSet, Stage1Config, Stage1Trainer
 from .styles import STYLE_DESCRIPTIONS
 from .windows import ExtrasConfig
@@ -77,14 +79,28 @@ def build_model(
     )
 
 
+def saved_batch(out: Path, batch: int) -> int:
+    """The global batch a run in `out` trains with: the saved one when it resumes (stage 1 and the
+    autoencoder keep their config), else `batch`."""
+    progress = out / "progress.json"
+    return json.loads(progress.read_text())["config"]["batch"] if progress.is_file() else batch
+
+
 def run_stage1(args, bar_factory) -> int:
+    """One process, or one of torchrun's: every rank trains its share, rank 0 writes and prints."""
+    with process_group(args.device, saved_batch(args.out, args.batch)) as world:
+        return _run_stage1(args, bar_factory, world)
+
+
+def _run_stage1(args, bar_factory, world: World) -> int:
     from ..bench import load_model
 
-    data = LatentSet.concat([LatentSet.load(d) for d in args.data])
+    data = LatentSet.concat([LatentSet.load(d, mmap=world.distributed) for d in args.data])
     out: Path = args.out
     if (out / "progress.json").is_file():
-        trainer = Stage1Trainer.resume(out)
-        print(f"lmdm-live: resuming {out} at step {trainer.step}", file=sys.stderr)
+        trainer = Stage1Trainer.resume(out, world)
+        if world.main:
+            print(f"lmdm-live: resuming {out} at step {trainer.step}", file=sys.stderr)
     else:
         window = LMDMConfig(mode=args.mode, context_frames=args.context, block_frames=args.block)
         if args.vae is not None:
@@ -94,16 +110,17 @@ def run_stage1(args, bar_factory) -> int:
             model = load_model(args.model, window, "cpu", torch.float32)
         extras = ExtrasConfig(p_sketch=args.p_sketch, p_solo=args.p_solo)
         trainer = Stage1Trainer(
-            model,
+            model.to(world.device),
             Stage1Config(batch=args.batch, lr=args.lr, seed=args.seed, targets=args.targets),
             extras=extras,
+            world=world,
         )
+    world.same_step(trainer.step)
     if data.styles:  # what the model knows, listed in its file (`lmdm-live styles`)
         seen = set(data.styles)
         trainer.model.styles = {s: d for s, d in STYLE_DESCRIPTIONS.items() if s in seen}
     if trainer.extras.p_solo > 0 and data.lead is None:
         raise SystemExit(f"error: --p-solo needs lead-stem latents; {args.data} has none (encode it again)")
-    trainer.model.to(args.device)
     t0 = time.time()
     with bar_factory("stage 1") as bar:
         task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
@@ -113,20 +130,33 @@ def run_stage1(args, bar_factory) -> int:
             recent = trainer.history[-50:]
             bar.update(task, completed=trainer.step, info=f"loss {sum(recent) / len(recent):.4f}")
             if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-                trainer.save(out)
+                if world.main:
+                    trainer.save(out)
                 bar.console.print(
                     f"step {trainer.step}: loss(50) {sum(recent) / len(recent):.4f} {time.time() - t0:.0f}s"
                 )
-    print(json.dumps({"out": str(out), "step": trainer.step, "loss_last": loss if trainer.history else None}))
+    if world.main:
+        print(
+            json.dumps(
+                {"out": str(out), "step": trainer.step, "loss_last": loss if trainer.history else None}
+            )
+        )
     return 0
 
 
 def run_arc(args, bar_factory) -> int:
+    """One process, or one of torchrun's: every rank trains its share, rank 0 writes and prints."""
+    with process_group(args.device, args.batch) as world:
+        return _run_arc(args, bar_factory, world)
+
+
+def _run_arc(args, bar_factory, world: World) -> int:
     from .arc import ARCConfig, ARCTrainer, Discriminator
 
-    data = LatentSet.concat([LatentSet.load(d) for d in args.data])
+    data = LatentSet.concat([LatentSet.load(d, mmap=world.distributed) for d in args.data])
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
     resume = (out / "progress.json").is_file()
     model = LMDMModel.load(out / "model.safetensors" if resume else args.model)
     cfg = ARCConfig(
@@ -146,12 +176,14 @@ def run_arc(args, bar_factory) -> int:
         disc.load_state_dict(load_file(str(out / "discriminator.safetensors")))
         progress = json.loads((out / "progress.json").read_text())
         history = progress["history"]
-        print(
-            f"lmdm-live: resuming {out} at step {progress['step']} (optimizer moments restart)",
-            file=sys.stderr,
-        )
-    trainer = ARCTrainer(model.to(args.device), disc.to(args.device), cfg)
+        if world.main:
+            print(
+                f"lmdm-live: resuming {out} at step {progress['step']} (optimizer moments restart)",
+                file=sys.stderr,
+            )
+    trainer = ARCTrainer(model.to(world.device), disc.to(world.device), cfg, world)
     trainer.step = len(history) * 2
+    world.same_step(trainer.step)
     t0 = time.time()
     with bar_factory("ARC") as bar:
         task = bar.add_task("", total=args.steps, completed=len(history), info="")
@@ -164,7 +196,7 @@ def run_arc(args, bar_factory) -> int:
                 completed=len(history),
                 info=f"D {d['loss_d']:.3f} C {d['loss_contrastive']:.3f} G {g['loss_g']:.3f}",
             )
-            if len(history) % args.save_every == 0 or len(history) == args.steps:
+            if world.main and (len(history) % args.save_every == 0 or len(history) == args.steps):
                 model.save(out / "model.safetensors")
                 save_file(
                     {k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},

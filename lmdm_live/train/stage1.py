@@ -11,6 +11,7 @@ same null the samplers use.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import Tensor
 from ..model.bundle import LMDMModel
 from ..model.checkpoint import load_optimizer, save_optimizer, write_json_atomic
 from ..model.lmdm import LMDM, Conditioning, LMDMConfig
+from .distributed import Rows, World, data_parallel, global_sum
 from .windows import ExtrasConfig, window_batch
 
 
@@ -96,10 +98,17 @@ class LatentSet:
         save_file(tensors, str(path), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> LatentSet:
+    def load(cls, path: str | Path, mmap: bool = False) -> LatentSet:
+        """The set in `path`. With `mmap` its tensors are views of the file mapped into memory: only what is
+        read is paged in, and the pages are shared by every process on the host (data-parallel ranks)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"latent set not found: {path}")
-        t = load_file(str(path))
+        if mmap:
+            from .mapped import map_safetensors
+
+            t = map_safetensors(path)
+        else:
+            t = load_file(str(path))
         if "tokens" not in t:
             raise ValueError(f"{Path(path).name} has no 'tokens' tensor (not a latent set)")
         n = t["tokens"].shape[0]
@@ -178,19 +187,30 @@ class LatentSet:
             starts.append(int(torch.randint(x.shape[-1] - frames + 1, (1,), generator=gen)))
         return starts
 
-    def batch(self, n: int, frames: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """n random crops of `frames` frames and their tokens."""
-        idx = torch.randint(len(self.latents), (n,), generator=gen)
-        starts = self.crop_starts(idx.tolist(), frames, gen)
-        crops = [self.latents[i][:, s : s + frames] for i, s in zip(idx.tolist(), starts)]
-        return torch.stack(crops), self.tokens[idx]
+    def batch(
+        self, n: int, frames: int, gen: torch.Generator, rows: list[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """n random crops of `frames` frames and their tokens; with `rows`, only those of the n drawn (the
+        draws are made for all n, so a row is the same whichever process reads it)."""
+        idx = torch.randint(len(self.latents), (n,), generator=gen).tolist()
+        starts = self.crop_starts(idx, frames, gen)
+        rows = list(range(n)) if rows is None else rows
+        crops = [self.latents[idx[r]][:, starts[r] : starts[r] + frames] for r in rows]
+        return torch.stack(crops), self.tokens[[idx[r] for r in rows]]
 
 
 def context_dropout(
-    frames: Tensor, block: int, p_uncond: float, p_partial: float, gen: torch.Generator
+    frames: Tensor,
+    block: int,
+    p_uncond: float,
+    p_partial: float,
+    gen: torch.Generator,
+    rows: Rows | None = None,
 ) -> Tensor:
-    """Zero (and mask out) the whole context or its first k blocks, per example."""
-    b, _, c = frames.shape
+    """Zero (and mask out) the whole context or its first k blocks, per example. `frames` are `rows` of the
+    batch; the draws are made for all of it."""
+    _, _, c = frames.shape
+    b = frames.shape[0] if rows is None else rows.total
     keep = torch.ones(b, c)
     u = torch.rand(b, generator=gen)
     blocks = c // block
@@ -200,6 +220,7 @@ def context_dropout(
             keep[i] = 0
         elif u[i] < p_uncond + p_partial:
             keep[i, : int(k[i]) * block] = 0
+    keep = keep if rows is None else rows.take(keep)
     return frames * keep[:, None, :].to(frames)
 
 
@@ -217,25 +238,29 @@ def stage1_loss(
     cfg: Stage1Config,
     gen: torch.Generator,
     extras: Tensor | None = None,
+    rows: Rows | None = None,
 ) -> Tensor:
     """MSE between predicted and true velocity on the target block of each window.
 
-    `extras` (B, E_layout, C+T) are the window's named extra channels; the DiT's remaining ones stay 0."""
+    `extras` (B, E_layout, C+T) are the window's named extra channels; the DiT's remaining ones stay 0.
+    The windows are `rows` of the batch (all of it by default): noise, timesteps and dropout are drawn for
+    the whole batch and these rows' taken, so a process computes its rows as a single process would."""
     c, t_len = lmdm.cfg.context_frames, lmdm.cfg.block_frames
     p = next(model.net.parameters())
     latents = latents.to(p.device, p.dtype)
     b, io, _ = latents.shape
+    rows = rows or Rows.all(b)
     ctx, x0 = latents[..., :c], latents[..., c : c + t_len]
     e = model.dit.cfg.extra_add_channels
     full = latents.new_zeros(b, e, c + t_len)
     if extras is not None:
         full[:, : extras.shape[1]] = extras.to(full)
     frames = torch.cat([latents.new_ones(b, 1, c), ctx, full[..., :c]], dim=1)
-    frames = context_dropout(frames, t_len, cfg.p_uncond, cfg.p_partial, gen)
-    t = sample_t(b, cfg.timesteps, gen).to(p.device, p.dtype)
-    eps = torch.randn(x0.shape, generator=gen).to(p.device, p.dtype)
+    frames = context_dropout(frames, t_len, cfg.p_uncond, cfg.p_partial, gen, rows)
+    t = rows.take(sample_t(rows.total, cfg.timesteps, gen)).to(p.device, p.dtype)
+    eps = rows.take(torch.randn((rows.total, *x0.shape[1:]), generator=gen)).to(p.device, p.dtype)
     x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-    drop = (torch.rand(b, generator=gen) < cfg.cfg_dropout).to(p.device)
+    drop = rows.take(torch.rand(rows.total, generator=gen) < cfg.cfg_dropout).to(p.device)
     tokens = tokens.to(p.device, p.dtype)
     seconds = [model.seconds_total] * b
     cross, glob = model.net.conditioning(tokens, seconds)
@@ -248,11 +273,18 @@ def stage1_loss(
 
 
 def chunk_dropout(
-    frames: Tensor, block: int, window: int, p_uncond: float, p_partial: float, gen: torch.Generator
+    frames: Tensor,
+    block: int,
+    window: int,
+    p_uncond: float,
+    p_partial: float,
+    gen: torch.Generator,
+    rows: Rows | None = None,
 ) -> Tensor:
     """`context_dropout` for a K-target window (B, ch, C+(K-1)T): the first j chunks zeroed and masked out,
     j >= w (some target then starts from nothing, the ones after it from a short context) or j < w."""
-    b, _, n = frames.shape
+    _, _, n = frames.shape
+    b = frames.shape[0] if rows is None else rows.total
     chunks = n // block
     keep = torch.ones(b, n)
     u = torch.rand(b, generator=gen)
@@ -263,6 +295,7 @@ def chunk_dropout(
             keep[i, : int(none[i]) * block] = 0
         elif u[i] < p_uncond + p_partial:
             keep[i, : int(part[i]) * block] = 0
+    keep = keep if rows is None else rows.take(keep)
     return frames * keep[:, None, :].to(frames)
 
 
@@ -274,17 +307,21 @@ def chunks_loss(
     cfg: Stage1Config,
     gen: torch.Generator,
     extras: Tensor | None = None,
+    rows: Rows | None = None,
 ) -> Tensor:
     """Velocity MSE over K target chunks per window (B, io, C+KT), teacher-forced in one pass
     (`LMDM.chunks_velocity`): each target continues the clean chunks before it, as a stream would.
 
     `extras` (B, E, C+KT) come with any accompaniment fully visible. An accompanied row draws t_f from
     [-T, T] as a jam streams: with t_f >= 0 every target sees its own first t_f frames of it; with t_f < 0
-    only the last target is trained, its context's accompaniment hidden from t_f before its start."""
+    only the last target is trained, its context's accompaniment hidden from t_f before its start.
+
+    The windows are `rows` of the batch, as in `stage1_loss`; the weighted mean is over the whole batch."""
     c, t_len = lmdm.cfg.context_frames, lmdm.cfg.block_frames
     p = next(model.net.parameters())
     latents = latents.to(p.device, p.dtype)
     b, io, length = latents.shape
+    rows = rows or Rows.all(b)
     k = (length - c) // t_len
     n = c + (k - 1) * t_len
     full = latents.new_zeros(b, model.dit.cfg.extra_add_channels, length)
@@ -294,7 +331,7 @@ def chunks_loss(
     target_extras = full[..., c:].clone()  # the clean chunks keep what the targets may not see yet
     acc = model.layout.offsets()["accomp"] if model.layout.accomp else None
     if acc is not None and extras is not None:
-        t_f = torch.randint(-t_len, t_len + 1, (b,), generator=gen)
+        t_f = rows.take(torch.randint(-t_len, t_len + 1, (rows.total,), generator=gen))
         own = torch.arange(t_len)
         for i in torch.nonzero(full[:, acc.start].amax(-1) > 0).flatten().tolist():
             if t_f[i] >= 0:
@@ -304,23 +341,27 @@ def chunks_loss(
                 full[i, acc, n + int(t_f[i]) :] = 0
                 target_extras[i, acc] = 0
     frames = torch.cat([latents.new_ones(b, 1, n), latents[..., :n], full[..., :n]], dim=1)
-    frames = chunk_dropout(frames, t_len, lmdm.cfg.window_chunks, cfg.p_uncond, cfg.p_partial, gen)
-    t = sample_t(b * k, cfg.timesteps, gen).view(b, k).to(p.device, p.dtype)
+    frames = chunk_dropout(frames, t_len, lmdm.cfg.window_chunks, cfg.p_uncond, cfg.p_partial, gen, rows)
+    t = rows.take(sample_t(rows.total * k, cfg.timesteps, gen).view(rows.total, k)).to(p.device, p.dtype)
     x0 = latents[..., c:]
-    eps = torch.randn(x0.shape, generator=gen).to(p.device, p.dtype)
+    eps = rows.take(torch.randn((rows.total, *x0.shape[1:]), generator=gen)).to(p.device, p.dtype)
     level = t.repeat_interleave(t_len, dim=1)[:, None, :]
     x_t = (1 - level) * x0 + level * eps
-    drop = (torch.rand(b, generator=gen) < cfg.cfg_dropout).to(p.device)
+    drop = rows.take(torch.rand(rows.total, generator=gen) < cfg.cfg_dropout).to(p.device)
     cross, glob = model.net.conditioning(tokens.to(p.device, p.dtype), [model.seconds_total] * b)
     cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
     cond = Conditioning(model.dit.cross_kv(cross), glob)
     v = lmdm.chunks_velocity(frames, x_t, t, cond, target_extras if extras is not None else None)
     err = (v.float() - (eps - x0).float()).pow(2).mean(1).unflatten(-1, (k, t_len)).mean(-1)
-    return (err * weights).sum() / weights.sum()
+    # the weights differ by row: the mean is the whole batch's weighted sum over its total weight
+    return global_sum((err * weights).sum()) / global_sum(weights.sum())
 
 
 class Stage1Trainer:
-    """AdamW over the DiT (and seconds conditioner); deterministic per step, resumable from a directory."""
+    """AdamW over the DiT (and seconds conditioner); deterministic per step, resumable from a directory.
+
+    With a `world` of several processes (under torchrun) each computes its rows of the global batch and
+    DistributedDataParallel averages the gradients; the model must already be on the world's device."""
 
     def __init__(
         self,
@@ -328,9 +369,12 @@ class Stage1Trainer:
         cfg: Stage1Config,
         window: LMDMConfig | None = None,
         extras: ExtrasConfig | None = None,
+        world: World | None = None,
     ) -> None:
         self.model, self.cfg = model, cfg
         self.extras = extras or ExtrasConfig()
+        self.world = world or World()
+        self.rows = self.world.rows(cfg.batch)
         if window is not None:
             model.lmdm = window
         self.lmdm = LMDM(model.dit, model.lmdm)
@@ -341,8 +385,15 @@ class Stage1Trainer:
             p.requires_grad_(True)
         model.net.train()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.objective = data_parallel(model.net, self._loss, self.world)
         self.step = 0
         self.history: list[float] = []
+
+    def _loss(
+        self, latents: Tensor, tokens: Tensor, extras: Tensor | None, gen: torch.Generator, rows: Rows
+    ) -> Tensor:
+        loss_fn = chunks_loss if self.cfg.targets > 1 else stage1_loss
+        return loss_fn(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras, rows)
 
     def train_step(self, data: LatentSet) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
@@ -360,20 +411,20 @@ class Stage1Trainer:
                 k * t,
                 gen,
                 block_frames=k * t if k > 1 else None,
+                rows=self.rows.indices,
             )
             latents, tokens, extras = drawn[:3]
         else:
-            latents, tokens = data.batch(self.cfg.batch, c + k * t, gen)
-        loss_fn = chunks_loss if k > 1 else stage1_loss
-        loss = loss_fn(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {self.step}: loss is {loss.item()}")
+            latents, tokens = data.batch(self.cfg.batch, c + k * t, gen, self.rows.indices)
+        loss = self.objective(latents, tokens, extras, gen, self.rows)
+        value = self.world.mean(loss)  # every process sees the whole batch's loss and stops alike
+        if not math.isfinite(value):
+            raise FloatingPointError(f"step {self.step}: loss is {value}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        value = float(loss.detach())
         self.history.append(value)
         return value
 
@@ -395,13 +446,18 @@ class Stage1Trainer:
         write_json_atomic(out / "progress.json", progress)
 
     @classmethod
-    def resume(cls, out: str | Path) -> Stage1Trainer:
+    def resume(cls, out: str | Path, world: World | None = None) -> Stage1Trainer:
+        """The trainer saved in `out`, on the world's device (its optimizer state too), on any number of
+        processes: the saved batch is the global one and the step's RNG does not depend on the world."""
         out = Path(out)
+        world = world or World()
         progress = json.loads((out / "progress.json").read_text())
         model = LMDMModel.load(out / "model.safetensors", lmdm=LMDMConfig(**progress["window"]))
+        model.to(world.device)
         extras = progress.get("extras", {})
         extras["median_kernels"] = tuple(extras.get("median_kernels", ExtrasConfig.median_kernels))
-        trainer = cls(model, Stage1Config(**progress["config"]), extras=ExtrasConfig(**extras))
+        cfg = Stage1Config(**progress["config"])
+        trainer = cls(model, cfg, extras=ExtrasConfig(**extras), world=world)
         load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
         return trainer

@@ -12,6 +12,7 @@ it is the case a hummed sketch asks for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,19 +58,25 @@ def window_batch(
     block: int,
     gen: torch.Generator,
     block_frames: int | None = None,
+    rows: Sequence[int] | None = None,
 ) -> tuple[Tensor, ...]:
     """(latents (n, io, C+T), tokens (n, S, D), extras (n, E, C+T)).
 
     With `block_frames` (a rollout of several blocks after the context) the accompaniment comes back fully
     visible and each row's t_f (drawn from [-block_frames, block_frames]) comes as a fourth output, (n,):
-    the rollout hides the accompaniment block by block, t_f past each block's start, as the stream does."""
+    the rollout hides the accompaniment block by block, t_f past each block's start, as the stream does.
+
+    With `rows` only those of the n windows are read and built, in that order (a data-parallel process's
+    share); every window's draws are still made, so each row is the one a single process would make."""
     frames = context + block
     idx = torch.randint(len(data.latents), (n,), generator=gen).tolist()
     starts = data.crop_starts(idx, frames, gen)
-    lat, tok, ext, t_fs = [], [], [], []
-    for i, s in zip(idx, starts):
+    built: dict[int, tuple[Tensor, Tensor, Tensor, int]] = {}
+    wanted = set(range(n) if rows is None else rows)
+    for row, (i, s) in enumerate(zip(idx, starts)):
         sl = slice(s, s + frames)
-        x, tokens = data.latents[i][:, sl], data.tokens[i]
+        build = row in wanted  # the draws below depend on which stems and controls exist, never on values
+        x, tokens = data.latents[i], data.tokens[i]
         u = torch.rand(4, generator=gen)
         tempo = sketch = accomp = None
         solo = (
@@ -80,28 +87,29 @@ def window_batch(
             and u[3] < cfg.p_solo
         )
         if solo:
-            x, tokens = data.lead[i][:, sl], data.solo_tokens[i]
+            x, tokens = data.lead[i], data.solo_tokens[i]
         if data.controls is not None:
-            c = data.controls[i][:, sl].float()
-            if layout.tempo and u[0] >= cfg.p_tempo_off:
+            c = data.controls[i][:, sl].float() if build else None
+            if layout.tempo and u[0] >= cfg.p_tempo_off and c is not None:
                 tempo = tempo_channels(c[0], c[1], c[2])
             if layout.sketch and u[1] < (cfg.p_sketch_solo if solo else cfg.p_sketch):
                 k = cfg.median_kernels[int(torch.randint(len(cfg.median_kernels), (1,), generator=gen))]
-                rows = [3, 4, 7, 8] if solo else [3, 4, 5, 6]  # a solo's loudness and centroid are its own
-                curves = causal_median(c[rows], k)
-                sketch = sketch_channels(curves[0], curves[1], curves[2], curves[3])
+                picked = [3, 4, 7, 8] if solo else [3, 4, 5, 6]  # a solo's loudness and centroid are its own
+                if c is not None:
+                    curves = causal_median(c[picked], k)
+                    sketch = sketch_channels(curves[0], curves[1], curves[2], curves[3])
         has_pair = data.drums is not None and data.rest is not None and data.drums[i] is not None
+        t_f = 0
         if layout.accomp and has_pair and not solo and u[2] < cfg.p_accomp:
             span = block if block_frames is None else block_frames
             t_f = int(torch.randint(-span, span + 1, (1,), generator=gen))
-            visible = torch.arange(frames) < context + t_f if block_frames is None else None
-            accomp = accomp_channels(data.drums[i][:, sl], visible)
-            x = data.rest[i][:, sl]
-            t_fs.append(t_f)
-        else:
-            t_fs.append(0)
-        lat.append(x)
-        tok.append(tokens)
-        ext.append(layout.build(frames, tempo, sketch, accomp))
+            if build:
+                visible = torch.arange(frames) < context + t_f if block_frames is None else None
+                accomp = accomp_channels(data.drums[i][:, sl], visible)
+            x = data.rest[i]
+        if build:
+            built[row] = (x[:, sl], tokens, layout.build(frames, tempo, sketch, accomp), t_f)
+    picked_rows = [built[r] for r in (range(n) if rows is None else rows)]
+    lat, tok, ext, t_fs = zip(*picked_rows)
     out = torch.stack(lat), torch.stack(tok), torch.stack(ext)
     return out if block_frames is None else (*out, torch.tensor(t_fs))
