@@ -4,6 +4,7 @@ shipped codec keeping a real melody (FluidSynth, swift-f0) on pitch."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -213,3 +214,19 @@ def test_latents_on_the_mel_codec_are_normalised_and_a_new_lmdm_plays_them(tmp_p
     stream = LMDMStream(model, model.text_encoder(), seed=0, params=StreamParams.of("a solo flute melody"))
     first = stream.next_block()
     assert first.shape == (1, 8 * 2048 - stream.latency_samples) and np.isfinite(first).all()
+
+
+def test_decoding_caps_tokens_out_of_range():
+    """Log-power tokens make a generated error exponential: a token far above anything real must decode
+    no louder than full scale allows, not 80 dB over it."""
+    codec = load_codec(SHIPPED_CODEC)
+    t = torch.arange(SR) / SR
+    square = torch.sign(torch.sin(2 * torch.pi * 110 * t))[None, None]
+    loudest = codec.decode(codec.encode(square)).abs().max()
+    wild = codec.encode(square)
+    wild[:, ::7] += 10.0  # far out of range in one band in seven
+    out = codec.decode(wild)
+    # at most every such band at full scale at once (18 of them), nothing like e^(10 * scale / 2) louder
+    assert torch.isfinite(out).all() and out.abs().max() < 25 * loudest
+    uncapped = replace(codec.cfg, mel=replace(codec.cfg.mel, log_ceiling=1e9))
+    assert MelCodec(uncapped).decode(wild).abs().max() > 1000 * loudest

@@ -31,6 +31,10 @@ class MelConfig:
     # log-mel -> token: (log_mel - shift) / scale, so tokens have about unit variance on music
     shift: float = -5.0
     scale: float = 2.5
+    # ln of a mel band power music does not reach: the renders peak at 10.6, a full-scale sine at 11.8-12.2.
+    # Decoding caps there, so a generated token far out of range (log power: its error is exponential) is
+    # loud at worst, never 80 dB over full scale
+    log_ceiling: float = 12.0
 
     def __post_init__(self) -> None:
         if self.n_fft % self.hop or self.n_fft // self.hop < 2:
@@ -127,8 +131,8 @@ class MelAnalysis(torch.nn.Module):
         return (torch.log(mel.clamp(min=self.cfg.log_floor)) - self.cfg.shift) / self.cfg.scale
 
     def mel_power(self, log_mel: Tensor) -> Tensor:
-        """Normalised log-mel -> mel band powers (what the filterbank gave)."""
-        return torch.exp(log_mel * self.cfg.scale + self.cfg.shift)
+        """Normalised log-mel -> mel band powers (what the filterbank gave), capped at `log_ceiling`."""
+        return torch.exp((log_mel * self.cfg.scale + self.cfg.shift).clamp(max=self.cfg.log_ceiling))
 
     def to_tokens(self, log_mel: Tensor) -> Tensor:
         """(B, n_mels, T) -> (B, group * n_mels, T // group): consecutive frames side by side."""
