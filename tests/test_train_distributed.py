@@ -57,15 +57,28 @@ def _rank(rank: int, port: int, job, args) -> None:
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    torch.set_num_threads(1)
     job(*args)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The single-process reference on one thread, as each rank runs: sums split over another number of
+    threads round differently, whatever earlier tests left torch's thread count at."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def on_ranks(job, *args) -> float:
-    """job(*args) in WORLD real processes (forked, so they start at once) with torchrun's environment on
-    127.0.0.1; the seconds it took."""
+    """job(*args) in WORLD real processes with torchrun's environment on 127.0.0.1; the seconds it took.
+
+    Spawned, not forked: after other tests have run torch on several threads, a forked child can hang in
+    the OpenMP pool it inherits (libgomp is not fork-safe)."""
     t0 = time.perf_counter()
     torch.multiprocessing.start_processes(
-        _rank, args=(_free_port(), job, args), nprocs=WORLD, start_method="fork"
+        _rank, args=(_free_port(), job, args), nprocs=WORLD, start_method="spawn"
     )
     return time.perf_counter() - t0
 
