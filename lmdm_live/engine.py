@@ -420,6 +420,9 @@ class Engine:
             return False  # at most one a block: a flood of changes must not remake the same block forever
         recent = list(self.stats.block_ms)[-8:]
         compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
+        # half the headroom stays as the margin it is there for: a remade block that runs late must not
+        # find the ring empty (a fuzz of OSC changes underran once with none)
+        compute += self.headroom_frames // 2
         limit = self.ring.frames_read + self.rewind_guard_frames + compute
         pending = list(self._pending)
         if self.splice and any(isinstance(c.at, str) and c.at in ("now", "block") for c in pending):
@@ -648,7 +651,9 @@ class Engine:
         pipeline_ms = (self._device_latency() + self.pipeline_delay_s()) * 1e3
         block_ms = self.stream.model.block_seconds * 1e3
         if self.regenerate and self.live is None:  # a change remakes what is queued: the ring is no wait
-            buffer_ms = self.rewind_guard_frames / self.out_rate * 1e3 + pipeline_ms
+            buffer_ms = (
+                self.rewind_guard_frames / self.out_rate + self.headroom_ms / 2e3
+            ) * 1e3 + pipeline_ms
             block_ms = self.splice_fade / self.out_rate * 1e3 if self.splice else block_ms
             compute = 1.25 * max(ms[-8:]) if ms else 0.0
         else:
