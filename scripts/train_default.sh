@@ -15,22 +15,28 @@ L=.venv/bin/lmdm-live
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_controls as a; a('$1')"; }
 
-# 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), the
-#    style cycle twice (8 styles, no mood in the captions), then the 23-style cycle with mood captions
+# 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), then
+#    the 23-style cycle (captions with tempo, mood, style, lead, key and bpm) three times, on other seeds
 $L train data --kind solo --out "$RUNS/solo" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048
 $L train data --out "$RUNS/styles" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 0
 $L train data --out "$RUNS/styles2" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 1
 $L train data --out "$RUNS/styles3" --hours 5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 2
 for d in solo styles styles2 styles3; do sketch "$RUNS/$d"; done
 
-# 2. log-mel tokens, centred and scaled over the first sets; the 23-style set joins their token space
+# 2. log-mel tokens, centred and scaled over the first sets; the third set joins their token space
 [[ -f "$RUNS/lat_a.safetensors" ]] || $L train latents --data "$RUNS/solo" "$RUNS/styles" "$RUNS/styles2" \
     --vae lmdm_live/assets/codec.safetensors --out "$RUNS/lat_a.safetensors"
 [[ -f "$RUNS/lat_b.safetensors" ]] || $L train latents --data "$RUNS/styles3" \
     --vae "$RUNS/lat_a.vae.safetensors" --keep-codec-scale --out "$RUNS/lat_b.safetensors"
 LAT=("$RUNS/lat_a.safetensors" "$RUNS/lat_b.safetensors")
 
-# 3. stage 1: Block-Causal, 3.2 s of context (17 chunks of 4 tokens = 186 ms blocks), 8 target chunks per
+# 3. stage 1 goes on from the resume point kept in the repository (`train keep`) when no run is here: a
+#    fresh machine has no run folders, and stage 1 takes many sessions of two CPU cores
+KEPT=checkpoints/default-stage1
+if [[ ! -f "$RUNS/stage1/progress.json" && -f "$KEPT/progress.json" ]]; then
+    mkdir -p "$RUNS/stage1" && cp "$KEPT"/model.safetensors "$KEPT"/model.json "$KEPT"/progress.json "$RUNS/stage1/"
+fi
+# stage 1: Block-Causal, 3.2 s of context (17 chunks of 4 tokens = 186 ms blocks), 8 target chunks per
 #    window trained in one teacher-forced pass; sketch and solo windows for the hum, drum stems for the jam
 $L train stage1 --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --model tiny --mode causal \
     --context 68 --block 4 --targets 8 --batch 8 --lr 3e-4 --p-sketch 0.4 --p-solo 0.25 \

@@ -509,3 +509,25 @@ def test_a_classifier_trained_on_fewer_styles_loads_and_never_names_the_new_ones
     for pred in clf.predict(np.stack(windows), 16000):
         assert pred.labels["style"] in known
         assert len(pred.probs["style"]) == len(STYLES) > len(known)
+
+
+def test_prompts_of_classes_the_classifier_never_learnt_are_left_out():
+    """A prompt in a style added after the classifier was trained would score a miss whatever played: the
+    evaluation leaves such test examples out of its prompts and its real reference, and keeps the rest."""
+    from lmdm_live.eval.classifier import Classifier
+    from lmdm_live.eval.run import default_prompts, judged_by
+
+    shipped = Path(__file__).resolve().parents[1] / "lmdm_live" / "assets" / "classifier"
+    clf = Classifier.load(shipped)
+    assert clf.can_judge({"style": "techno", "mode": "minor", "lead": "synth_lead", "bpm": 128})
+    assert not clf.can_judge({"style": "dub", "mode": "minor", "bpm": 70})
+    examples = [
+        {"id": "0", "split": "test", "caption": "techno", "labels": {"style": "techno", "bpm": 130.0}},
+        {"id": "1", "split": "test", "caption": "dub", "labels": {"style": "dub", "bpm": 70.0}},
+        {"id": "2", "split": "train", "caption": "dub too", "labels": {"style": "dub", "bpm": 72.0}},
+    ]
+    index, left_out = judged_by({"examples": examples, "sample_rate": 16000}, clf)
+    assert left_out == 1
+    assert [ex["id"] for ex in index["examples"]] == ["0", "2"]
+    assert [p["prompt"] for p in default_prompts(index)] == ["techno"]
+    assert judged_by({"examples": examples}, Classifier(clf.net, clf.cfg))[1] == 0  # one that knows them all

@@ -370,8 +370,16 @@ class Prediction:
 class Classifier:
     """A trained LabelNet in eval mode, fed audio at any sample rate."""
 
-    def __init__(self, net: LabelNet, cfg: ClassifierConfig) -> None:
+    def __init__(
+        self, net: LabelNet, cfg: ClassifierConfig, trained: dict[str, list[str]] | None = None
+    ) -> None:
         self.net, self.cfg = net, cfg
+        # the classes it learnt; one added to labels.py since is never predicted, so it cannot be judged
+        self.trained = trained or {**{k: list(v) for k, v in HEADS.items()}, "families": list(FAMILIES)}
+
+    def can_judge(self, labels: dict) -> bool:
+        """Whether every single-choice label of a prompt is a class this classifier learnt."""
+        return all(v in self.trained.get(k, ()) for k, v in head_targets(labels).items())
 
     @torch.no_grad()
     def _run(self, windows, sample_rate: int) -> tuple[dict[str, Tensor], Tensor]:
@@ -434,7 +442,7 @@ class Classifier:
                 state[f"heads.{head}.weight"] = torch.cat([w, w.new_zeros(extra, w.shape[1])])
                 state[f"heads.{head}.bias"] = torch.cat([b, b.new_full((extra,), -1e4)])
         net.load_state_dict(state)
-        return cls(net.eval(), cfg)
+        return cls(net.eval(), cfg, {k: list(v) for k, v in saved.items()})
 
 
 def adherence(pred: Prediction, labels: dict) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -89,6 +90,13 @@ def default_prompts(index: dict, n: int = 24) -> list[dict]:
                 )
         depth += 1
     return prompts
+
+
+def judged_by(index: dict, clf: Classifier) -> tuple[dict, int]:
+    """The index with only the test examples whose labels `clf` learnt (a classifier trained before a
+    style was added never names it, so a prompt of that style would score as a miss whatever played)."""
+    kept = [ex for ex in index["examples"] if ex["split"] != "test" or clf.can_judge(ex.get("labels", {}))]
+    return {**index, "examples": kept}, len(index["examples"]) - len(kept)
 
 
 def load_prompts(path: str | Path) -> list[dict]:
@@ -459,8 +467,14 @@ def evaluate(
     """Evaluate one model (and optionally a second on the same prompts and seeds); write metrics.json and
     metrics.png into `out_dir`. `progress(name)` returns a factory `(total) -> tick`, for progress bars."""
     cfg = cfg or EvalConfig()
-    index = load_index(data_dir)
     clf = Classifier.load(classifier_dir)
+    index, unjudged = judged_by(load_index(data_dir), clf)
+    if unjudged:
+        print(
+            f"eval: {unjudged} test examples name a class the classifier never learnt; "
+            "they are left out of the prompts and the real reference",
+            file=sys.stderr,
+        )
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(index)
     if cfg.max_prompts:
         prompts = prompts[: cfg.max_prompts]

@@ -176,6 +176,13 @@ def add_parser(sub) -> None:
     )
     arc.add_argument("--device", default="cpu")
 
+    keep = tsub.add_parser(
+        "keep",
+        help="a stage-1 run's resume point small enough to commit: float16 weights, no optimizer moments",
+    )
+    keep.add_argument("--run", type=Path, required=True, help="the stage-1 checkpoint directory")
+    keep.add_argument("--out", type=Path, required=True, help="where to write the resume point")
+
 
 def _bar(description: str):
     """A progress bar; silent (bar and messages) on every torchrun rank but 0."""
@@ -205,7 +212,17 @@ def run(args) -> int:
         "latents": _latents,
         "stage1": _stage1,
         "arc": _arc,
+        "keep": _keep,
     }[args.stage](args)
+
+
+def _keep(args) -> int:
+    from .keep import keep_run
+
+    progress = keep_run(args.run, args.out)
+    size = (args.out / "model.safetensors").stat().st_size / 1e6
+    print(f"{args.out}: step {progress['step']}, {size:.1f} MB (resume it by copying it into a run folder)")
+    return 0
 
 
 def _data(args) -> int:

@@ -27,6 +27,8 @@ from ..model.lmdm import LMDM, Conditioning, LMDMConfig
 from .distributed import Rows, World, data_parallel, global_sum
 from .windows import ExtrasConfig, window_batch
 
+WARMUP_STEPS = 100  # the learning rate's ramp after the optimizer's moments restart
+
 
 @dataclass(frozen=True)
 class Stage1Config:
@@ -385,6 +387,7 @@ class Stage1Trainer:
             p.requires_grad_(True)
         model.net.train()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.warm_from: int | None = None  # the step the optimizer's moments restarted at, if they did
         self.objective = data_parallel(model.net, self._loss, self.world)
         self.step = 0
         self.history: list[float] = []
@@ -394,6 +397,13 @@ class Stage1Trainer:
     ) -> Tensor:
         loss_fn = chunks_loss if self.cfg.targets > 1 else stage1_loss
         return loss_fn(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras, rows)
+
+    def lr_now(self) -> float:
+        """The configured rate, ramped up linearly over WARMUP_STEPS after the optimizer's moments restarted
+        (Adam's first bias-corrected steps move every weight by about the whole rate)."""
+        if self.warm_from is None:
+            return self.cfg.lr
+        return self.cfg.lr * min(1.0, (self.step - self.warm_from + 1) / WARMUP_STEPS)
 
     def train_step(self, data: LatentSet) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
@@ -423,6 +433,8 @@ class Stage1Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_now()
         self.opt.step()
         self.step += 1
         self.history.append(value)
@@ -458,6 +470,9 @@ class Stage1Trainer:
         extras["median_kernels"] = tuple(extras.get("median_kernels", ExtrasConfig.median_kernels))
         cfg = Stage1Config(**progress["config"])
         trainer = cls(model, cfg, extras=ExtrasConfig(**extras), world=world)
-        load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
         trainer.step, trainer.history = progress["step"], list(progress["history"])
+        if "optimizer" in progress and (out / "optimizer.safetensors").is_file():
+            load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
+        else:  # a kept resume point (train/keep.py): fresh moments would make the first steps lr-sized
+            trainer.warm_from = trainer.step
         return trainer
