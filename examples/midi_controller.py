@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 4.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             st = midi.status()
             blend = ", ".join(f"{p[:24]}={w:.2f}" for p, w in inst.prompts().items())

@@ -22,9 +22,9 @@ SCRIPT = Path(__file__).resolve().parent / "changes.py"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from lmdm_live.cli import load_script
     from lmdm_live.cli import main as cli
-    from lmdm_live.stream import StreamParams
+    from lmdm_live.control.commands import load_script
+    from lmdm_live.live.stream import StreamParams
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=48.0)

@@ -8,11 +8,11 @@ __all__ = ["Instrument", "LMDMStream", "StreamParams"]
 def __getattr__(name: str):
     """Import lazily: `import lmdm_live` stays cheap; torch loads when the instrument is first used."""
     if name == "Instrument":
-        from .instrument import Instrument
+        from .live.instrument import Instrument
 
         return Instrument
     if name in ("LMDMStream", "StreamParams"):
-        from . import stream
+        from .live import stream
 
         return getattr(stream, name)
     raise AttributeError(f"module 'lmdm_live' has no attribute {name!r}")

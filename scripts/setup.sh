@@ -74,10 +74,10 @@ fi
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" != "$have" || ! -x "$VENV/bin/lmdm-live" ]]; then
-    log "installing torch==$TORCH_VERSION and lmdm_live[dev] into .venv"
+    log "installing torch==$TORCH_VERSION and lmdm_live[train,dev] into .venv"
     # torch first and pinned, so the resolver never swaps it for another build.
     "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    "$VENV/bin/python" -m pip install -q -e '.[train,dev]'
     printf '%s\n' "$want" >"$STAMP"
     log "done"
 fi

@@ -110,8 +110,8 @@ def soak(
     threads: int | None,
     trace: bool = False,
 ) -> dict:
-    from lmdm_live.bench import load_model
-    from lmdm_live.instrument import default_model_ref
+    from lmdm_live.live.instrument import default_model_ref
+    from lmdm_live.model.bundle import load_model
     from lmdm_live.model.lmdm import LMDMConfig
     from lmdm_live.model.precision import resolve_dtype
 

@@ -1,6 +1,11 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# the harnesses the tests share (tests/support) import by their plain names, wherever the test sits
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 DEFAULT_SERVER = "lmdm-test"
 

@@ -68,7 +68,7 @@ def test_render_writes_a_deterministic_wav(tmp_path, capsys):
 
 
 def test_render_plays_the_shipped_model_unless_told_otherwise(tmp_path, capsys):
-    from lmdm_live.instrument import DEFAULT_MODEL_FILE
+    from lmdm_live.live.instrument import DEFAULT_MODEL_FILE
 
     out = tmp_path / "first.wav"
     assert main(["render", "--steps", "1", "--seconds", "0.5", "--out", str(out)]) == 0
@@ -185,7 +185,7 @@ def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "playing" in p.stderr and "0 underruns" in p.stderr
     played, sr = sf.read(str(out), dtype="float32")
-    from lmdm_live.instrument import default_model_ref
+    from lmdm_live.live.instrument import default_model_ref
     from lmdm_live.model.checkpoint import load_checkpoint_config
 
     rate = load_checkpoint_config(default_model_ref())["sample_rate"]  # a file plays at the model's rate
@@ -299,7 +299,7 @@ def test_play_with_osc_and_a_patch(tmp_path):
     from pythonosc.osc_message import OscMessage
     from pythonosc.osc_message_builder import OscMessageBuilder
 
-    from lmdm_live.replay import read_log
+    from lmdm_live.live.replay import read_log
 
     port = free_udp_port()
     log = tmp_path / "ev.jsonl"

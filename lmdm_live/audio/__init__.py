@@ -9,14 +9,21 @@ from .backend import (
     BackendUnavailable,
     CallbackStats,
     NoAudioDevice,
-    open_backend,
 )
-from .file_backend import FileBackend
-from .input import AudioInput, FileInput, JackInput, SoundDeviceInput, open_input
-from .jack_backend import JackBackend, JackRecorder, jack_server_running
+from .devices import open_backend, open_input
+from .file_backend import FileBackend, FileInput
+from .input import AudioInput
+from .jack_backend import JackBackend, JackInput, JackRecorder
+from .jack_client import jack_server_running
 from .resample import ResampleFilter, StreamResampler
 from .ring import AudioRing
-from .sd_backend import SoundDeviceBackend, find_output_device, output_devices, rescan_devices
+from .sd_backend import (
+    SoundDeviceBackend,
+    SoundDeviceInput,
+    find_output_device,
+    output_devices,
+    rescan_devices,
+)
 from .tone import ToneFeeder, dominant_hz, locate, sine_frames
 
 __all__ = [

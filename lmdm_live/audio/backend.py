@@ -5,10 +5,8 @@ A backend pulls frames from an `AudioRing` at the device's pace and knows nothin
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 from .ring import AudioRing
 
@@ -96,49 +94,3 @@ class AudioBackend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.sample_rate} Hz, {self.channels} ch, block {self.blocksize}>"
-
-
-def open_backend(kind: str | None, **opts: Any) -> AudioBackend:
-    """Open the backend `kind` ("jack", "sounddevice", "file") with `opts` for its constructor.
-
-    kind=None picks the first that works: JACK if a server is already running (one is never started),
-    then sounddevice if a real output device exists; otherwise raises `NoAudioDevice`. Options a
-    candidate does not take are left out for it, so one set of options can serve all of them.
-    """
-    if kind is not None and kind not in BACKEND_KINDS:
-        raise ValueError(f"unknown audio backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
-    if kind is not None:
-        return _backend_class(kind)(**opts)
-    tried = []
-    for candidate in ("jack", "sounddevice"):
-        cls = _backend_class(candidate)
-        try:
-            if not cls.available(**_accepted(cls.available, opts)):
-                tried.append(f"{candidate}: none")
-                continue
-            return cls(**_accepted(cls, opts))
-        except (BackendUnavailable, OSError, ImportError) as e:
-            tried.append(f"{candidate}: {' '.join(str(e).split())}")
-    raise NoAudioDevice(tried)
-
-
-def _backend_class(kind: str) -> Any:
-    if kind == "jack":
-        from .jack_backend import JackBackend
-
-        return JackBackend
-    if kind == "sounddevice":
-        from .sd_backend import SoundDeviceBackend
-
-        return SoundDeviceBackend
-    from .file_backend import FileBackend
-
-    return FileBackend
-
-
-def _accepted(fn: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `opts` that `fn` (a function or class) takes as keyword arguments."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(opts)
-    return {k: v for k, v in opts.items() if k in params}

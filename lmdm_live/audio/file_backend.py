@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import AudioBackend, CallbackStats
+from .input import AudioInput, downmix
 from .ring import AudioRing
 
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
@@ -135,3 +136,103 @@ class FileBackend(AudioBackend):
     @property
     def seconds_written(self) -> float:
         return self.frames_written / self.sample_rate
+
+
+# --- input ------------------------------------------------------------------------------------------
+
+
+class FileInput(AudioInput):
+    """A sound file (WAV, FLAC, anything libsndfile reads) played in as if it were live input.
+
+    realtime=True makes samples available as wall-clock time passes from `start`; realtime=False makes
+    the whole file available at once (offline renders, tests) and `read` never waits or fails. After
+    the end of a file that does not `loop`, reads deliver silence and `ended` is True. The file is read
+    and resampled whole when opened.
+    """
+
+    name = "file"
+
+    def __init__(
+        self,
+        path: str | Path,
+        sample_rate: int,
+        channels: int = 1,
+        loop: bool = False,
+        realtime: bool = False,
+    ) -> None:
+        import soundfile
+
+        self.path = Path(path)
+        try:
+            data, rate = soundfile.read(str(self.path), dtype="float32", always_2d=True)
+        except (RuntimeError, OSError) as e:  # soundfile raises LibsndfileError, a RuntimeError
+            raise ValueError(
+                f"cannot read audio file {str(self.path)!r}: {' '.join(str(e).split())}"
+            ) from None
+        self.device_rate = int(rate)
+        self.device_channels = int(data.shape[1])
+        self._setup(sample_rate, channels, buffer_s=1.0)
+        rs = self._resampler
+        mixed = downmix(data, self.channels)
+        audio = np.concatenate([rs.process(mixed), rs.flush()])[self._skip :]
+        self._skip = 0
+        # Exactly as many samples as the file lasts at the model rate.
+        self.audio = audio[: -(-len(data) * self.sample_rate // self.device_rate)]
+        self.loop = bool(loop)
+        self.realtime = bool(realtime)
+        self.first_frame_time = 0
+        self._t0: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        """The file's last sample has been read (never, when looping)."""
+        return not self.loop and self.frames_read >= len(self.audio)
+
+    @property
+    def available(self) -> int:
+        if not self.realtime:
+            return 0 if self.ended else (1 << 62 if self.loop else len(self.audio) - self.frames_read)
+        if self._t0 is None:
+            return 0
+        return max(0, int((time.monotonic() - self._t0) * self.sample_rate) - self.frames_read)
+
+    def read(self, n: int, timeout: float = 0.0) -> np.ndarray | None:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if self.realtime and not self._wait_for(n, timeout):
+            return None
+        out = self._slice(self.frames_read, n)
+        self.frames_read += n
+        return out
+
+    def read_latest(self, n: int) -> np.ndarray:
+        """Real time: the `n` samples up to now (silence before the start). Fast: the same as `read`."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if not self.realtime:
+            return self.read(n)
+        end = self.frames_read + self.available
+        out = np.zeros((self.channels, n), dtype=np.float32)
+        start = max(end - n, 0)
+        out[:, n - (end - start) :] = self._slice(start, end - start)
+        self.frames_read = end
+        return out
+
+    def _slice(self, start: int, n: int) -> np.ndarray:
+        total = len(self.audio)
+        if self.loop and total:
+            idx = (start + np.arange(n)) % total
+            return self.audio[idx].T.copy()
+        out = np.zeros((n, self.channels), dtype=np.float32)
+        if start < total:
+            got = self.audio[start : start + n]
+            out[: len(got)] = got
+        return out.T
+
+    def start(self) -> None:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+            self.first_monotonic = self._t0
+
+    def stop(self) -> None:
+        pass

@@ -6,158 +6,27 @@ numpy arrays and the port buffers: no array allocation, locks, logging or except
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .backend import AudioBackend, BackendUnavailable, CallbackStats
+from .input import MAX_BLOCK, AudioInput, match_ports, natural_key
+from .jack_client import (
+    HALF_WRAP,
+    JACK_TIME_MASK,
+    MAX_JACK_BLOCK,
+    JackClientOwner,
+    jack_server_running,
+    playback_latency,
+    release_on_error,
+)
 from .ring import AudioRing
 
-# JACK2 never runs a period longer than this; scratch buffers this big survive any block-size change.
-MAX_JACK_BLOCK = 8192
 
-
-def _import_jack() -> Any:
-    try:
-        import jack
-    except OSError as e:  # JACK-Client is installed but libjack is not
-        raise BackendUnavailable(f"the JACK library is not installed ({e})") from e
-    return jack
-
-
-@contextmanager
-def _quiet_jack(jack: Any) -> Iterator[None]:
-    """Keep libjack from printing its connection errors to stderr while we probe (we report our own)."""
-    jack.set_error_function(lambda _msg: None)
-    try:
-        yield
-    finally:
-        jack.set_error_function(None)
-
-
-def _open_client(jack: Any, client_name: str, server_name: str | None) -> Any:
-    server = server_name or os.environ.get("JACK_DEFAULT_SERVER") or None
-    with _quiet_jack(jack):
-        try:
-            return jack.Client(client_name, no_start_server=True, servername=server)
-        except jack.JackError as e:
-            where = f"named {server!r} " if server else ""
-            raise BackendUnavailable(f"no JACK server {where}is running ({e})") from None
-
-
-def _release(jack: Any, client: Any, active: bool, server_gone: bool) -> None:
-    """Deactivate (if active) and close a client. When the server is gone there is nothing left to
-    release, so libjack's complaints about that are neither printed nor raised."""
-    if server_gone:
-        with _quiet_jack(jack):
-            for step in ((client.deactivate,) if active else ()) + (client.close,):
-                try:
-                    step()
-                except jack.JackError:
-                    pass
-        return
-    try:
-        if active:
-            client.deactivate()
-    finally:
-        client.close()
-
-
-@contextmanager
-def _release_on_error(release: Callable[[], None]) -> Iterator[None]:
-    """Run `release` and re-raise if the block fails: a client half set up or half connected must not
-    leave its ports in the graph."""
-    try:
-        yield
-    except BaseException:
-        release()
-        raise
-
-
-class _JackClientOwner:
-    """The one JACK client that `JackBackend`, `JackRecorder` and `JackInput` each hold, and its lifetime:
-    active from construction (so other clients can connect to our ports before `start`), released exactly
-    once, also when a connection fails or the server is gone. Subclasses define `_process`, `_on_xrun`
-    and `stop`."""
-
-    _jack: Any
-    client: Any
-    server_shut_down: bool
-
-    def _open_jack_client(self, client_name: str, server_name: str | None) -> None:
-        self._jack = _import_jack()
-        self.client = _open_client(self._jack, client_name, server_name)
-        self._active = False
-        self._closed = False
-        self.server_shut_down = False
-        self._leave = False  # asks the process thread to end itself at its next cycle
-        self._left = False  # set by the process thread as it goes
-
-    def _activate(self) -> None:
-        """Set the callbacks and go live; call inside `_release_on_error(self.client.close)`."""
-        self.client.set_process_callback(self._process_or_leave)
-        self.client.set_xrun_callback(self._on_xrun)
-        self.client.set_shutdown_callback(self._on_shutdown)
-        self.client.activate()
-        self._active = True
-
-    def _on_shutdown(self, _status: Any, _reason: str) -> None:
-        self.server_shut_down = True
-
-    def _connect_or_release(self, pairs: Callable[[], Iterable[tuple[Any, Any]]]) -> None:
-        """Make the (source, destination) connections `pairs()` names, or `stop` (releasing the client)
-        and re-raise: e.g. a source port that does not exist. `pairs` runs inside, as finding no port to
-        connect to fails the same way."""
-        with _release_on_error(self.stop):
-            for src, dst in pairs():
-                self.client.connect(src, dst)
-
-    def _process_or_leave(self, frames: int) -> None:
-        if self._leave:
-            self._left = True
-            raise self._jack.CallbackExit  # libjack then ends this thread itself, between cycles
-        self._process(frames)
-
-    def _leave_process_thread(self, timeout_s: float = 1.0, grace_s: float = 0.05) -> None:
-        """Let the process thread end itself before the client is deactivated. libjack's deactivate cancels
-        a process thread that is still running; cancelled inside a Python callback (e.g. waiting for the
-        GIL) it takes the GIL's lock with it, and every Python thread waits forever. Once the callback has
-        raised CallbackExit, libjack marks the client inactive and ends the thread, and deactivate has
-        nothing left to cancel. The grace lets the callback's last Python lines run out first."""
-        self._leave = True
-        end = time.monotonic() + timeout_s
-        while not self._left and time.monotonic() < end:  # no cycles come when the server is stuck
-            time.sleep(0.002)
-        if self._left:
-            time.sleep(grace_s)
-
-    def _release_client(self) -> None:
-        """Deactivate and close the client once (ports and connections go with it), even if the server died."""
-        if not self._closed:
-            self._closed = True
-            if self._active and not self.server_shut_down:
-                self._leave_process_thread()
-            _release(self._jack, self.client, self._active, self.server_shut_down)
-            self._active = False
-
-
-def jack_server_running(server_name: str | None = None) -> bool:
-    """Whether a JACK server is up (never starts one)."""
-    try:
-        jack = _import_jack()
-        _open_client(jack, "lmdm-probe", server_name).close()
-    except BackendUnavailable:
-        return False
-    return True
-
-
-class JackBackend(AudioBackend, _JackClientOwner):
+class JackBackend(AudioBackend, JackClientOwner):
     """Plays a ring through JACK output ports `<client_name>:out_1..out_N`.
 
     The client is active (playing silence) from construction on, so its ports can be connected to
@@ -192,7 +61,7 @@ class JackBackend(AudioBackend, _JackClientOwner):
         self._scratch = np.zeros((max(MAX_JACK_BLOCK, self.blocksize), self.channels), dtype=np.float32)
         self._block_view = self._scratch[: self.blocksize]
         self._connected = False
-        with _release_on_error(self.client.close):
+        with release_on_error(self.client.close):
             self.ports = [self.client.outports.register(f"out_{i + 1}") for i in range(self.channels)]
             self.client.set_blocksize_callback(self._on_blocksize)
             # Active from the start (playing silence); start() then only hands over the ring and makes
@@ -278,7 +147,7 @@ class JackBackend(AudioBackend, _JackClientOwner):
         One period when that is unavailable (ports not connected, or libjack's latency call missing)."""
         frames = 0
         if not self._closed:
-            frames = max((_playback_latency(self._jack, p) for p in self.ports), default=0)
+            frames = max((playback_latency(self._jack, p) for p in self.ports), default=0)
         return max(frames, self.blocksize) / self.sample_rate
 
     @property
@@ -287,7 +156,7 @@ class JackBackend(AudioBackend, _JackClientOwner):
         return {p.name: [c.name for c in self.client.get_all_connections(p)] for p in self.ports}
 
 
-class JackRecorder(_JackClientOwner):
+class JackRecorder(JackClientOwner):
     """Records JACK input ports `<client_name>:in_1..in_N` into a preallocated buffer of `max_seconds`.
 
     `connect_from[i]` (a port name) is connected to `in_{i+1}` on `start()`. Recording stops by itself
@@ -316,7 +185,7 @@ class JackRecorder(_JackClientOwner):
         self.xruns = 0  # graph xruns JACK reported while recording
         self.stats = CallbackStats()
         self._recording = False
-        with _release_on_error(self.client.close):
+        with release_on_error(self.client.close):
             self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(self.channels)]
             self._activate()
 
@@ -360,37 +229,120 @@ class JackRecorder(_JackClientOwner):
         self.stop()
 
 
-# --- port latency (JACK-Client does not wrap jack_port_get_latency_range) -------------------------
+# --- input ------------------------------------------------------------------------------------------
 
 
-class _LatencyRange(ctypes.Structure):
-    _fields_ = [("min", ctypes.c_uint32), ("max", ctypes.c_uint32)]
+class JackInput(AudioInput, JackClientOwner):
+    """Captures JACK input ports `<client_name>:in_1..in_N`.
 
+    connect=True connects the physical capture ports; a list of names, globs or regexes connects the
+    output ports they match (in order: source i feeds in_{i % N + 1}; a single source feeds every port);
+    False connects nothing (other clients may connect to us). N is `ports`, by default as many as there
+    are sources (at least `channels`). Connections are made by `start`; the client is active from
+    construction, like `JackBackend`, so others can connect first.
+    """
 
-_JACK_PLAYBACK_LATENCY = 1  # jack_latency_callback_mode_t: JackCaptureLatency = 0, JackPlaybackLatency = 1
-_latency_fn: Any = None  # None: not looked up yet; False: libjack has none
+    name = "jack"
 
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int = 1,
+        connect: bool | Sequence[str] = True,
+        client_name: str = "lmdm-in",
+        ports: int | None = None,
+        buffer_s: float = 2.0,
+        server_name: str | None = None,
+    ) -> None:
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self._open_jack_client(client_name, server_name)
+        self._running = False
+        with release_on_error(self.client.close):
+            self.sources = self._resolve(connect)
+            self.device_rate = int(self.client.samplerate)
+            self.device_channels = int(ports or max(channels, len(self.sources)))
+            self._setup(sample_rate, channels, buffer_s)
+            self._next_time = -1  # JACK frame time the next callback should start at
+            self.repeated_frames = 0  # frames JACK handed us twice (after an xrun), dropped
+            self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(self.device_channels)]
+            self._activate()
 
-def _latency_function() -> Any:
-    global _latency_fn
-    if _latency_fn is None:
+    def _resolve(self, connect: bool | Sequence[str]) -> list[str]:
+        if connect is False:
+            return []
+        outs = self.client.get_ports(is_audio=True, is_output=True)
+        if connect is True:
+            return sorted((p.name for p in outs if p.is_physical), key=natural_key)
+        if isinstance(connect, str):
+            connect = [connect]
+        names = [p.name for p in outs]
+        found: list[str] = []
+        for pattern in connect:
+            hits = match_ports(names, pattern)
+            if not hits:
+                raise BackendUnavailable(f"no JACK output port matches {pattern!r}")
+            found += [h for h in hits if h not in found]
+        return found
+
+    @property
+    def client_name(self) -> str:
+        return self.client.name
+
+    def _process(self, frames: int) -> None:
+        if not self._running:
+            return
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0")
-            fn = lib.jack_port_get_latency_range
-        except (OSError, AttributeError):
-            _latency_fn = False
-        else:
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_LatencyRange)]
-            fn.restype = None
-            _latency_fn = fn
-    return _latency_fn
+            t = self.client.last_frame_time
+            skip = 0
+            if self._next_time < 0:
+                self.first_monotonic = time.monotonic()
+                self.first_frame_time = t  # before the first frame is published
+                gap = 0
+            else:
+                # Signed distance from where the last period ended: > 0, periods we missed (refilled with
+                # silence); < 0, a period run again after an xrun (its repeated frames are dropped).
+                gap = ((t - self._next_time + HALF_WRAP) & JACK_TIME_MASK) - HALF_WRAP
+                if gap < 0:
+                    skip = min(-gap, frames)
+                    self.repeated_frames += skip
+                    gap = 0
+            if skip == frames:
+                return
+            self._next_time = (t + frames) & JACK_TIME_MASK
+            n = frames - skip
+            if n > MAX_BLOCK:
+                self._capture(None, 0, gap + n)
+                return
+            block = self._scratch
+            for i, port in enumerate(self.ports):
+                np.copyto(block[:n, i], port.get_array()[skip:])
+            self._capture(None, n, gap)
+        except Exception:
+            self.callback_errors += 1
 
+    def _on_xrun(self, _delayed_usecs: float) -> None:
+        if self._running:
+            self.xruns += 1
 
-def _playback_latency(jack: Any, port: Any) -> int:
-    """Max playback latency in frames of a port of ours; 0 if libjack cannot tell."""
-    fn = _latency_function()
-    if not fn:
-        return 0
-    rng = _LatencyRange()
-    fn(int(jack._ffi.cast("uintptr_t", port._ptr)), _JACK_PLAYBACK_LATENCY, ctypes.byref(rng))
-    return int(rng.max)
+    def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("this JackInput was stopped; open a new one")
+        if self._running:
+            return
+        self._connect_or_release(self._source_pairs)
+        self._running = True
+
+    def _source_pairs(self) -> list[tuple[str, Any]]:
+        if len(self.sources) == 1:
+            return [(self.sources[0], p) for p in self.ports]
+        return [(s, self.ports[i % len(self.ports)]) for i, s in enumerate(self.sources)]
+
+    def stop(self) -> None:
+        self._running = False
+        self._release_client()
+
+    @property
+    def connections(self) -> dict[str, list[str]]:
+        """For each of our input ports, the names of the ports feeding it."""
+        return {p.name: [c.name for c in self.client.get_all_connections(p)] for p in self.ports}

@@ -10,6 +10,7 @@ import time
 from typing import Any, Literal
 
 from .backend import AudioBackend, BackendUnavailable, CallbackStats
+from .input import MAX_BLOCK, AudioInput
 from .ring import AudioRing
 
 # Devices that accept audio and drop it: never a "real" device when choosing a backend automatically.
@@ -205,6 +206,113 @@ class SoundDeviceBackend(AudioBackend):
     def output_latency_s(self) -> float:
         """PortAudio's output latency for the open stream."""
         return float(self.stream.latency)
+
+    @property
+    def hostapi_name(self) -> str:
+        return self.device["hostapi_name"]
+
+
+# --- input ------------------------------------------------------------------------------------------
+
+
+def input_devices(hostapi: str | None = None) -> list[dict[str, Any]]:
+    """Devices that can capture, each with its `index` and `hostapi_name`; optionally of one host API."""
+    sd = _import_sd()
+    apis = sd.query_hostapis()
+    found = []
+    for index, info in enumerate(sd.query_devices()):
+        api = apis[info["hostapi"]]["name"]
+        if info["max_input_channels"] > 0 and (hostapi is None or hostapi.lower() in api.lower()):
+            found.append({**info, "index": index, "hostapi_name": api})
+    return found
+
+
+def find_input_device(device: int | str | None = None, hostapi: str | None = None) -> dict[str, Any]:
+    """Resolve `device` (index, exact or partial name, None for the default) to an input device."""
+    sd = _import_sd()
+    devs = input_devices(hostapi)
+    where = f" on host API {hostapi!r}" if hostapi else ""
+    if not devs:
+        raise BackendUnavailable(f"PortAudio has no input device{where}")
+    listing = ", ".join(f"{d['index']} {d['name']!r} ({d['hostapi_name']})" for d in devs)
+    if device is None:
+        if hostapi is None:
+            default = sd.default.device[0]
+        else:
+            default = sd.query_hostapis(devs[0]["hostapi"])["default_input_device"]
+        return next((d for d in devs if d["index"] == default), devs[0])
+    if isinstance(device, int) or str(device).strip().isdigit():
+        hit = [d for d in devs if d["index"] == int(device)]
+    else:
+        query = str(device).strip().lower()
+        exact = [d for d in devs if d["name"].lower() == query]
+        hit = exact or [d for d in devs if query in d["name"].lower()]
+    if not hit:
+        raise BackendUnavailable(f"no input device matches {device!r}{where}; there are: {listing}")
+    return hit[0]
+
+
+class SoundDeviceInput(AudioInput):
+    """Captures a PortAudio input stream (ALSA, PulseAudio, CoreAudio, WASAPI, JACK).
+
+    `device_channels` (default: `channels`, at most what the device has) are opened and downmixed.
+    """
+
+    name = "sounddevice"
+
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int = 1,
+        device: int | str | None = None,
+        device_rate: int | None = None,
+        device_channels: int | None = None,
+        blocksize: int = 256,
+        latency: str | float = "low",
+        hostapi: str | None = None,
+        buffer_s: float = 2.0,
+    ) -> None:
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.device = find_input_device(device, hostapi)
+        self.device_rate = int(device_rate or self.device["default_samplerate"])
+        self.device_channels = int(min(device_channels or channels, self.device["max_input_channels"]))
+        self._setup(sample_rate, channels, buffer_s)
+        self._closed = False
+        self.stream = _open_stream(
+            "input", self.device, self.device_rate, self.device_channels, blocksize, latency, self._callback
+        )
+        self.blocksize = int(self.stream.blocksize) or int(blocksize)
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        try:
+            if self.first_frame_time is None:
+                # PortAudio's capture time of the first frame, to within the callback's jitter (JACK host
+                # API: about a period). Lost frames are not inferred from these times, jitter would fake
+                # them: only our own overruns are refilled; the device's (input_overflow) are counted.
+                self.first_monotonic = time.monotonic()
+                adc = time_info.inputBufferAdcTime or time_info.currentTime
+                self.first_frame_time = adc * self.device_rate
+            if status and status.input_overflow:
+                self.xruns += 1
+            if frames > MAX_BLOCK:
+                self._capture(None, 0, frames)
+            else:
+                self._capture(indata, frames, 0)
+        except Exception:
+            self.callback_errors += 1
+
+    def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("this SoundDeviceInput was stopped; open a new one")
+        if not self.stream.active:
+            self.stream.start()
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _close_stream(self.stream)
 
     @property
     def hostapi_name(self) -> str:

@@ -11,13 +11,16 @@ import re
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
+
+if TYPE_CHECKING:
+    from ..live.instrument import Instrument
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
@@ -50,7 +53,7 @@ class NamespaceCompleter(Completer):
 
 def render(value: Any) -> str:
     """repr, except status reports, which read better as a two-column table (rich, one-shot)."""
-    from ..instrument import StatusReport
+    from ..live.instrument import StatusReport
 
     if not isinstance(value, StatusReport):
         return repr(value)
@@ -92,7 +95,7 @@ def run_source(source: str, namespace: dict[str, Any], write: Callable[[str], No
         return False
 
 
-def toolbar_text(inst) -> str:
+def toolbar_text(inst: Instrument) -> str:
     """One line of live figures for the bottom toolbar."""
     try:
         s = inst.engine.status()

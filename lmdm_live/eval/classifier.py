@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..dsp.features import ChromaConfig, MelConfig, chroma, log_mel
 from ..model.checkpoint import (
     load_checkpoint_config,
     load_optimizer,
@@ -26,9 +27,8 @@ from ..model.checkpoint import (
     save_optimizer,
     write_json_atomic,
 )
+from ..train.labels import FAMILIES, HEADS, head_targets
 from .data import load_index, read_mix, split
-from .features import ChromaConfig, MelConfig, chroma, log_mel
-from .labels import FAMILIES, HEADS, head_targets
 
 CLASSIFIER_FORMAT = "lmdm-eval-classifier"
 MODEL_FILE = "classifier.safetensors"

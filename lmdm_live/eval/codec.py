@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..sketch import Controls, SketchConfig, control_curves
+from ..dsp.sketch import Controls, SketchConfig, control_curves
+from ..dsp.tempo import estimate_bpm, tempo_error
 from .data import CodecRoundTrip, load_index, read_mix, read_mono, split
 from .metrics import nanmean, nanmedian, share_within
-from .tempo import estimate_bpm, tempo_error
 
 
 def kept_frames(clean: Controls, other: Controls) -> tuple[int, int]:

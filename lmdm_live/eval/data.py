@@ -73,7 +73,7 @@ class CodecRoundTrip:
     def __init__(self, model) -> None:
         """`model`: an LMDM or codec file's path, an `LMDMModel` already loaded, or a codec."""
         if isinstance(model, str | Path):
-            from ..model.codec import load_codec
+            from ..model.bundle import load_codec
 
             self.codec = load_codec(model)
         else:

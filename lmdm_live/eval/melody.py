@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..sketch import SketchConfig, control_curves
+from ..dsp.sketch import SketchConfig, control_curves
 
 # (family, GM program, lowest MIDI note of its two octaves)
 LEADS: tuple[tuple[str, int, int], ...] = (

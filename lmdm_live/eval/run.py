@@ -13,51 +13,18 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ..dsp.tempo import estimate_bpm, tempo_error
+from ..train.labels import HEADS, head_targets
 from .classifier import Classifier, adherence
-from .data import load_index, read_mix, resample, split, to_mono
-from .labels import HEADS, head_targets
+from .data import load_index, read_mix, resample, split
 from .metrics import WindowMetrics, frechet_distance, nanmean, nanmedian, share_within
-from .tempo import estimate_bpm, tempo_error
-
-Tick = Callable[[int], None]
-
-
-@dataclass
-class EvalConfig:
-    seconds: float = 120.0  # length of each generated stream
-    window: float = 10.0  # scoring window
-    steps: int | None = None  # None: the model's own sampler defaults
-    cfg: float | None = None
-    seed: int = 0  # prompt k streams with seed + k, the same for every model compared
-    max_prompts: int | None = None
-    fd_crop: float = 2.0  # FD sets are crops of this length (the classifier's shortest training crop) ...
-    fd_hop: float = 1.0  # ... this far apart, so a window of one stream gives several vectors
-    short_window: float = 2.0  # sliding window of the transition measurement
-    transitions: int = 4  # prompt switches measured
-    transition_seconds: float = 40.0  # each: half on the old prompt, half on the new
-    settle: float = 0.9  # adapted once this fraction of the way from the old to the new steady level
-    eject_frames: int | None = None  # context dropped at a switch; None: the stream's default (C - T)
-    transition_cfg_pp: float | str = "default"  # CFG++ lambda through a switch; "off": plain CFG
-    saturation_blocks: int = 4  # blocks after a switch whose peak and spectral flatness are reported
-
-    def __post_init__(self) -> None:
-        if self.seconds <= 0 or self.window <= 0 or self.fd_crop <= 0 or self.fd_hop <= 0:
-            raise ValueError("seconds, window, fd_crop and fd_hop must be > 0")
-        if self.transitions < 0 or self.transition_seconds <= 0:
-            raise ValueError("transitions must be >= 0 and transition_seconds > 0")
-        if isinstance(self.transition_cfg_pp, str) and self.transition_cfg_pp not in ("default", "off"):
-            raise ValueError("transition_cfg_pp must be a number, 'default' or 'off'")
-
-    def switch_block(self, block_seconds: float) -> int:
-        """The block at which a transition stream switches prompt (half its blocks)."""
-        return max(2, math.ceil(self.transition_seconds / 2 / block_seconds))
-
+from .play import EvalConfig, crops, embed, generate, stream_params
+from .transitions import measure_transition, splice_transition
 
 # --- prompts --------------------------------------------------------------------------------------------
 
@@ -117,54 +84,6 @@ def load_prompts(path: str | Path) -> list[dict]:
     return out
 
 
-# --- generation -----------------------------------------------------------------------------------------
-
-
-def stream_params(prompt: dict, cfg: EvalConfig, model):
-    """StreamParams for a prompt (the model's sampler defaults under cfg's overrides), with its bpm."""
-    from ..stream import StreamParams
-
-    kw: dict = {"sampler": model.sampler_settings(steps=cfg.steps, cfg=cfg.cfg)}
-    if cfg.eject_frames is not None:
-        kw["eject_frames"] = cfg.eject_frames
-    if cfg.transition_cfg_pp != "default":
-        kw["transition_cfg_pp"] = None if cfg.transition_cfg_pp == "off" else float(cfg.transition_cfg_pp)
-    if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
-        kw["bpm"] = float(prompt["bpm"])
-    return StreamParams.of(prompt["prompt"], **kw)
-
-
-def generate(
-    model, text, first, blocks: int, seed: int, changes: dict | None = None, tick: Tick | None = None
-):
-    """`blocks` blocks of one stream (with `changes` {block: params} scheduled), decoded: mono float32 at
-    the model's rate, sample-aligned with block boundaries (block b is [b * B, (b + 1) * B))."""
-    from ..stream import LMDMStream
-
-    stream = LMDMStream(model, text, seed=seed, params=first)
-    for block, params in (changes or {}).items():
-        stream.at(block, params)
-    parts = []
-    for _ in range(blocks):
-        parts.append(to_mono(stream.next_block()))
-        if tick:
-            tick(1)
-    parts.append(to_mono(stream.flush()))
-    return np.concatenate(parts)
-
-
-def _crops(audio: np.ndarray, sr: int, length: float, hop: float) -> np.ndarray:
-    """(n, samples) crops of `length` s every `hop` s; one (the whole, zero-padded) when shorter."""
-    n, h = int(round(length * sr)), int(round(hop * sr))
-    if len(audio) <= n:
-        return np.pad(audio, (0, n - len(audio)))[None]
-    return np.stack([audio[s : s + n] for s in range(0, len(audio) - n + 1, h)])
-
-
-def _embed(clf: Classifier, crops: np.ndarray, sr: int, batch: int = 64) -> np.ndarray:
-    return np.concatenate([clf.embed(crops[i : i + batch], sr) for i in range(0, len(crops), batch)])
-
-
 # --- the real reference ---------------------------------------------------------------------------------
 
 
@@ -176,9 +95,9 @@ def real_reference(clf: Classifier, data_dir: str | Path, index: dict, cfg: Eval
     embs, scores, audio_by_id = [], [], {}
     for ex in split(index, "test"):
         audio = audio_by_id[ex["id"]] = read_mix(data_dir, ex, sr)
-        embs.append(_embed(clf, _crops(audio, sr, cfg.fd_crop, cfg.fd_hop), sr))
+        embs.append(embed(clf, crops(audio, sr, cfg.fd_crop, cfg.fd_hop), sr))
         window = min(cfg.window, len(audio) / sr)
-        for pred in clf.predict(_crops(audio, sr, window, window), sr):
+        for pred in clf.predict(crops(audio, sr, window, window), sr):
             scores.append(adherence(pred, ex.get("labels", {}))["mean"])
     if not embs:
         raise ValueError(f"{data_dir}: the test split is empty; FD needs real test-split music")
@@ -213,127 +132,8 @@ def score_stream(clf: Classifier, audio: np.ndarray, rate: int, prompt: dict, cf
             m.tempo_error = tempo_error(m.bpm, prompt["bpm"])
             m.tempo_error_octave = tempo_error(m.bpm, prompt["bpm"], octave=True)
         out.append(m)
-        embs.append(_embed(clf, _crops(w, sr, cfg.fd_crop, cfg.fd_hop), sr))
+        embs.append(embed(clf, crops(w, sr, cfg.fd_crop, cfg.fd_hop), sr))
     return out, embs
-
-
-def measure_transition(model, text, clf: Classifier, a: dict, b: dict, seed: int, cfg: EvalConfig, tick=None):
-    """Play `a`, switch to `b` at the middle block, and count blocks until `b` is followed (`time_switch`)."""
-    half = cfg.switch_block(model.block_seconds)
-    audio = generate(
-        model,
-        text,
-        stream_params(a, cfg, model),
-        2 * half,
-        seed,
-        {half: stream_params(b, cfg, model)},
-        tick=tick,
-    )
-    out = time_switch(clf, audio, model.sample_rate, model.block_seconds, half, a, b, cfg)
-    n = cfg.saturation_blocks
-    bs = model.block_seconds
-    for key, first in (("before", half - n), ("after", half)):
-        out.update({f"{k}_{key}": v for k, v in saturation(audio, model.sample_rate, bs, first, n).items()})
-    return out
-
-
-def saturation(audio: np.ndarray, rate: int, block_seconds: float, first: int, n: int) -> dict:
-    """Over-saturation figures of blocks [first, first + n): the peak |sample| and the mean spectral
-    flatness (geometric over arithmetic mean of the power spectrum, per 64 ms frame; 1 = white noise).
-    Plain CFG at few steps after a switch shows as louder peaks and a flatter, noisier spectrum."""
-    a = int(round(max(first, 0) * block_seconds * rate))
-    b = min(int(round((first + n) * block_seconds * rate)), len(audio))
-    x = np.asarray(audio[a:b], dtype=np.float64)
-    if len(x) == 0:
-        return {"peak": float("nan"), "flatness": float("nan")}
-    frame = max(int(0.064 * rate), 16)
-    frames = [x[i : i + frame] for i in range(0, len(x) - frame + 1, frame // 2)] or [x]
-    flat = []
-    for f in frames:
-        p = np.abs(np.fft.rfft(f * np.hanning(len(f)))) ** 2 + 1e-12
-        flat.append(float(np.exp(np.mean(np.log(p))) / np.mean(p)))
-    return {"peak": float(np.abs(x).max()), "flatness": float(np.mean(flat))}
-
-
-def splice_transition(model, clf: Classifier, real_audio: dict, a: dict, b: dict, cfg: EvalConfig):
-    """The same measurement on a switch that takes no time: `a`'s real test render up to the switch block,
-    then `b`'s, the whole through the model's autoencoder (as generated audio is). What the measurement's
-    own sliding window makes of an instant switch: the floor under a model's count. None when either prompt
-    has no real render long enough."""
-    from .data import CodecRoundTrip
-
-    half = cfg.switch_block(model.block_seconds)
-    sr = clf.cfg.sample_rate
-    seg = int(round(half * model.block_seconds * sr))
-    xa, xb = real_audio.get(a.get("id")), real_audio.get(b.get("id"))
-    if xa is None or xb is None or min(len(xa), len(xb)) < seg:
-        return None
-    audio = CodecRoundTrip(model)(np.concatenate([xa[:seg], xb[:seg]]), sr)
-    return time_switch(clf, audio, sr, model.block_seconds, half, a, b, cfg)
-
-
-def time_switch(clf: Classifier, audio, rate: int, bs: float, half: int, a: dict, b: dict, cfg: EvalConfig):
-    """Blocks from the switch (at block `half` of `audio`) until `b` is followed, two ways.
-
-    Adherence here is the soft one (mean probability of `b`'s classes) on a `short_window` of audio: hard
-    correctness on 2 s flips too often to time a change by. "Followed" is the first block at which it has
-    come `settle` (90 %) of the way from its level before the switch to its steady level (the mean over the
-    second half of the post-switch blocks); the switch block counts as 1. When the new prompt is not
-    followed better than the old one at all (gain < 0.05) there is nothing to time and the count is None.
-
-    - `blocks`: the window ends where each block ends (what a listener has heard by then). It looks back, so
-      even an instant switch counts a few blocks: `splice_transition` measures that floor.
-    - `blocks_ahead`: the window starts where each block starts (the music from that block on). An instant
-      switch counts 1: this is the block the music has changed by.
-    """
-    sr = clf.cfg.sample_rate
-    audio = resample(audio, rate, sr)
-    short, n = int(round(cfg.short_window * sr)), 2 * half
-    starts = [int(round(k * bs * sr)) for k in range(n)]
-    ends = [min(int(round((k + 1) * bs * sr)), len(audio)) for k in range(n)]
-    behind = {k: ends[k] - short for k in range(n) if ends[k] >= short}  # window start, by block
-    ahead = {k: starts[k] for k in range(n) if starts[k] + short <= len(audio)}
-    crops = [audio[s0 : s0 + short] for s0 in [*behind.values(), *ahead.values()]]
-    preds = clf.predict(np.stack(crops), sr) if crops else []
-    by_behind = dict(zip(behind, preds[: len(behind)]))
-    by_ahead = dict(zip(ahead, preds[len(behind) :]))
-    nan = float("nan")
-
-    def soft(by: dict, labels: dict) -> list[float]:
-        return [adherence(by[k], labels)["soft"] if k in by else nan for k in range(n)]
-
-    new, old, new_ahead = (
-        soft(by_behind, b["labels"]),
-        soft(by_behind, a["labels"]),
-        soft(by_ahead, b["labels"]),
-    )
-    switch = starts[half]
-    # before the switch: windows wholly before it (the look-ahead ones must end by it)
-    before_ahead = [v for k, v in enumerate(new_ahead[:half]) if starts[k] + short <= switch]
-    result = {
-        "from": a["prompt"],
-        "to": b["prompt"],
-        "switch_block": half,
-        "block_seconds": bs,
-        "adherence_new": new,
-        "adherence_old": old,
-        "adherence_new_ahead": new_ahead,
-        **_settle(new, new[:half], half, cfg.settle, ""),
-        **_settle(new_ahead, before_ahead, half, cfg.settle, "_ahead"),
-    }
-    result["seconds"] = None if result["blocks"] is None else result["blocks"] * bs
-    return result
-
-
-def _settle(new: list[float], before_values: list[float], half: int, settle: float, suffix: str) -> dict:
-    """The first block after the switch at which `new` has come `settle` of the way to its steady level."""
-    before, steady = nanmean(before_values), nanmean(new[half + half // 2 :])
-    out = {f"before{suffix}": before, f"steady{suffix}": steady, f"blocks{suffix}": None}
-    if np.isfinite(steady) and np.isfinite(before) and steady - before >= 0.05:
-        threshold = before + settle * (steady - before)
-        hit = next((k for k in range(half, 2 * half) if new[k] >= threshold), 2 * half - 1)
-        out.update({f"threshold{suffix}": threshold, f"blocks{suffix}": hit - half + 1})
-    return out
 
 
 def evaluate_model(
@@ -486,7 +286,7 @@ def evaluate(
         runs.append((compare, compare_label or Path(compare).stem))
     if len(runs) == 2 and runs[0][1] == runs[1][1]:
         runs = [(runs[0][0], runs[0][1] + " (1)"), (runs[1][0], runs[1][1] + " (2)")]
-    from ..bench import load_model
+    from ..model.bundle import load_model
     from ..model.precision import resolve_dtype
 
     results = []

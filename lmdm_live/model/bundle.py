@@ -13,8 +13,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..extras import ExtrasLayout
-from ..sao import (
+from .checkpoint import load_checkpoint, save_checkpoint
+from .codec import (
+    Codec,
+    MelCodec,
+    MelCodecConfig,
+    VAECodec,
+    codec_from_training,
+    is_codec_file,
+    mel_codec_from_config,
+)
+from .conditioners import MiniLMTextEncoder, T5TextEncoder, TextEncoder
+from .dit import DiT, DiTConfig
+from .extras import ExtrasLayout
+from .lmdm import LMDMConfig
+from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
+from .samplers import SamplerSettings
+from .sao import (
     LMDM_FORMAT,
     VAE_PREFIX,
     SAODiT,
@@ -22,13 +37,6 @@ from ..sao import (
     normalise_sao_keys,
     vae_config_from_sao,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
-from .codec import Codec, MelCodec, MelCodecConfig, VAECodec, mel_codec_from_config
-from .conditioners import MiniLMTextEncoder, T5TextEncoder, TextEncoder
-from .dit import DiT, DiTConfig
-from .lmdm import LMDMConfig
-from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
-from .samplers import SamplerSettings
 
 PRESETS = ("tiny", "small", "tiny-mel", "saos-random")
 CODEC_PREFIX = "codec."
@@ -43,7 +51,7 @@ class LMDMModel:
     text: dict  # {"type": "minilm"} or {"type": "t5", "max_length": 64, ...}
     seconds_total: float  # the seconds value the model conditions on (SAOS: length of the window)
     name: str = "model"
-    extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.extras)
+    extras: dict = field(default_factory=dict)  # the named extra channels (see lmdm_live.model.extras)
     sampler: dict = field(default_factory=dict)  # the sampler settings it plays best with (SamplerSettings)
     mel_codec: MelCodec | None = None  # the log-mel codec, for models on one
     styles: dict[str, str] = field(default_factory=dict)  # what it was trained on: style -> one line
@@ -281,3 +289,25 @@ def _randomise(dit: DiT) -> None:
     if dit.cfg.input_add_dim:
         w = dit.to_input_add_embed.weight
         w.normal_(0.0, 1.0 / w.shape[1] ** 0.5)
+
+
+def load_model(name: str, lmdm: LMDMConfig | None, device: str, dtype: torch.dtype) -> LMDMModel:
+    """A preset by name (random weights), else a checkpoint file."""
+    if name in PRESETS:
+        return LMDMModel.preset(name, lmdm=lmdm).to(device, dtype)
+    return LMDMModel.load(name, device=device, dtype=dtype, lmdm=lmdm)
+
+
+def load_codec(path: str | Path) -> Codec:
+    """A codec file, or the codec inside an LMDM file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codec file not found: {path}")
+    if not is_codec_file(path):
+        return LMDMModel.load(path).codec
+    sd, config = load_checkpoint(path)
+    if config.get("type") == "mel":
+        return mel_codec_from_config(config, sd)
+    if "vocoder" in config and "kind" in config:  # a `train codec` run's weights
+        return codec_from_training(config, sd)
+    raise ValueError(f"{path.name}: unknown codec type {config.get('type')!r}")

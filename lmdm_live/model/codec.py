@@ -20,10 +20,11 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, load_checkpoint_config, save_checkpoint
+from .checkpoint import load_checkpoint_config, save_checkpoint
 from .griffinlim import GriffinLimConfig, StreamingGriffinLim
 from .mel import MelAnalysis, MelConfig, nnls_magnitude
-from .oobleck import OobleckVAE, StreamingDecoder
+from .oobleck import OobleckVAE
+from .oobleck_stream import StreamingDecoder
 from .vocoder import MelAutoencoder, MelVocoder, StreamingVocoder, VocoderConfig
 
 CODEC_FORMAT = "lmdm_live.codec"
@@ -276,23 +277,6 @@ def mel_codec_from_config(config: dict, state_dict: dict[str, Tensor] | None = N
 
 def is_codec_file(path: str | Path) -> bool:
     return load_checkpoint_config(path).get("format") == CODEC_FORMAT
-
-
-def load_codec(path: str | Path) -> Codec:
-    """A codec file, or the codec inside an LMDM file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codec file not found: {path}")
-    if not is_codec_file(path):
-        from .bundle import LMDMModel
-
-        return LMDMModel.load(path).codec
-    sd, config = load_checkpoint(path)
-    if config.get("type") == "mel":
-        return mel_codec_from_config(config, sd)
-    if "vocoder" in config and "kind" in config:  # a `train codec` run's weights
-        return codec_from_training(config, sd)
-    raise ValueError(f"{path.name}: unknown codec type {config.get('type')!r}")
 
 
 def codec_from_training(config: dict, state_dict: dict[str, Tensor]) -> MelCodec:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..eval.labels import tempo_bucket
 from ..model.checkpoint import write_json_atomic
+from .labels import tempo_bucket
 from .music import SCORE_STYLES, Piece, caption, procedural_piece, score_paths, score_piece
 from .solo import SOLO_FAMILY_ORDER, solo_piece, solo_piece_caption
 from .styles import FURTHER_STYLES, RENDER_ORDER, style_piece
@@ -78,7 +78,7 @@ def beat_grid(n_frames: int, hop: int, sr: int, bpm: float, beats_per_bar: int) 
 def frame_controls(mix: np.ndarray, lead: np.ndarray | None, sr: int, hop: int) -> dict[str, np.ndarray]:
     """Sketch controls at the latent frame rate: pitch of the lead (or the mix), loudness and centroid of the
     mix, and the lead's own loudness and centroid (what a solo-melody window is sketched with)."""
-    from ..sketch import SketchConfig, control_curves
+    from ..dsp.sketch import SketchConfig, control_curves
 
     cfg = SketchConfig(sample_rate=sr, hop=hop)
     whole = control_curves(mix, cfg)
@@ -281,7 +281,7 @@ def import_folder(
     """Cut a folder of audio + captions into `cfg.seconds` examples (mono, resampled) with controls."""
     from scipy.signal import resample_poly
 
-    from ..eval.tempo import estimate_bpm
+    from ..dsp.tempo import estimate_bpm
 
     folder = Path(folder)
     if not folder.is_dir():

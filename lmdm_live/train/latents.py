@@ -48,7 +48,8 @@ def encode_dataset(
     out_vae: str | Path | None = None,
     normalise: bool = True,
 ) -> LatentSet:
-    from ..model.codec import is_codec_file, load_codec
+    from ..model.bundle import load_codec
+    from ..model.codec import is_codec_file
 
     folders = [Path(data)] if isinstance(data, str | Path) else [Path(d) for d in data]
     codec = load_codec(vae_path) if is_codec_file(vae_path) else None

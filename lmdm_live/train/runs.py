@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..extras import ExtrasLayout
 from ..model.bundle import LMDMModel
 from ..model.checkpoint import write_json_atomic
 from ..model.dit import DiTConfig
+from ..model.extras import ExtrasLayout
 from ..model.lmdm import LMDMConfig
-from ..sao import SAODiT
+from ..model.sao import SAODiT
 from .autoencoder import load_vae
 from .distributed import World, process_group
 from .stage1 import LatentSet, Stage1Config, Stage1Trainer
@@ -37,8 +37,9 @@ def build_model(
 ) -> LMDMModel:
     """A fresh LMDM over a trained VAE or a codec file (the log-mel codec written by `train latents`): the
     DiT's io is the codec's token width, its input_add carries the extras."""
+    from ..model.bundle import load_codec
     from ..model.checkpoint import load_checkpoint_config
-    from ..model.codec import is_codec_file, load_codec
+    from ..model.codec import is_codec_file
 
     if shape not in DIT_SHAPES:
         raise ValueError(f"unknown DiT shape {shape!r}; known: {', '.join(DIT_SHAPES)}")
@@ -93,7 +94,7 @@ def run_stage1(args, bar_factory) -> int:
 
 
 def _run_stage1(args, bar_factory, world: World) -> int:
-    from ..bench import load_model
+    from ..model.bundle import load_model
 
     data = LatentSet.concat([LatentSet.load(d, mmap=world.distributed) for d in args.data])
     out: Path = args.out

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..extras import ExtrasLayout, accomp_channels, sketch_channels, tempo_channels
+from ..model.extras import ExtrasLayout, accomp_channels, sketch_channels, tempo_channels
 
 if TYPE_CHECKING:
-    from .stage1 import LatentSet
+    from .latent_set import LatentSet
 
 
 @dataclass(frozen=True)
