@@ -519,7 +519,7 @@ def test_prompts_of_classes_the_classifier_never_learnt_are_left_out():
     from lmdm_live.eval.classifier import Classifier
     from lmdm_live.eval.run import default_prompts, judged_by
 
-    shipped = Path(__file__).resolve().parents[1] / "lmdm_live" / "assets" / "classifier"
+    shipped = Path(__file__).resolve().parents[2] / "lmdm_live" / "assets" / "classifier"
     clf = Classifier.load(shipped)
     assert clf.can_judge({"style": "techno", "mode": "minor", "lead": "synth_lead", "bpm": 128})
     assert not clf.can_judge({"style": "dub", "mode": "minor", "bpm": 70})
