@@ -286,8 +286,9 @@ class Stage1Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_now()
+        if self.warm_from is not None:  # otherwise the optimizer keeps the rate it was built with
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_now()
         self.opt.step()
         self.step += 1
         self.history.append(value)
