@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .control.commands import cmd_bench, cmd_convert, cmd_render, cmd_replay, cmd_styles, prompt_arg
+from .control.serve import cmd_serve
 from .control.session import cmd_play
 from .eval import cli as eval_cli
 from .model.precision import DTYPES
@@ -46,6 +47,77 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("pingpong", "euler"), default=None, help="default: the model's")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-pp", type=float, default=None, help="CFG++ lambda (replaces --cfg)")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 57150
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST or HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _add_remote_args(play: argparse.ArgumentParser) -> None:
+    r = play.add_argument_group("remote generation (the model on another machine; docs/scale.md)")
+    r.add_argument(
+        "--remote", type=_host_port, default=None, metavar="HOST[:PORT]", help="play `lmdm-live serve` there"
+    )
+    r.add_argument(
+        "--secret-file", type=Path, default=None, help="the shared secret (else $LMDM_REMOTE_SECRET)"
+    )
+    r.add_argument(
+        "--fallback",
+        choices=("none", "local"),
+        default="none",
+        help="local: this machine's model plays while the link is down",
+    )
+    r.add_argument(
+        "--net-listen",
+        default=None,
+        help="where netJACK2's netmanager waits for the host (an IP of this machine)",
+    )
+    r.add_argument("--net-port", type=int, default=19000, help="netJACK2's UDP port")
+    r.add_argument(
+        "--remote-out",
+        default=None,
+        help="JACK input ports the host's audio goes to (a name prefix; default: the speakers)",
+    )
+
+
+def _add_serve_parser(sub) -> None:
+    sv = sub.add_parser(
+        "serve", help="generate here for a performer's laptop (`lmdm-live --remote HOST` there)"
+    )
+    _add_model_args(sv)
+    sv.add_argument(
+        "--listen", default="127.0.0.1", help="control address (loopback by default: tunnel it with ssh)"
+    )
+    sv.add_argument("--port", type=int, default=57150, help="control TCP port")
+    sv.add_argument("--allow", action="append", default=None, help="laptop IP or network allowed, repeatable")
+    sv.add_argument(
+        "--secret-file", type=Path, default=None, help="the shared secret (else $LMDM_REMOTE_SECRET)"
+    )
+    sv.add_argument("--jack-server", default=None, help="the JACK server to play into (a netJACK2 slave)")
+    sv.add_argument(
+        "--net-master",
+        default=None,
+        help="start that server as `jackd -d net`, a slave of the laptop at this IP",
+    )
+    sv.add_argument("--net-port", type=int, default=19000, help="netJACK2's UDP port")
+    sv.add_argument(
+        "--net-name", default="lmdm-host", help="this host's client name on the laptop's JACK server"
+    )
+    sv.add_argument("--net-latency", type=int, default=2, help="netJACK2's latency in periods (its -l)")
+    sv.add_argument("--latency", choices=("normal", "low"), default="normal")
+    sv.add_argument("--seed", type=int, default=0)
+    sv.add_argument("--threads", type=int, default=None, help="torch threads for the model")
+    sv.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
+    sv.add_argument("--record", type=Path, default=None, help="record what the host plays to this WAV")
+    sv.add_argument(
+        "--record-dir", type=Path, default=Path("recordings"), help="where OSC /lmdm/record writes"
+    )
+    sv.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="tempo source for at='beat'/'bar': inst.bpm, MIDI clock, Tidal's cps, or Ableton Link",
     )
     play.add_argument("--midi-api", choices=("alsa", "jack"), default=None, help="force a MIDI system")
+    _add_remote_args(play)
+    _add_serve_parser(sub)
 
     render = sub.add_parser("render", help="render a stream offline to a WAV file (same LMDMStream as live)")
     _add_model_args(render)
@@ -197,6 +271,7 @@ def cmd_train(args) -> int:
 COMMANDS = {
     "styles": cmd_styles,
     "play": cmd_play,
+    "serve": cmd_serve,
     "render": cmd_render,
     "replay": cmd_replay,
     "bench": cmd_bench,

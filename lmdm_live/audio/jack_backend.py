@@ -135,6 +135,22 @@ class JackBackend(AudioBackend, JackClientOwner):
             return [(self.ports[0], targets[0]), (self.ports[0], targets[1])]  # mono to both speakers
         return list(zip(self.ports, targets))
 
+    def reconnect(self) -> int:
+        """Connect each output to its target again where that connection is gone (a netJACK2 slave's
+        system ports go and come back with its master). Returns how many connections were made."""
+        if self._closed or not self._connected:
+            return 0
+        made = 0
+        try:
+            pairs = self._output_pairs()
+            for src, dst in pairs:
+                if dst.name not in {c.name for c in self.client.get_all_connections(src)}:
+                    self.client.connect(src, dst)
+                    made += 1
+        except (BackendUnavailable, self._jack.JackError):
+            pass  # the targets are not there (yet): the next call tries again
+        return made
+
     def stop(self) -> None:
         """Deactivate and close the client (ports and connections go with it), even if the server died."""
         self._ring = None

@@ -161,7 +161,7 @@ class _LatencyRange(ctypes.Structure):
     _fields_ = [("min", ctypes.c_uint32), ("max", ctypes.c_uint32)]
 
 
-_JACK_PLAYBACK_LATENCY = 1  # jack_latency_callback_mode_t: JackCaptureLatency = 0, JackPlaybackLatency = 1
+_JACK_CAPTURE_LATENCY, _JACK_PLAYBACK_LATENCY = 0, 1  # jack_latency_callback_mode_t
 _latency_fn: Any = None  # None: not looked up yet; False: libjack has none
 
 
@@ -181,10 +181,19 @@ def _latency_function() -> Any:
 
 
 def playback_latency(jack: Any, port: Any) -> int:
-    """Max playback latency in frames of a port of ours; 0 if libjack cannot tell."""
+    """Max playback latency in frames of a port; 0 if libjack cannot tell."""
+    return _port_latency(jack, port, _JACK_PLAYBACK_LATENCY)
+
+
+def capture_latency(jack: Any, port: Any) -> int:
+    """Max capture latency in frames of a port (e.g. a netJACK2 slave's return channel); 0 if unknown."""
+    return _port_latency(jack, port, _JACK_CAPTURE_LATENCY)
+
+
+def _port_latency(jack: Any, port: Any, mode: int) -> int:
     fn = _latency_function()
     if not fn:
         return 0
     rng = _LatencyRange()
-    fn(int(jack._ffi.cast("uintptr_t", port._ptr)), _JACK_PLAYBACK_LATENCY, ctypes.byref(rng))
+    fn(int(jack._ffi.cast("uintptr_t", port._ptr)), mode, ctypes.byref(rng))
     return int(rng.max)

@@ -198,13 +198,14 @@ def _arguments(dgram: bytes, i: int, tags: str, where: str) -> tuple[list, int]:
 
 
 def encode(address: str, typed: list[tuple[str, Any]]) -> bytes:
-    """An OSC message from (type tag, value) pairs ("s", "i", "h", "f"), with python-osc's writers (its
+    """An OSC message from (type tag, value) pairs ("s", "i", "h", "f", "d"), with python-osc's writers (its
     builder parses every message it builds, which costs more than the rest of an error reply)."""
     writers = {
         "s": osc_types.write_string,
         "i": osc_types.write_int,
         "h": osc_types.write_int64,
         "f": osc_types.write_float,
+        "d": osc_types.write_double,
     }
     tags = "," + "".join(tag for tag, _ in typed)
     body = b"".join(writers[tag](value) for tag, value in typed)

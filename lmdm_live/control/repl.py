@@ -53,7 +53,7 @@ class NamespaceCompleter(Completer):
 
 def render(value: Any) -> str:
     """repr, except status reports, which read better as a two-column table (rich, one-shot)."""
-    from ..live.instrument import StatusReport
+    from ..live.schedule import StatusReport
 
     if not isinstance(value, StatusReport):
         return repr(value)

@@ -13,10 +13,9 @@ DEFAULT_RECORD_DIR = Path("recordings")
 
 
 def cmd_play(args) -> int:
-    import asyncio
 
     from ..live.instrument import Instrument
-    from ..live.schedule import HEADROOM_PRESETS_MS, underruns_from_load
+    from ..live.schedule import HEADROOM_PRESETS_MS
 
     check_out(args.out)
     check_seconds(args.seconds)
@@ -28,6 +27,9 @@ def cmd_play(args) -> int:
             raise SystemExit(
                 f"lmdm-live: error: --headroom must be tight, normal, safe or milliseconds, got {headroom!r}"
             ) from None
+    if getattr(args, "remote", None) is not None:
+        inst = remote_instrument(args)
+        return _play(inst, args)
     model = args.model
     if model is not None and (args.mode or args.context or args.block):
         model = load(args)  # a window override: load here, the instrument takes the model as it is
@@ -53,11 +55,21 @@ def cmd_play(args) -> int:
         dtype=args.dtype,
         threads=args.threads,
     )
-    prompts = args.prompt or [("", 1.0)]
-    if len(prompts) == 1:
-        inst.prompt(prompts[0][0])
-    else:
-        inst.prompts(dict(prompts))
+    return _play(inst, args)
+
+
+def _play(inst, args) -> int:
+    import asyncio
+
+    from ..live.schedule import underruns_from_load
+
+    if args.prompt:
+        if len(args.prompt) == 1:
+            inst.prompt(args.prompt[0][0])
+        else:
+            inst.prompts(dict(args.prompt))
+    elif getattr(args, "remote", None) is None:
+        inst.prompt("")
     inst.start()
     name = getattr(inst.backend, "name", "?")
     where = f" -> {inst.backend.path}" if hasattr(inst.backend, "path") else ""
@@ -164,6 +176,45 @@ async def _session(inst, args) -> None:
             midi.close()
         if osc is not None:
             osc.close()
+
+
+def remote_instrument(args):
+    """`--remote HOST`: the instrument on the host, its audio through netJACK2, optionally the laptop's own
+    model beside it for when the link drops."""
+    from ..audio.netjack import NetLink, load_netmanager
+    from .remote import RemoteInstrument
+    from .remote_wire import load_secret
+
+    secret = load_secret(args.secret_file)
+    host, port = args.remote
+    if load_netmanager(None, args.net_listen, args.net_port):
+        print(f"lmdm-live: netJACK2's netmanager waits for the host on UDP {args.net_port}", file=sys.stderr)
+    fallback = None
+    if args.fallback == "local":
+        from ..live.instrument import Instrument
+
+        fallback = Instrument(
+            args.model, backend=_unconnected_jack("lmdm-fallback"), seed=args.seed, start=False,
+            dtype=args.dtype, threads=args.threads,
+        )  # fmt: skip
+    inst = RemoteInstrument(host, port, secret=secret, fallback=fallback)
+    ports = [f"{fallback.backend.client_name}:out_{i + 1}" for i in range(2)] if fallback else []
+    inst.net = inst.engine.net = NetLink(
+        inst.info.get("net_name"),
+        targets=args.remote_out or True,
+        fallback=ports,
+        on_change=lambda up: print(
+            f"lmdm-live: the host's audio {'arrives' if up else 'is gone: ' + ('the local model plays' if ports else 'silence')}",
+            file=sys.stderr,
+        ),
+    ).start()
+    return inst
+
+
+def _unconnected_jack(name: str):
+    from ..audio import JackBackend
+
+    return JackBackend(client_name=name, channels=2, connect=False)
 
 
 def record_dir(args) -> Path:

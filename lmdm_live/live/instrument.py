@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..model.styles import StyleVocabulary
 from .engine import Engine
 from .params import check_at, in_domain
-from .schedule import HEADROOM_PRESETS_MS, LATENCY_PRESETS
+from .schedule import HEADROOM_PRESETS_MS, LATENCY_PRESETS, StatusReport
 from .stream import LMDMStream, StreamParams
 
 if TYPE_CHECKING:
@@ -33,14 +33,6 @@ DEFAULT_MODEL_FILE = ASSETS / "default.lmdm.safetensors"
 def default_model_ref() -> str:
     """The shipped model when present; until it ships, the random 'tiny' preset (noise, not music)."""
     return str(DEFAULT_MODEL_FILE) if DEFAULT_MODEL_FILE.is_file() else "tiny"
-
-
-class StatusReport(dict):
-    """`status()`'s figures; prints as a small table in the REPL."""
-
-    def __repr__(self) -> str:
-        width = max(len(k) for k in self)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.items())
 
 
 class Instrument:
@@ -197,6 +189,18 @@ class Instrument:
         self.engine.submit("params", params, at)
         if new_prompt:
             self._check_known(params.dominant)
+
+    @property
+    def params(self) -> StreamParams:
+        return self._params  # the snapshot the next change builds on
+
+    @property
+    def unmuted_gain(self) -> float:
+        return self._unmuted_gain  # what unmute() goes back to
+
+    def set_params(self, params: StreamParams, at: Any = "now") -> None:
+        """A whole snapshot at once (a remote laptop's): every field lands on the same block."""
+        self._set(params if isinstance(params, StreamParams) else StreamParams.from_dict(params), at)
 
     def _check_known(self, prompt: str) -> None:
         """One line when a prompt is far from every style the model knows (it still plays)."""

@@ -93,3 +93,11 @@ def underruns_from_load(status: dict) -> bool:
     of its headroom (too busy, or settings too heavy for it). Underruns without that are audio lost between
     the ring and the device."""
     return status["behind_ms_max"] >= 0.75 * status["headroom_ms"]
+
+
+class StatusReport(dict):
+    """`status()`'s figures; prints as a small table in the REPL."""
+
+    def __repr__(self) -> str:
+        width = max(len(k) for k in self)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.items())
