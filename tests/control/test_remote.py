@@ -10,6 +10,7 @@ and resumes with the host's state and the changes made while it was down; only t
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -66,8 +67,8 @@ def laptop(jack_server):
 
 
 @pytest.fixture(scope="module")
-def host(laptop):
-    h = Host(laptop)
+def host(laptop, tmp_path_factory):
+    h = Host(laptop, extra=("--log", str(tmp_path_factory.mktemp("host") / "events.jsonl")))
     yield h
     h.stop()
 
@@ -256,6 +257,37 @@ def test_only_the_secrets_holder_plays(laptop, host):
     inst = RemoteInstrument("127.0.0.1", host.port, secret=SECRET.encode(), quiet=True)
     try:
         assert inst.status()["link"] == "up"
+    finally:
+        inst.stop()
+
+
+def test_a_patch_and_timed_changes_made_on_the_laptop_land_on_the_host(laptop, host):
+    """Patches load on the laptop (its files) and reach the host whole; `at="bar"` is quantised by the host's
+    engine and an instant arrives converted to the host's clock, neither applied early."""
+    inst = RemoteInstrument("127.0.0.1", host.port, secret=SECRET.encode(), quiet=True)
+    try:
+        inst.load("acid", at="now")
+        acid = inst.prompt()
+        assert "acid house" in acid
+        wait_until(lambda: host_prompt(inst) == acid, 10, "the patch on the host")
+        assert inst.engine.host_state["params"]["sampler"] == inst.params.to_dict()["sampler"]
+        assert inst.engine.host_state["bpm"] == inst.bpm()
+        inst.prompt("on the next bar", at="bar")
+        inst.gain(0.25, at=time.monotonic() + 1.5)
+        wait_until(lambda: host_prompt(inst) == "on the next bar", 10, "the quantised change")
+        assert inst.engine.host_state["gain"] == 0.25  # taken at once by the host's instrument, played later
+        inst.wait_blocks(2 + int(1.5 / inst.model.block_seconds))
+        events = [json.loads(line) for line in host.log.read_text().splitlines()]
+        bar_changes = [
+            e for e in events if e["type"] == "params" and "next bar" in e["value"]["prompts"][0][0]
+        ]
+        bar, block_s = 4 * 60 / inst.bpm(), inst.model.block_seconds
+        assert (
+            bar_changes and (bar_changes[-1]["block"] * block_s) % bar < block_s
+        )  # the first block of a bar
+        assert any(e["type"] == "gain" and e["value"] == 0.25 for e in events)
+        with pytest.raises(ValueError, match="gain"):
+            inst.gain(9.0)  # checked on the laptop, one line, nothing sent
     finally:
         inst.stop()
 

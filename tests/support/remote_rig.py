@@ -93,6 +93,7 @@ class Host:
         cmd += ["--context", "16", "--block", "8", "--port", "0", "--jack-server", self.jack]
         cmd += ["--net-master", "127.0.0.1", "--net-port", str(laptop.udp), "--net-name", self.net_name]
         cmd += ["--net-latency", str(NET_LATENCY), "--threads", "1", *extra]
+        self.log = Path(extra[extra.index("--log") + 1]) if "--log" in extra else None
         if record is not None:
             cmd += ["--record", str(record)]
         env = {**os.environ, "LMDM_REMOTE_SECRET": SECRET, "JACK_NO_START_SERVER": "1"}
