@@ -267,6 +267,7 @@ class RemoteInstrument(Instrument):
 
     def stop(self) -> None:
         self.unwatch()
+        self.engine.status()  # the host's last figures, kept for after the link closes
         self.link.close()
         if self.net is not None:
             self.net.close()

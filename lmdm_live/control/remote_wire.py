@@ -158,7 +158,18 @@ def message(address: str, *args: Any) -> bytes:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    """Compact JSON; a figure that is not finite (an rtf over nothing) goes as null, never as NaN."""
+    return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def host_timetag(at: float, offset_s: float) -> float:
@@ -197,6 +208,3 @@ def apply_change(inst: Any, kind: str, value: Any, at: str | float) -> None:
     else:
         raise ValueError(f"unknown change {kind!r} (one of {', '.join(CHANGE_KINDS)})")
 
-
-def finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None

@@ -26,7 +26,7 @@ from typing import Any
 
 from .osc import OSCControl
 from .osc_routes import plain
-from .osc_wire import Incoming, Undecodable, decode
+from .osc_wire import Incoming, Undecodable, decode, encode
 from .remote_wire import (
     DEFAULT_CONTROL_PORT,
     SECRET_ENV,
@@ -50,13 +50,12 @@ IDLE_TIMEOUT_S = 5.0  # the laptop pings twice a second: this long without a pac
 class StreamOSC(OSCControl):
     """The documented address space, answered on the TCP connection it came in on."""
 
-    def __init__(self, inst: Any, **kw: Any) -> None:
+    def __init__(self, inst: Any, net_name: str | None = None, **kw: Any) -> None:
         super().__init__(inst, **kw)
+        self.net_name = net_name
         self.streams: dict[tuple, Any] = {}  # sender -> asyncio.StreamWriter
 
     def reply(self, sender: tuple, address: str, typed: list[tuple[str, Any]]) -> None:
-        from .osc_wire import encode
-
         writer = self.streams.get(sender)
         if writer is None or writer.is_closing():
             return
@@ -64,6 +63,59 @@ class StreamOSC(OSCControl):
             writer.write(frame(encode(address, typed)))
         except Exception as e:  # a reply that cannot go out is not the next message's problem
             self.last_error = f"reply to {sender[0]}:{sender[1]}: {e}"
+
+    def allowed(self, host: str) -> bool:
+        return self._allowed(host)
+
+    def packet(self, packet: bytes, sender: tuple) -> None:
+        """One packet from the authenticated laptop: the `/lmdm/remote/...` addresses here, the rest as OSC."""
+        try:
+            messages = decode(packet)
+        except Undecodable as e:
+            self._fail(sender, "?", f"undecodable packet of {len(packet)} bytes: {e}")
+            return
+        offset = time.monotonic() - time.time()
+        for m in messages:
+            self.received += 1
+            try:
+                if m.address.startswith("/lmdm/remote/"):
+                    self._remote(m, sender, offset)
+                else:
+                    self._dispatch(m, sender, offset)
+                self.applied += 1
+            except ValueError as e:
+                self._fail(sender, m.address, str(e))
+            except Exception as e:  # a failing change never stops the next one
+                self._fail(sender, m.address, plain(e))
+
+    def _send(self, sender: tuple, address: str, *args: Any) -> None:
+        writer = self.streams.get(sender)
+        if writer is not None and not writer.is_closing():
+            writer.write(frame(message(address, *args)))
+
+    def _remote(self, m: Incoming, sender: tuple, offset: float) -> None:
+        a = m.args
+        if m.address == "/lmdm/remote/ping" and len(a) == 2:
+            self._send(sender, "/lmdm/remote/pong", a[0], float(a[1]), time.time())
+        elif m.address == "/lmdm/remote/info":
+            self._send(sender, "/lmdm/remote/info", to_json(describe(self.inst, self.net_name)))
+        elif m.address == "/lmdm/remote/status" and len(a) == 1:
+            figures = {**self.inst.status(), "latency": dict(self.inst.latency())}
+            figures["state"] = instrument_state(self.inst)
+            self._send(sender, "/lmdm/remote/status", a[0], to_json(figures))
+        elif m.address == "/lmdm/remote/submit" and len(a) in (2, 3):
+            kind, value = str(a[0]), json.loads(str(a[1]))
+            quant = a[2] if len(a) == 3 else None
+            at = self._when(m.timetag, quant, offset)
+            before = self.inst.notices
+            apply_change(self.inst, kind, value, at)
+            if self.inst.notices > before and self.inst.notice:
+                self._send(sender, "/lmdm/notice", self.inst.notice)
+        elif m.address == "/lmdm/remote/hush":
+            self.inst.hush()
+            self._send(sender, "/lmdm/remote/state", to_json(instrument_state(self.inst)))
+        elif m.address != "/lmdm/remote/auth":  # a repeated answer is harmless
+            raise ValueError(f"unknown remote address or arguments ({len(a)})")
 
 
 def instrument_state(inst: Any) -> dict:
@@ -115,8 +167,7 @@ class ControlServer:
         say: Any = None,
     ) -> None:
         self.inst, self.secret, self.host, self.port = inst, secret, host, port
-        self.osc = StreamOSC(inst, host=host, port=0, allow=allow, record_dir=record_dir)
-        self.net_name = net_name
+        self.osc = StreamOSC(inst, net_name, host=host, port=0, allow=allow, record_dir=record_dir)
         self.say = say or (lambda msg: print(f"lmdm-live: {msg}", file=sys.stderr))
         self.sessions = 0  # authenticated connections so far
         self.refused = 0  # connections turned away (allow-list, wrong secret, broken handshake)
@@ -148,7 +199,7 @@ class ControlServer:
         peer = writer.get_extra_info("peername") or ("?", 0)
         sender = (str(peer[0]), int(peer[1]))
         try:
-            if not self.osc._allowed(sender[0]):
+            if not self.osc.allowed(sender[0]):
                 self._refuse(writer, f"{sender[0]} is not allowed to play this instrument")
                 return
             nonce = new_nonce()
@@ -163,7 +214,7 @@ class ControlServer:
                     break
                 for packet in deframer.feed(data):
                     if authed:
-                        self._packet(packet, sender)
+                        self.osc.packet(packet, sender)
                     elif self._authenticates(packet, nonce):
                         authed = True
                         self._take_over(writer, sender)
@@ -207,55 +258,6 @@ class ControlServer:
         if old is not None and old is not writer:
             old.close()  # a laptop that reconnects leaves its half-open connection behind
         self.say(f"the laptop at {sender[0]} plays (connection {self.sessions})")
-
-    def _packet(self, packet: bytes, sender: tuple) -> None:
-        try:
-            messages = decode(packet)
-        except Undecodable as e:
-            self.osc._fail(sender, "?", f"undecodable packet of {len(packet)} bytes: {e}")
-            return
-        offset = time.monotonic() - time.time()
-        for m in messages:
-            self.osc.received += 1
-            try:
-                if m.address.startswith("/lmdm/remote/"):
-                    self._remote(m, sender, offset)
-                else:
-                    self.osc._dispatch(m, sender, offset)
-                self.osc.applied += 1
-            except ValueError as e:
-                self.osc._fail(sender, m.address, str(e))
-            except Exception as e:  # a failing change never stops the next one
-                self.osc._fail(sender, m.address, plain(e))
-
-    def _send(self, sender: tuple, address: str, *args: Any) -> None:
-        writer = self.osc.streams.get(sender)
-        if writer is not None and not writer.is_closing():
-            writer.write(frame(message(address, *args)))
-
-    def _remote(self, m: Incoming, sender: tuple, offset: float) -> None:
-        a = m.args
-        if m.address == "/lmdm/remote/ping" and len(a) == 2:
-            self._send(sender, "/lmdm/remote/pong", a[0], float(a[1]), time.time())
-        elif m.address == "/lmdm/remote/info":
-            self._send(sender, "/lmdm/remote/info", to_json(describe(self.inst, self.net_name)))
-        elif m.address == "/lmdm/remote/status" and len(a) == 1:
-            figures = {**self.inst.status(), "latency": dict(self.inst.latency())}
-            figures["state"] = instrument_state(self.inst)
-            self._send(sender, "/lmdm/remote/status", a[0], to_json(figures))
-        elif m.address == "/lmdm/remote/submit" and len(a) in (2, 3):
-            kind, value = str(a[0]), json.loads(str(a[1]))
-            quant = a[2] if len(a) == 3 else None
-            at = self.osc._when(m.timetag, quant, offset)
-            before = self.inst.notices
-            apply_change(self.inst, kind, value, at)
-            if self.inst.notices > before and self.inst.notice:
-                self._send(sender, "/lmdm/notice", self.inst.notice)
-        elif m.address == "/lmdm/remote/hush":
-            self.inst.hush()
-            self._send(sender, "/lmdm/remote/state", to_json(instrument_state(self.inst)))
-        elif m.address != "/lmdm/remote/auth":  # a repeated answer is harmless
-            raise ValueError(f"unknown remote address or arguments ({len(a)})")
 
 
 # --- the command --------------------------------------------------------------------------------------------
@@ -301,6 +303,10 @@ def cmd_serve(args) -> int:
     from ..live.instrument import Instrument
     from .commands import load
 
+    if args.device != "cpu":
+        raise ValueError(
+            f"serve plays the model on the CPU for now (--device {args.device} is not supported yet)"
+        )
     secret = secret_for(args)
     jackd = None
     if args.net_master:
