@@ -23,10 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 from osc_harness import OSCServerThread  # noqa: E402
-from remote_rig import RATE, SECRET, Host, LaptopServer, Meter, RoundTrip  # noqa: E402
+from remote_rig import RATE, SECRET, Host, LaptopServer, Meter, RoundTrip, connect_on  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
-from lmdm_live.audio.jack_client import import_jack, open_client  # noqa: E402
 from lmdm_live.audio.netjack import NetLink  # noqa: E402
 from lmdm_live.control.osc_wire import encode  # noqa: E402
 from lmdm_live.control.remote import RemoteInstrument  # noqa: E402
@@ -64,9 +63,7 @@ def main() -> None:
                     lambda v=level: meter.levels[meter.n - 100 : meter.n].min() > 0.5 * v, 20, "sound again"
                 )
                 time.sleep(0.5 + 0.37 * k)  # land the next change at another point of the block
-        hj = open_client(import_jack(), "lmdm-loop", host.jack)
-        hj.activate()
-        hj.connect("system:capture_1", "system:playback_1")
+        connect_on(host.jack, "system:capture_1", "system:playback_1")
         inst.gain(0.0)
         wait_until(lambda: meter.levels[meter.n - 100 : meter.n].max() < 1e-6, 20, "quiet")
         loop = RoundTrip(laptop.name, f"{host.net_name}:to_slave_1", f"{host.net_name}:from_slave_1")
@@ -83,7 +80,6 @@ def main() -> None:
             "host": {k: status.get(k) for k in ("ms_per_block", "x_realtime", "underruns", "rtt_ms")},
         }
         loop.close()
-        hj.close()
         meter.close()
         osc.close()
         inst.stop()

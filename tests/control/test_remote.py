@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from osc_harness import OSCServerThread
-from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer, Meter, Relay, RoundTrip
+from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer, Meter, Relay, RoundTrip, connect_on
 from waiting import wait_until
 
 from lmdm_live.audio import JackBackend, JackRecorder
-from lmdm_live.audio.jack_client import import_jack, open_client
 from lmdm_live.audio.netjack import NetLink
 from lmdm_live.audio.tone import locate
 from lmdm_live.control.osc_wire import decode, encode
@@ -61,7 +60,7 @@ def test_a_bundle_carries_its_timetag_to_the_decoder():
 
 @pytest.fixture(scope="module")
 def laptop(jack_server):
-    lap = LaptopServer()
+    lap = LaptopServer(jack_server)
     yield lap
     lap.close()
 
@@ -116,15 +115,12 @@ def test_host_audio_reaches_the_laptop_sample_for_sample(laptop, tmp_path):
         inst.gain(0.0)  # quiet, then an impulse goes laptop -> host -> laptop
         wait_until(lambda: not loud(rec, 0.3), 20, "the host fading out")
         quiet_from = rec.frames
-        hj = open_client(import_jack(), "lmdm-loop", host.jack)
-        hj.activate()
-        hj.connect("system:capture_1", "system:playback_1")
+        connect_on(host.jack, "system:capture_1", "system:playback_1")
         loop = RoundTrip(laptop.name, f"{host.net_name}:to_slave_1", f"{host.net_name}:from_slave_1")
         loop.fire()
         wait_until(lambda: loop.frames is not None, 10, "the impulse coming back")
         round_trip = loop.frames
         loop.close()
-        hj.close()
     finally:
         inst.stop()
         rec.stop()

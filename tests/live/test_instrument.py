@@ -226,7 +226,11 @@ def test_latency_presets(model, tmp_path):
 
 
 def test_a_prompt_far_from_what_the_model_knows_gets_a_line_and_still_plays(model, tmp_path):
-    model.styles = {"dub": "slow dub with echoing chords", "jungle": "fast breakbeats", "techno": "fast techno"}
+    model.styles = {
+        "dub": "slow dub with echoing chords",
+        "jungle": "fast breakbeats",
+        "techno": "fast techno",
+    }
     try:
         inst = Instrument(model, backend="file", out=tmp_path / "o.wav", steps=1, start=False, quiet=True)
         assert inst.styles() == model.styles

@@ -39,20 +39,39 @@ def jack_running(name: str) -> bool:
 
 
 class LaptopServer:
-    """The laptop's JACK server (dummy driver) with netmanager listening on loopback."""
+    """The laptop's JACK server (dummy driver) with netmanager listening on loopback: `name`, a server
+    that runs already (the tests' own), or a new one.
 
-    def __init__(self) -> None:
-        self.name = f"lmdm-lap-{os.getpid()}"
+    libjack joins a process to one server at a time (while any client of the process is open, a new client
+    goes to the same server, whatever name it asks for), so the laptop's side of the tests runs on the
+    server every other test in the process uses, and the host's server is only touched from other
+    processes (`serve`, `jack_connect`)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.proc = None
+        self.name = name or f"lmdm-lap-{os.getpid()}"
         self.udp = free_port(socket.SOCK_DGRAM)
-        self.proc = subprocess.Popen(
-            ["jackd", "-n", self.name, "--no-realtime", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        if name is None:
+            self.proc = subprocess.Popen(
+                [
+                    "jackd",
+                    "-n",
+                    self.name,
+                    "--no-realtime",
+                    "-d",
+                    "dummy",
+                    "-r",
+                    str(RATE),
+                    "-p",
+                    str(PERIOD),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         end = time.monotonic() + 20
         while not jack_running(self.name):
-            if time.monotonic() > end or self.proc.poll() is not None:
-                raise RuntimeError("the laptop's JACK server did not start")
+            if time.monotonic() > end or (self.proc is not None and self.proc.poll() is not None):
+                raise RuntimeError(f"the laptop's JACK server {self.name!r} is not running")
             time.sleep(0.1)
         self.load_netmanager()
 
@@ -75,6 +94,8 @@ class LaptopServer:
             subprocess.run(["jack_unload", "netmanager", self.name], capture_output=True, timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        if self.proc is None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(20)
@@ -252,6 +273,11 @@ class Meter:
     def close(self) -> None:
         self.client.deactivate()
         self.client.close()
+
+
+def connect_on(server: str, src: str, dst: str) -> None:
+    """Connect two ports on another server than this process's (see LaptopServer)."""
+    subprocess.run(["jack_connect", "-s", server, src, dst], check=True, capture_output=True, timeout=10)
 
 
 def rms_windows(audio: np.ndarray, n: int = 2400) -> np.ndarray:

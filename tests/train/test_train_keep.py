@@ -39,9 +39,10 @@ def test_kept_weights_are_half_size_and_round_to_the_run(trained, tmp_path):
             assert kept[k].dtype == torch.float16, k
             assert torch.allclose(kept[k].float(), v, rtol=2**-10, atol=1e-7), k
     dit = sum(v.numel() for k, v in run.items() if not k.startswith((VAE_PREFIX, CODEC_PREFIX)))
-    assert sum(v.numel() * v.element_size() for v in kept.values()) < sum(
-        v.numel() * v.element_size() for v in run.values()
-    ) - dit  # at least two bytes saved on every DiT weight
+    assert (
+        sum(v.numel() * v.element_size() for v in kept.values())
+        < sum(v.numel() * v.element_size() for v in run.values()) - dit
+    )  # at least two bytes saved on every DiT weight
 
 
 def test_a_run_resumes_from_a_kept_point_with_a_warm_up(trained, tmp_path):
