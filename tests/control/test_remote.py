@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from osc_harness import OSCServerThread
-from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer, Meter, Relay, RoundTrip, connect_on
+from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer
 from waiting import wait_until
 
-from lmdm_live.audio import JackBackend, JackRecorder
-from lmdm_live.audio.netjack import NetLink
 from lmdm_live.audio.tone import locate
-from lmdm_live.control.osc_wire import decode, encode
+from lmdm_live.control.osc_wire import decode
 from lmdm_live.control.remote import RemoteInstrument
 from lmdm_live.control.remote_wire import Deframer, ProtocolError, bundle, frame, message
 
 pytestmark = pytest.mark.jack
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
 # --- the wire ------------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def test_a_bundle_carries_its_timetag_to_the_decoder():
 
 @pytest.fixture(scope="module")
 def laptop(jack_server):
-    lap = LaptopServer(jack_server)
+    lap = LaptopServer()  # a server of its own: its netmanager is unloaded and loaded again to cut the link
     yield lap
     lap.close()
 
@@ -72,30 +72,19 @@ def host(laptop, tmp_path_factory):
     h.stop()
 
 
-def play_remote(port: int, laptop: LaptopServer, host: Host, targets: str, fallback=None) -> RemoteInstrument:
-    inst = RemoteInstrument("127.0.0.1", port, secret=SECRET.encode(), fallback=fallback, quiet=True)
-    ports = [f"{fallback.backend.client_name}:out_{i + 1}" for i in range(2)] if fallback else []
-    inst.net = inst.engine.net = NetLink(
-        host.net_name, targets=targets, fallback=ports, server_name=laptop.name, capture=False
-    ).start()
-    return inst.start()
+def on_the_laptop(scenario: str, laptop: LaptopServer, host: Host, **kw) -> dict:
+    """Run a scenario of remote_laptop.py (the laptop's JACK side, in a process of its own)."""
+    cmd = [sys.executable, str(SUPPORT / "remote_laptop.py"), scenario, "--server", laptop.name]
+    cmd += ["--port", str(kw.pop("port", host.port)), "--net-name", host.net_name, "--host-jack", host.jack]
+    cmd += ["--udp", str(laptop.udp)] + [f"--{k}={v}" for k, v in kw.items()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def recorder(laptop: LaptopServer, name: str, seconds: float) -> JackRecorder:
-    rec = JackRecorder(name, 2, max_seconds=seconds, server_name=laptop.name)
-    rec.start()
-    return rec
-
-
-def heard(rec: JackRecorder, frames: int, timeout: float = 30.0) -> None:
-    wait_until(lambda: rec.frames >= frames, timeout, f"{frames} frames recorded")
-
-
-def loud(rec: JackRecorder, seconds: float = 0.5) -> bool:
-    """The last `seconds` recorded carry sound."""
-    n = rec.frames
-    tail = rec.buffer[max(0, n - int(seconds * RATE)) : n]
-    return n > 0 and float(np.sqrt(np.mean(tail**2))) > 1e-3
+def host_prompt(inst: RemoteInstrument) -> str:
+    inst.status()
+    return inst.engine.host_state.get("params", {}).get("prompts", [[""]])[0][0]
 
 
 # --- audio, latency ------------------------------------------------------------------------------------------------
@@ -106,39 +95,22 @@ def test_host_audio_reaches_the_laptop_sample_for_sample(laptop, tmp_path):
     """What the host's engine played (its own recording) is what the laptop's JACK graph carries, exactly;
     the network driver's delay is measured with an impulse sent round through the host's JACK server."""
     host = Host(laptop, record=tmp_path / "host.wav")
-    rec = recorder(laptop, "lmdm-rt-rec", 30)
-    inst = play_remote(host.port, laptop, host, "lmdm-rt-rec:in_")
     try:
-        wait_until(lambda: loud(rec, 0.2), 30, "the host's audio on the laptop")
-        heard(rec, rec.frames + 3 * RATE)
-        reported = inst.net.latency_ms()["netjack_ms"]
-        inst.gain(0.0)  # quiet, then an impulse goes laptop -> host -> laptop
-        wait_until(lambda: not loud(rec, 0.3), 20, "the host fading out")
-        quiet_from = rec.frames
-        connect_on(host.jack, "system:capture_1", "system:playback_1")
-        loop = RoundTrip(laptop.name, f"{host.net_name}:to_slave_1", f"{host.net_name}:from_slave_1")
-        loop.fire()
-        wait_until(lambda: loop.frames is not None, 10, "the impulse coming back")
-        round_trip = loop.frames
-        loop.close()
+        got = on_the_laptop("audio", laptop, host, out=tmp_path / "laptop.npy")
     finally:
-        inst.stop()
-        rec.stop()
         assert host.stop() == 0, "".join(host.lines)
-    one_way_ms = round_trip / 2 / RATE * 1e3
-    print(
-        f"netJACK2 on loopback: round trip {round_trip} frames, one way {one_way_ms:.1f} ms, reported {reported} ms"
-    )
+    round_trip, reported = got["round_trip"], got["netjack_ms"]
+    print(f"netJACK2 on loopback: round trip {round_trip} frames; reported {reported} ms one way")
     assert 0 < round_trip <= 2 * (reported * RATE / 1e3 + 2 * PERIOD)
     assert reported == pytest.approx(2 * PERIOD / RATE * 1e3, abs=0.2)  # --net-latency 2 periods
 
     played, _ = sf.read(tmp_path / "host.wav", dtype="float32", always_2d=True)
-    got = rec.audio[:quiet_from]
-    start = int(np.flatnonzero(np.abs(got).max(axis=1) > 0)[0])
+    heard = np.load(tmp_path / "laptop.npy")
+    start = int(np.flatnonzero(np.abs(heard).max(axis=1) > 0)[0])
     # every period that arrives is a period the host played, in order. A loaded machine adds two kinds of
     # period the host never recorded: silence where its ring ran dry (an underrun), and netJACK2 (async mode)
     # playing a late period twice; both are counted, neither may be anything else.
-    chunks = [got[k : k + PERIOD] for k in range(start, len(got) - PERIOD, PERIOD)]
+    chunks = [heard[k : k + PERIOD] for k in range(start, len(heard) - PERIOD, PERIOD)]
     sounding = [c for c in chunks if np.any(c)]
     at = [locate(played, c) for c in sounding]
     exact = [f for f in at if f is not None]
@@ -152,37 +124,15 @@ def test_host_audio_reaches_the_laptop_sample_for_sample(laptop, tmp_path):
 
 
 def test_an_osc_change_on_the_laptop_is_heard_within_the_reported_latency(laptop, host):
-    sink = JackRecorder("lmdm-osc-sink", 2, max_seconds=1, server_name=laptop.name)  # the "speakers"
-    inst = play_remote(host.port, laptop, host, "lmdm-osc-sink:in_")
-    server = OSCServerThread(inst)
-    meter = Meter(laptop.name, [f"{host.net_name}:from_slave_1", f"{host.net_name}:from_slave_2"])
-    try:
-        inst.gain(1.0)
-        wait_until(
-            lambda: meter.n > 0 and meter.levels[max(0, meter.n - 200) : meter.n].min() > 1e-3, 30, "sound"
-        )
-        latency = inst.latency()
-        assert latency["network_ms"] > 0 and latency["netjack_ms"] > 0 and latency["control_ms"] >= 0
-        parts = ("buffer_ms", "block_ms", "compute_ms", "network_ms")
-        assert latency["total_ms"] == pytest.approx(sum(latency[k] for k in parts), abs=0.5)
-        level = float(np.median(meter.levels[meter.n - 200 : meter.n]))
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            sent = meter.now()
-            s.sendto(encode("/lmdm/gain", [("f", 0.0)]), ("127.0.0.1", server.port))
-        wait_until(lambda: meter.first_below(sent, 0.5 * level) is not None, 20, "the gain change heard")
-        heard_ms = ((meter.first_below(sent, 0.5 * level) - sent) & 0xFFFFFFFF) / RATE * 1e3
-        print(f"OSC /lmdm/gain heard after {heard_ms:.0f} ms; reported worst case {latency['total_ms']} ms")
-        assert heard_ms <= latency["total_ms"]
-    finally:
-        server.close()
-        meter.close()
-        inst.stop()
-        sink.stop()
-
-
-def host_prompt(inst: RemoteInstrument) -> str:
-    inst.status()
-    return inst.engine.host_state.get("params", {}).get("prompts", [[""]])[0][0]
+    got = on_the_laptop("osc", laptop, host)
+    latency = got["latency"]
+    assert latency["network_ms"] > 0 and latency["netjack_ms"] > 0 and latency["control_ms"] >= 0
+    parts = ("buffer_ms", "block_ms", "compute_ms", "network_ms")
+    assert latency["total_ms"] == pytest.approx(sum(latency[k] for k in parts), abs=0.5)
+    print(
+        f"OSC /lmdm/gain heard after {got['heard_ms']:.0f} ms; reported worst case {latency['total_ms']} ms"
+    )
+    assert got["heard_ms"] <= latency["total_ms"]
 
 
 # --- the link ---------------------------------------------------------------------------------------------------
@@ -192,56 +142,19 @@ def host_prompt(inst: RemoteInstrument) -> str:
 def test_a_cut_link_plays_silence_or_the_local_model_then_resumes_with_the_hosts_state(
     laptop, host, fallback
 ):
-    relay = Relay(host.port)
-    local = None
-    if fallback == "local":
-        from lmdm_live import Instrument
-        from lmdm_live.model.bundle import LMDMModel
-        from lmdm_live.model.lmdm import LMDMConfig
-
-        window = LMDMConfig(mode="causal", context_frames=16, block_frames=8)
-        backend = JackBackend("lmdm-fallback", 2, connect=False, server_name=laptop.name)
-        local = Instrument(
-            LMDMModel.preset("tiny", lmdm=window, seed=1), backend=backend, steps=2, start=False, quiet=True,
-            threads=1,
-        )  # fmt: skip
-    rec = recorder(laptop, f"lmdm-cut-rec-{fallback}", 60)
-    inst = play_remote(relay.port, laptop, host, f"lmdm-cut-rec-{fallback}:in_", fallback=local)
-    try:
-        inst.gain(1.0)
-        wait_until(lambda: loud(rec, 1.0), 30, "the host's audio on the laptop")
-        before = inst.status()["block_index"]
-
-        relay.cut()
-        laptop.unload_netmanager()
-        wait_until(lambda: not inst.link.up and not inst.net.up, 10, "the laptop noticing the cut")
-        t = time.monotonic()
-        held = f"held while the link was down ({fallback})"
-        inst.prompt(held)  # neither raises nor waits for the host
-        st = inst.status()
-        assert time.monotonic() - t < 1.0
-        assert st["link"] == "down" and st["stale"] and st["held_changes"] == 1
-        cut_at = rec.frames
-        heard(rec, cut_at + 2 * RATE)
-        outage = rec.buffer[cut_at + RATE // 2 : cut_at + 2 * RATE]
-        if local is None:
-            assert float(np.abs(outage).max()) == 0.0, "the laptop did not play silence"
-        else:
-            assert float(np.sqrt(np.mean(outage**2))) > 1e-3, "the laptop's own model did not play"
-
-        relay.restore()
-        laptop.load_netmanager()
-        wait_until(lambda: inst.link.up and inst.net.up, 20, "the link coming back")
-        wait_until(lambda: host_prompt(inst) == held, 10, "the held change arriving")
-        back = rec.frames
-        heard(rec, back + 2 * RATE)
-        assert float(np.sqrt(np.mean(rec.buffer[back + RATE : back + 2 * RATE] ** 2))) > 1e-3
-        assert inst.status()["block_index"] > before  # the same stream, continued: not started over
-        assert inst.link.drops == 1 and host.proc.poll() is None
-    finally:
-        inst.stop()
-        rec.stop()
-        relay.cut()
+    got = on_the_laptop(
+        "cut" if fallback == "none" else "cut-local", laptop, host
+    )  # through a relay of its own
+    assert got["set_while_down_s"] < 1.0  # a change while the link is down neither fails nor waits
+    assert got["down"] == {"link": "down", "stale": True, "held_changes": 1, "audio_link": "down"}
+    if fallback == "none":
+        assert got["outage_peak"] == 0.0, "the laptop did not play silence"
+    else:
+        assert got["outage_rms"] > 1e-3, "the laptop's own model did not play"
+    assert got["after_rms"] > 1e-3  # the host's audio is back
+    assert got["host_prompt"]  # with the change made while the link was down
+    assert got["block_after"] > got["block_before"]  # the same stream, continued: not started over
+    assert got["drops"] == 1 and host.proc.poll() is None
 
 
 # --- who may play -------------------------------------------------------------------------------------------------
