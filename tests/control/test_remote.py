@@ -69,6 +69,7 @@ def laptop(jack_server):
 def host(laptop, tmp_path_factory):
     h = Host(laptop, extra=("--log", str(tmp_path_factory.mktemp("host") / "events.jsonl")))
     yield h
+    laptop.unload_netmanager()  # while the host is still joined: quick (see LaptopServer)
     h.stop()
 
 

@@ -49,6 +49,7 @@ class LaptopServer:
 
     def __init__(self, name: str | None = None) -> None:
         self.proc = None
+        self.loaded = False
         self.name = name or f"lmdm-lap-{os.getpid()}"
         self.udp = free_port(socket.SOCK_DGRAM)
         if name is None:
@@ -82,18 +83,21 @@ class LaptopServer:
             capture_output=True,
             timeout=20,
         )
+        self.loaded = True
 
     def unload_netmanager(self) -> None:
-        """Cut the audio link: the host's ports leave this server, and its server stops being clocked."""
-        subprocess.run(["jack_unload", "netmanager", self.name], check=True, capture_output=True, timeout=20)
+        """Cut the audio link: the host's ports leave this server, and its server stops being clocked.
+        Done while a host is still joined it takes milliseconds; after the last host left, jack_unload can
+        hang (then the server is stopped without it)."""
+        if self.loaded:
+            self.loaded = False
+            try:
+                subprocess.run(["jack_unload", "netmanager", self.name], capture_output=True, timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
 
     def close(self) -> None:
-        # netmanager unloaded first: a server that still holds it takes 12 s to stop, and one killed instead
-        # leaves its entry in JACK's registry of servers, which holds only a few
-        try:
-            subprocess.run(["jack_unload", "netmanager", self.name], capture_output=True, timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        self.unload_netmanager()  # a server that still holds it takes 12 s to stop
         if self.proc is None:
             return
         self.proc.terminate()
