@@ -28,3 +28,13 @@ def check_underruns(status: dict) -> None:
     raise MachineTooBusy(
         f"{n} underruns: the engine fell {behind:.0f} ms behind real time ({headroom:.0f} ms of headroom)"
     )
+
+
+def check_rewound(status: dict) -> None:
+    """A change made while blocks were queued remade them (a rewind). The engine does that only when a
+    queued block can be made again before it is due, which depends on where in a block the change falls
+    and how fast the machine is just then: a run without one is judged again (a broken rewind never has
+    one, so it still fails, on the third run)."""
+    if status["rewinds"] < 1:
+        x = float(status.get("x_realtime") or 0.0)
+        raise MachineTooBusy(f"no rewind this run (the model at {x:.1f}x real time): no block could be remade")
