@@ -12,6 +12,7 @@ in the meantime is lost; with a fallback, the laptop's own model plays them at o
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ class RemoteEngine:
 
     def submit(self, kind: str, value: Any = None, at: str | float = "now") -> None:
         if self.fallback is not None:
-            apply_change(self.fallback, kind, value, at)
+            try:
+                apply_change(self.fallback, kind, value, at)
+            except Exception as e:  # the laptop's own model never keeps a change from the host
+                self.errors.append(f"fallback: {kind}: {e}")
         if not self.link.send(self.packet(kind, value, at)):
             if kind in ("drop", "reset"):
                 self.held_events.append((kind, value))
@@ -143,8 +147,6 @@ class RemoteEngine:
         if self.link.up and not fresh:
             reply = self.link.ask("/lmdm/remote/status", timeout=timeout)
         if reply is not None:
-            import json
-
             self._status = json.loads(str(reply.args[1]))
             self._status_at = time.monotonic()
         st = {k: v for k, v in self._status.items() if k not in MIRRORED}
@@ -283,8 +285,6 @@ class RemoteInstrument(Instrument):
             self.fallback.hush()
         reply = self.link.ask_plain("/lmdm/remote/hush")
         if reply is not None:
-            import json
-
             self._mirror(json.loads(str(reply.args[0])))
         else:
             self.gain(0.0)  # held: the host fades out as soon as it hears from the laptop again

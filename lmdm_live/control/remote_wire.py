@@ -207,4 +207,3 @@ def apply_change(inst: Any, kind: str, value: Any, at: str | float) -> None:
         inst.reset(at)
     else:
         raise ValueError(f"unknown change {kind!r} (one of {', '.join(CHANGE_KINDS)})")
-

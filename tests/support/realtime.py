@@ -37,4 +37,6 @@ def check_rewound(status: dict) -> None:
     one, so it still fails, on the third run)."""
     if status["rewinds"] < 1:
         x = float(status.get("x_realtime") or 0.0)
-        raise MachineTooBusy(f"no rewind this run (the model at {x:.1f}x real time): no block could be remade")
+        raise MachineTooBusy(
+            f"no rewind this run (the model at {x:.1f}x real time): no block could be remade"
+        )
