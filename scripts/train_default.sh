@@ -17,10 +17,14 @@ sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_c
 
 # 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), then
 #    the 23-style cycle (captions with tempo, mood, style, lead, key and bpm) three times, on other seeds
-$L train data --kind solo --out "$RUNS/solo" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048
-$L train data --out "$RUNS/styles" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 0
-$L train data --out "$RUNS/styles2" --hours 3.5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 1
-$L train data --out "$RUNS/styles3" --hours 5 --seconds 20 --sample-rate 44100 --hop 2048 --seed 2
+#    Two chains side by side, one per core (about 40 min on two free cores; each set resumes where it stopped)
+R=(--seconds 20 --sample-rate 44100 --hop 2048)
+( $L train data --kind solo --out "$RUNS/solo" --hours 3 "${R[@]}" \
+  && $L train data --out "$RUNS/styles3" --hours 5 "${R[@]}" --seed 2 ) & A=$!
+( $L train data --out "$RUNS/styles" --hours 3.5 "${R[@]}" --seed 0 \
+  && $L train data --out "$RUNS/styles2" --hours 3.5 "${R[@]}" --seed 1 ) & B=$!
+wait "$A"
+wait "$B"
 for d in solo styles styles2 styles3; do sketch "$RUNS/$d"; done
 
 # 2. log-mel tokens, centred and scaled over the first sets; the third set joins their token space
