@@ -91,6 +91,12 @@ def load_script(path: Path, start, block_seconds: float) -> dict:
 # --- commands -------------------------------------------------------------------------------------------
 
 
+def model_for(args):
+    """What an instrument plays for --model: the preset name or path as given (the Instrument loads it), or,
+    with a window override (--mode/--context/--block), the model loaded here with it."""
+    return load(args) if (args.mode or args.context or args.block) else args.model
+
+
 def load(args):
     from ..model.bundle import PRESETS, load_model
     from ..model.checkpoint import load_checkpoint_config

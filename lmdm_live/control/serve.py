@@ -301,7 +301,7 @@ def secret_for(args) -> bytes:
 
 def cmd_serve(args) -> int:
     from ..live.instrument import Instrument
-    from .commands import load
+    from .commands import model_for
 
     if args.device != "cpu":
         raise ValueError(
@@ -322,11 +322,8 @@ def cmd_serve(args) -> int:
     if args.jack_server:
         os.environ["JACK_DEFAULT_SERVER"] = args.jack_server
     try:
-        model = (
-            load(args) if args.model is not None and (args.mode or args.context or args.block) else args.model
-        )
         inst = Instrument(
-            model,
+            model_for(args),
             backend="jack",
             latency=args.latency,
             seed=args.seed,

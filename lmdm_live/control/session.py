@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .commands import check_out, check_seconds, load
+from .commands import check_out, check_seconds, model_for
 
 DEFAULT_RECORD_DIR = Path("recordings")
 
@@ -30,16 +30,8 @@ def cmd_play(args) -> int:
     if getattr(args, "remote", None) is not None:
         inst = remote_instrument(args)
         return _play(inst, args)
-    model = args.model
-    if model is not None and (args.mode or args.context or args.block):
-        model = load(args)  # a window override: load here, the instrument takes the model as it is
-    elif model is None and (args.mode or args.context or args.block):
-        from ..live.instrument import default_model_ref
-
-        args.model = default_model_ref()
-        model = load(args)
     inst = Instrument(
-        model,
+        model_for(args),
         backend=args.backend,
         out=args.out,
         device=args.audio_device,

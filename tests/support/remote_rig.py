@@ -282,9 +282,3 @@ class Meter:
 def connect_on(server: str, src: str, dst: str) -> None:
     """Connect two ports on another server than this process's (see LaptopServer)."""
     subprocess.run(["jack_connect", "-s", server, src, dst], check=True, capture_output=True, timeout=10)
-
-
-def rms_windows(audio: np.ndarray, n: int = 2400) -> np.ndarray:
-    """RMS of each n-frame window (50 ms at 48 kHz) over all channels."""
-    k = audio.shape[0] // n
-    return np.sqrt(np.mean(audio[: k * n].reshape(k, n, -1) ** 2, axis=(1, 2)))
