@@ -141,6 +141,11 @@ def add_parser(sub) -> None:
         help="Block-Causal: target chunks trained per window, teacher-forced in one pass (default 1)",
     )
     s1.add_argument("--lr", type=float, default=5e-5)
+    s1.add_argument(
+        "--decay-from",
+        type=int,
+        help="bring the rate down on a cosine from this step to --steps, to a tenth of --lr (default: constant)",
+    )
     s1.add_argument("--save-every", type=int, default=200)
     s1.add_argument("--seed", type=int, default=0)
     s1.add_argument("--device", default="cpu")

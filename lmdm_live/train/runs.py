@@ -117,6 +117,11 @@ def _run_stage1(args, bar_factory, world: World) -> int:
             world=world,
         )
     world.same_step(trainer.step)
+    decay_from = getattr(args, "decay_from", None)
+    if decay_from is not None:
+        if not 0 <= decay_from < args.steps:
+            raise SystemExit(f"error: --decay-from {decay_from} must be below --steps {args.steps}")
+        trainer.decay = (decay_from, args.steps)
     if data.styles:  # what the model knows, listed in its file (`lmdm-live styles`)
         seen = set(data.styles)
         trainer.model.styles = {s: d for s, d in STYLE_DESCRIPTIONS.items() if s in seen}

@@ -27,6 +27,7 @@ from .latent_set import LatentSet
 from .windows import ExtrasConfig, window_batch
 
 WARMUP_STEPS = 100  # the learning rate's ramp after the optimizer's moments restart
+DECAY_FLOOR = 0.1  # the share of the rate left at the end of a cosine decay
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ class Stage1Trainer:
         model.net.train()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.warm_from: int | None = None  # the step the optimizer's moments restarted at, if they did
+        self.decay: tuple[int, int] | None = None  # (first, last) step of the cosine decay, set per run
         self.objective = data_parallel(model.net, self._loss, self.world)
         self.step = 0
         self.history: list[float] = []
@@ -253,10 +255,17 @@ class Stage1Trainer:
 
     def lr_now(self) -> float:
         """The configured rate, ramped up linearly over WARMUP_STEPS after the optimizer's moments restarted
-        (Adam's first bias-corrected steps move every weight by about the whole rate)."""
-        if self.warm_from is None:
-            return self.cfg.lr
-        return self.cfg.lr * min(1.0, (self.step - self.warm_from + 1) / WARMUP_STEPS)
+        (Adam's first bias-corrected steps move every weight by about the whole rate), and brought down on a
+        cosine to DECAY_FLOOR of itself over `decay` when a run asks for it (a constant rate leaves the loss
+        at the level its gradient noise allows)."""
+        rate = self.cfg.lr
+        if self.warm_from is not None:
+            rate *= min(1.0, (self.step - self.warm_from + 1) / WARMUP_STEPS)
+        if self.decay is not None:
+            first, last = self.decay
+            done = min(max((self.step - first) / max(last - first, 1), 0.0), 1.0)
+            rate *= DECAY_FLOOR + (1.0 - DECAY_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * done))
+        return rate
 
     def train_step(self, data: LatentSet) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
@@ -286,7 +295,7 @@ class Stage1Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        if self.warm_from is not None:  # otherwise the optimizer keeps the rate it was built with
+        if self.warm_from is not None or self.decay is not None:  # else the rate it was built with
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_now()
         self.opt.step()

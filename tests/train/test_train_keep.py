@@ -11,7 +11,7 @@ from test_train_stage1 import patterned_set, small_model
 from lmdm_live.model.bundle import CODEC_PREFIX, VAE_PREFIX
 from lmdm_live.model.checkpoint import load_checkpoint
 from lmdm_live.train.keep import keep_run
-from lmdm_live.train.stage1 import WARMUP_STEPS, Stage1Config, Stage1Trainer
+from lmdm_live.train.stage1 import DECAY_FLOOR, WARMUP_STEPS, Stage1Config, Stage1Trainer
 
 
 @pytest.fixture
@@ -59,6 +59,24 @@ def test_a_run_resumes_from_a_kept_point_with_a_warm_up(trained, tmp_path):
     assert resumed.lr_now() == pytest.approx(1e-3)
     full = Stage1Trainer.resume(tmp_path / "run")  # a whole run folder resumes its moments, unramped
     assert full.warm_from is None and full.lr_now() == pytest.approx(1e-3)
+
+
+def test_a_decaying_run_brings_the_rate_down_on_a_cosine(trained, tmp_path):
+    trainer, data = trained
+    full = Stage1Trainer.resume(tmp_path / "run")
+    full.decay = (6, 16)
+    assert full.lr_now() == pytest.approx(1e-3)  # the decay starts at the full rate
+    full.train_step(data)
+    assert full.opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # and the optimizer took it
+    assert full.lr_now() < 1e-3
+    full.step = 11  # half way: half way between the rate and its floor
+    assert full.lr_now() == pytest.approx(1e-3 * (DECAY_FLOOR + (1 - DECAY_FLOOR) / 2))
+    full.step = 16
+    assert full.lr_now() == pytest.approx(1e-3 * DECAY_FLOOR)
+    full.step = 40  # past the end it stays at the floor
+    assert full.lr_now() == pytest.approx(1e-3 * DECAY_FLOOR)
+    full.train_step(data)
+    assert full.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * DECAY_FLOOR)
 
 
 def test_keeping_a_folder_that_is_no_run_says_so(tmp_path):
