@@ -222,13 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the cost of a block in each mode")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--model", default="tiny", help="tiny | small | tiny-mel | saos-random | PATH")
+    bench.add_argument(
+        "--model",
+        help="PATH, or a random preset: tiny | small | tiny-mel | saos-random (default: the shipped model)",
+    )
     bench.add_argument("--device", default="cpu")
-    bench.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    bench.add_argument("--context", type=int, default=192)
-    bench.add_argument("--block", type=int, default=48)
-    bench.add_argument("--steps", type=int, default=8)
-    bench.add_argument("--cfg", type=float, default=1.0)
+    bench.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto: what the instrument picks here (bfloat16 where the CPU multiplies it natively)",
+    )
+    own = " (default: the model's own; a preset: %s)"
+    bench.add_argument("--context", type=int, help="context frames" + own % 192)
+    bench.add_argument("--block", type=int, help="block frames" + own % 48)
+    bench.add_argument("--steps", type=int, help="sampler steps" + own % 8)
+    bench.add_argument("--cfg", type=float, help="guidance scale" + own % 1)
+    bench.add_argument("--sampler", help="sampler name" + own % "pingpong")
     bench.add_argument("--blocks", type=int, default=10, help="timed blocks per mode (median reported)")
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -4,6 +4,7 @@
 # classifier, evaluate, ship. Every stage resumes where it stopped, so the script can be stopped and run
 # again at any time (a finished stage is skipped).
 #   RUNS=runs/m17 bash scripts/train_default.sh          (CPU, one thread; set DEVICE=cuda on a GPU)
+#   NPROC=2 trains stage 1 data-parallel in two processes (torchrun), one per core, on the same batches
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -13,6 +14,7 @@ STAGE1_STEPS="${STAGE1_STEPS:-9000}"
 STAGE1_DECAY_FROM="${STAGE1_DECAY_FROM:-4500}"
 ARC_STEPS="${ARC_STEPS:-60}"
 L=.venv/bin/lmdm-live
+NPROC="${NPROC:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_controls as a; a('$1')"; }
 
@@ -45,7 +47,9 @@ fi
 #    window trained in one teacher-forced pass; sketch and solo windows for the hum, drum stems for the jam.
 #    The rate is constant to step 4,500 (its loss had flattened at 0.71), then falls on a cosine to a tenth
 #    of itself at the last step.
-$L train stage1 --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --model tiny --mode causal \
+S1=("$L")
+[[ "$NPROC" -gt 1 ]] && S1=(.venv/bin/torchrun --standalone --nproc_per_node="$NPROC" --no-python "$L")
+"${S1[@]}" train stage1 --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --model tiny --mode causal \
     --context 68 --block 4 --targets 8 --batch 8 --lr 3e-4 --p-sketch 0.4 --p-solo 0.25 \
     --out "$RUNS/stage1" --steps "$STAGE1_STEPS" --decay-from "$STAGE1_DECAY_FROM" --save-every 100 --device "$DEVICE"
 

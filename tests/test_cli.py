@@ -159,6 +159,33 @@ def test_bench_json(capsys):
     assert r["modes"]["causal"]["speedup_vs_uncached"] > 0
 
 
+def test_bench_plays_a_model_file_at_its_own_settings(tmp_path, capsys):
+    """With no flags, bench times what the instrument would play: the file's window, sampler and steps."""
+    from lmdm_live.model.bundle import LMDMModel
+    from lmdm_live.model.lmdm import LMDMConfig
+
+    model = LMDMModel.preset("tiny", lmdm=LMDMConfig(mode="causal", context_frames=12, block_frames=4))
+    model.sampler = {"sampler": "euler", "steps": 3, "cfg": 2.0}
+    path = tmp_path / "m.lmdm.safetensors"
+    model.save(path)
+    base = ["bench", "--json", "--model", str(path), "--blocks", "2", "--warmup", "1", "--no-decode"]
+    assert main(base) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["context_frames"], r["block_frames"], r["steps"], r["cfg"], r["sampler"]) == (
+        12,
+        4,
+        3,
+        2.0,
+        "euler",
+    )
+    assert r["dtype"] in ("float32", "bfloat16")  # "auto": what this CPU gets
+    assert main([*base, "--steps", "2", "--cfg", "1", "--dtype", "float32"]) == 0  # flags override
+    r = json.loads(capsys.readouterr().out)
+    assert (r["context_frames"], r["steps"], r["cfg"], r["dtype"]) == (12, 2, 1.0, "float32")
+    assert main(["bench", "--model", str(tmp_path / "none.safetensors")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
 def test_console_script_plays_headless_to_a_wav_and_replays(tmp_path):
     out, log = tmp_path / "play.wav", tmp_path / "ev.jsonl"
     p = subprocess.run(

@@ -209,28 +209,30 @@ def _write_replay(log: Path, out: Path, t5: str | None) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from ..live.bench import BenchConfig, run_bench
+    from ..live.bench import BenchConfig, run_bench, settings_for
+    from ..live.instrument import default_model_ref
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        args.model = default_model_ref()
+    own = settings_for(args.model)  # what the instrument plays it with; the flags override
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in own.items()}
     cfg = BenchConfig(
         model=args.model,
         device=args.device,
         dtype=args.dtype,
-        context=args.context,
-        block=args.block,
-        steps=args.steps,
-        cfg=args.cfg,
         blocks=args.blocks,
         warmup=args.warmup,
         decode=not args.no_decode,
+        **chosen,
     )
     result = {"model": args.model, "modes": {}} if args.engine_only else run_bench(cfg)
     if args.engine > 0:
         from ..live.bench import run_engine_bench
         from ..model.lmdm import LMDMConfig
 
-        window = LMDMConfig(mode="causal", context_frames=args.context, block_frames=args.block)
+        window = LMDMConfig(mode="causal", context_frames=cfg.context, block_frames=cfg.block)
         result["engine"] = run_engine_bench(
             args.engine,
             model=args.model,
@@ -251,7 +253,7 @@ def cmd_bench(args) -> int:
         print(
             f"{result['model']} ({result['params_m']} M) on {result['device']} x{result['threads']} threads, "
             f"{result['context_frames']}/{result['block_frames']} frames, {result['steps']} steps, "
-            f"cfg {result['cfg']}"
+            f"cfg {result['cfg']} ({result['sampler']}), {result['dtype']}"
         )
         for mode, e in result["modes"].items():
             extra = ""

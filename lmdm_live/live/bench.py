@@ -29,16 +29,42 @@ TARGETS = {"encdec": 3.0, "causal": 4.0}  # speed-up over uncached at 192/48 fra
 class BenchConfig:
     model: str = "tiny"
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # or "auto": what the instrument picks on this device
     context: int = 192
     block: int = 48
     steps: int = 8
     cfg: float = 1.0
+    sampler: str = "pingpong"
     blocks: int = 10
     warmup: int = 2
     err_blocks: int = 4
     decode: bool = True
     seed: int = 0
+
+
+PRESET_SETTINGS = {"context": 192, "block": 48, "steps": 8, "cfg": 1.0, "sampler": "pingpong"}
+
+
+def settings_for(model: str) -> dict:
+    """What the instrument plays `model` with when nothing is overridden: a model file's saved window and
+    sampler, or for a random preset the reference point of the cache figures (192/48 frames, 8 steps)."""
+    from ..model.bundle import PRESETS
+    from ..model.checkpoint import load_checkpoint_config
+
+    if model in PRESETS:
+        return dict(PRESET_SETTINGS)
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"model file not found: {model} (presets: {', '.join(PRESETS)})")
+    config = load_checkpoint_config(model)
+    window, sampler = config.get("lmdm", {}), SamplerSettings(**config.get("sampler", {}))
+    base = LMDMConfig(**window)
+    return {
+        "context": base.context_frames,
+        "block": base.block_frames,
+        "steps": sampler.steps,
+        "cfg": sampler.cfg,
+        "sampler": sampler.sampler,
+    }
 
 
 def cpu_name() -> str:
@@ -118,8 +144,10 @@ def _decode_ms(model: LMDMModel, block: int, n: int, warmup: int) -> float:
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
-    sampler = SamplerSettings(sampler="pingpong", steps=cfg.steps, cfg=cfg.cfg)
+    from ..model.precision import dtype_name, resolve_dtype
+
+    dtype = torch.float16 if cfg.dtype == "float16" else resolve_dtype(cfg.dtype, cfg.device)
+    sampler = SamplerSettings(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
     rows = 2 if sampler.guided else 1
     windows = {
         m: LMDMConfig(mode=m, context_frames=cfg.context, block_frames=cfg.block)
@@ -138,7 +166,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "dtype": cfg.dtype,
+        "dtype": dtype_name(dtype),
         "context_frames": cfg.context,
         "block_frames": cfg.block,
         "steps": cfg.steps,
@@ -227,6 +255,7 @@ def run_engine_bench(
     import tempfile
 
     from ..audio import NoAudioDevice, open_backend
+    from ..model.precision import dtype_name, resolve_dtype
     from .instrument import Instrument
     from .schedule import LATENCY_PRESETS
 
@@ -237,7 +266,7 @@ def run_engine_bench(
         except (NoAudioDevice, OSError, RuntimeError):
             be = None
         window = None if Path(model).is_file() else window or LMDMConfig()
-        m = load_model(model, window, "cpu", getattr(torch, dtype))
+        m = load_model(model, window, "cpu", resolve_dtype(dtype, "cpu"))
         if be is None:
             be = open_backend("file", path=f"{tmp.name}/engine.wav", sample_rate=m.sample_rate, realtime=True)
         cap = LATENCY_PRESETS[latency].max_steps
@@ -268,7 +297,7 @@ def run_engine_bench(
         heard = list(inst.engine.stats.latency_ms)
         return {
             "backend": be.name,
-            "dtype": dtype,
+            "dtype": dtype_name(next(m.net.parameters()).dtype),
             "threads": inst.threads,
             "seconds": round(time.monotonic() - t0, 2),
             "sample_rate": inst.engine.out_rate,
