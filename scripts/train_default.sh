@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 RUNS="${RUNS:-runs/m17}"
 DEVICE="${DEVICE:-cpu}"
-STAGE1_STEPS="${STAGE1_STEPS:-9000}"
+STAGE1_STEPS="${STAGE1_STEPS:-8000}"
 STAGE1_DECAY_FROM="${STAGE1_DECAY_FROM:-4500}"
 ARC_STEPS="${ARC_STEPS:-60}"
 L=.venv/bin/lmdm-live

@@ -34,6 +34,11 @@ def add_parser(sub) -> None:
     d.add_argument(
         "--split", choices=("train", "valid", "test"), help="put newly rendered examples in this split"
     )
+    d.add_argument(
+        "--only",
+        choices=("train", "valid", "test"),
+        help="render only the examples a whole render puts in this split (e.g. test, for `eval model`)",
+    )
 
     ae = tsub.add_parser("ae", help="train the Oobleck autoencoder on a dataset's mixes")
     ae.add_argument("--data", type=Path, required=True)
@@ -245,7 +250,7 @@ def _data(args) -> int:
         if args.from_folder is not None:
             writer = import_folder(args.from_folder, args.out, cfg, tick)
         else:
-            writer = render_dataset(args.out, args.hours, cfg, tick, args.split)
+            writer = render_dataset(args.out, args.hours, cfg, tick, args.split, args.only)
         ctl = bar.add_task("", total=None, info="sketch controls")
         add_sketch_controls(args.out, lambda i, n: bar.update(ctl, completed=i, total=n))
     print(f"{args.out}: {len(writer.examples)} examples, {writer.seconds / 3600:.2f} h")

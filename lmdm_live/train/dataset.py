@@ -182,6 +182,11 @@ def piece_for(i: int, cfg: RenderConfig, scores: dict[str, list[str]]) -> Piece:
     return procedural_piece(style, rng, cfg.seconds)
 
 
+def scores_for(cfg: RenderConfig) -> dict[str, list[str]]:
+    """The corpus scores the style cycle draws its score-based styles from (none for solo melodies)."""
+    return {s: score_paths(s) for s in SCORE_STYLES} if cfg.kind == "styles" else {}
+
+
 def render_example(
     i: int, cfg: RenderConfig, synth: StemSynth, scores: dict[str, list[str]], split: str | None = None
 ):
@@ -225,18 +230,24 @@ def render_dataset(
     cfg: RenderConfig,
     progress: Callable[[int, int], None] | None = None,
     split: str | None = None,
+    only: str | None = None,
 ) -> DatasetWriter:
     """Render until the dataset holds `hours` of audio (examples already there are kept). `split` puts the
     new examples in one split, e.g. more held-out `valid` renders for the evaluation classifier after the
-    generator's training set was encoded."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    generator's training set was encoded. `only` renders just the examples that fall in that split, the same
+    ones a whole render makes (each example depends on its index alone): a data set's test renders, for
+    `eval model`, in a tenth of the time."""
+    for name, value in (("split", split), ("only", only)):
+        if value is not None and value not in SPLITS:
+            raise ValueError(f"{name} must be one of {', '.join(SPLITS)}, got {value!r}")
     writer = DatasetWriter(out, cfg.sample_rate, cfg.hop, cfg.kind)
     total = max(1, int(np.ceil(hours * 3600 / cfg.seconds)))
     synth = StemSynth(cfg.sample_rate, cfg.soundfont)
-    scores = {s: score_paths(s) for s in SCORE_STYLES} if cfg.kind == "styles" else {}
+    scores = scores_for(cfg)
     try:
         for i in range(total):
+            if only is not None and split_of(i, len(cfg.cycle)) != only:
+                continue
             if not writer.has(f"{i:06d}"):
                 writer.add(*render_example(i, cfg, synth, scores, split))
                 if i % 20 == 0:

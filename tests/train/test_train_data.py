@@ -15,16 +15,21 @@ from lmdm_live.cli import main
 from lmdm_live.model.extras import ExtrasLayout, tempo_channels
 from lmdm_live.train.dataset import (
     SKETCH_KEYS,
+    DatasetWriter,
     RenderConfig,
     add_sketch_controls,
     import_folder,
     load_index,
     render_dataset,
+    render_example,
+    scores_for,
     solo_caption,
+    split_of,
 )
 from lmdm_live.train.labels import FAMILIES, STYLES, tempo_bucket
 from lmdm_live.train.music import NOTE_NAMES, STYLE_WORDS, caption, procedural_piece
 from lmdm_live.train.stage1 import LatentSet
+from lmdm_live.train.synth import StemSynth
 from lmdm_live.train.windows import ExtrasConfig, causal_median, window_batch
 
 SECONDS = 4.0
@@ -96,6 +101,31 @@ def test_rendering_is_deterministic_and_resumes(dataset, tmp_path):
         x = sf.read(dataset / "audio" / f"{a['id']}.wav")[0]
         y = sf.read(tmp_path / "audio" / f"{b['id']}.wav")[0]
         assert np.array_equal(x, y)
+
+
+def test_only_one_split_renders_the_examples_a_whole_render_puts_there(tmp_path):
+    """`--only test`: just the held-out examples (the tenth cycle of 23 styles: 207-229, ...), each the same
+    as the example a whole render makes at that index."""
+    n = len(CFG.cycle)
+    render_dataset(tmp_path / "none", 4 * SECONDS / 3600, CFG, only="test")  # indices 0-3: none is test
+    assert load_index(tmp_path / "none")["examples"] == []
+    wanted = [i for i in range(10 * n + 1) if split_of(i, n) == "test"]
+    assert wanted[0] == 9 * n and len(wanted) == n
+    render_dataset(tmp_path / "t", (wanted[0] + 2) * SECONDS / 3600, CFG, only="test")
+    got = load_index(tmp_path / "t")["examples"]
+    assert [e["id"] for e in got] == [f"{i:06d}" for i in wanted[:2]]
+    assert {e["split"] for e in got} == {"test"}
+    synth = StemSynth(CFG.sample_rate, CFG.soundfont)
+    try:
+        writer = DatasetWriter(tmp_path / "whole", CFG.sample_rate, CFG.hop, CFG.kind)
+        writer.add(*render_example(wanted[1], CFG, synth, scores_for(CFG)))
+        writer.flush()
+    finally:
+        synth.close()
+    ref = load_index(tmp_path / "whole")["examples"][0]
+    assert ref["split"] == "test" and ref["caption"] == got[1]["caption"]
+    x = sf.read(tmp_path / "whole" / "audio" / f"{ref['id']}.wav")[0]
+    assert np.array_equal(x, sf.read(tmp_path / "t" / "audio" / f"{got[1]['id']}.wav")[0])
 
 
 def test_caption_words_follow_the_piece():
