@@ -128,7 +128,7 @@ def test_harmonic_peak_loss_pays_for_a_blurred_comb():
 @pytest.mark.parametrize("kind", ["vocoder", "ae"])
 def test_codec_training_steps_lower_the_losses(kind, flute):
     """Reconstruction steps lower the mel loss on a fixed batch; in the adversarial stage, discriminator
-    steps lower its loss on that batch (it learns to tell the output from the real thing)."""
+    steps lower its loss on that batch (it learns to tell the generator's output from the real thing)."""
     torch.manual_seed(0)
     vcfg = VocoderConfig(dim=32, depth=2, latent_dim=16 if kind == "ae" else 0)
     cfg = CodecTrainConfig(kind=kind, minutes=1.0, batch=2, crop_frames=32, lr=2e-3, adv_start=0.5)
@@ -149,11 +149,14 @@ def test_codec_training_steps_lower_the_losses(kind, flute):
     with torch.no_grad():
         fake = trainer.generate(batch)
         before_d = float(d_loss(trainer.disc(batch), trainer.disc(fake)))
-    stats = [trainer.train_step(batch) for _ in range(6)]
+    stats, after_d = [], []
+    for i in range(12):  # the adversarial loss oscillates step to step: judge its last four steps together
+        stats.append(trainer.train_step(batch))
+        if i >= 8:
+            with torch.no_grad():
+                after_d.append(float(d_loss(trainer.disc(batch), trainer.disc(fake))))
     assert all({"d", "adv", "fm"} <= set(s) for s in stats)
-    with torch.no_grad():
-        after_d = float(d_loss(trainer.disc(batch), trainer.disc(trainer.generate(batch))))
-    assert after_d < before_d
+    assert np.mean(after_d) < before_d - 0.05, (before_d, after_d)
     if kind == "ae":  # RAVE's second stage: the encoder is frozen
         enc = [p.detach().clone() for p in trainer.net.enc_in.parameters()]
         trainer.train_step(batch)
