@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer
+from remote_rig import PERIOD, RATE, SECRET, Host, LaptopServer, host_model
 from waiting import wait_until
 
 from lmdm_live.audio.tone import locate
@@ -67,7 +67,8 @@ def laptop(jack_server):
 
 @pytest.fixture(scope="module")
 def host(laptop, tmp_path_factory):
-    h = Host(laptop, extra=("--log", str(tmp_path_factory.mktemp("host") / "events.jsonl")))
+    folder = tmp_path_factory.mktemp("host")
+    h = Host(laptop, host_model(folder), extra=("--log", str(folder / "events.jsonl")))
     yield h
     laptop.unload_netmanager()  # while the host is still joined: quick (see LaptopServer)
     h.stop()
@@ -95,7 +96,7 @@ def host_prompt(inst: RemoteInstrument) -> str:
 def test_host_audio_reaches_the_laptop_sample_for_sample(laptop, tmp_path):
     """What the host's engine played (its own recording) is what the laptop's JACK graph carries, exactly;
     the network driver's delay is measured with an impulse sent round through the host's JACK server."""
-    host = Host(laptop, record=tmp_path / "host.wav")
+    host = Host(laptop, host_model(tmp_path), record=tmp_path / "host.wav")
     try:
         got = on_the_laptop("audio", laptop, host, out=tmp_path / "laptop.npy")
     finally:

@@ -108,14 +108,31 @@ class LaptopServer:
             self.proc.wait(5)
 
 
+def host_model(folder: Path) -> Path:
+    """The tiny model at 186 ms blocks (16/8, Block-Causal), sampling in 2 steps: at the preset's 8 it runs
+    about 1.2x real time on one thread, so the host's sound has gaps wherever a core is a little slower."""
+    from lmdm_live.model.bundle import LMDMModel
+    from lmdm_live.model.lmdm import LMDMConfig
+
+    path = folder / "tiny-host.safetensors"
+    model = LMDMModel.preset(
+        "tiny", lmdm=LMDMConfig(mode="causal", context_frames=16, block_frames=8), seed=0
+    )
+    model.sampler = {"sampler": "pingpong", "steps": 2, "cfg": 1.0}
+    model.save(path)
+    return path
+
+
 class Host:
     """`lmdm-live serve` with the tiny model (186 ms blocks) in a process of its own."""
 
-    def __init__(self, laptop: LaptopServer, record: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, laptop: LaptopServer, model: Path, record: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.jack = f"lmdm-host-{os.getpid()}"
         self.net_name = f"lmdm-host-{os.getpid()}"
-        cmd = [sys.executable, "-m", "lmdm_live.cli", "serve", "--model", "tiny", "--mode", "causal"]
-        cmd += ["--context", "16", "--block", "8", "--port", "0", "--jack-server", self.jack]
+        cmd = [sys.executable, "-m", "lmdm_live.cli", "serve", "--model", str(model), "--port", "0"]
+        cmd += ["--jack-server", self.jack]
         cmd += ["--net-master", "127.0.0.1", "--net-port", str(laptop.udp), "--net-name", self.net_name]
         cmd += ["--net-latency", str(NET_LATENCY), "--threads", "1", *extra]
         self.log = Path(extra[extra.index("--log") + 1]) if "--log" in extra else None
