@@ -38,7 +38,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="the DiT's (auto: bfloat16 where the CPU multiplies it natively, else float32)",
+        help="the DiT's (auto: bfloat16 where the CPU multiplies it natively, else int8 on a CPU, float32 on a GPU)",
     )
 
 
@@ -229,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=(*DTYPES, "float16"),
         default="auto",
-        help="auto: what the instrument picks here (bfloat16 where the CPU multiplies it natively)",
+        help="auto: what the instrument picks here (bfloat16 where the CPU multiplies it natively, else int8)",
     )
     own = " (default: the model's own; a preset: %s)"
     bench.add_argument("--context", type=int, help="context frames" + own % 192)

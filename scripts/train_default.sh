@@ -62,15 +62,34 @@ $L train data --out "$RUNS/clfdata" --hours 3 --seconds 20 --sample-rate 44100 -
 $L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" --steps 1200 --save-every 50 \
     --codec "$RUNS/stage1/model.safetensors"
 
-# 6. the figures of docs/default-model.md: 20 prompts x 30 s, and 300 s drift with and without ARC-Forcing
-$L eval model --model "$RUNS/arc/model.safetensors" --compare "$RUNS/stage1/model.safetensors" \
-    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" \
-    --out "$RUNS/eval_adherence" --seconds 30 --window 10 --max-prompts 20 --transitions 10 --transition-seconds 24
-$L eval model --model "$RUNS/arc/model.safetensors" --compare "$RUNS/stage1/model.safetensors" \
-    --label "ARC-Forcing" --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" \
-    --out "$RUNS/eval_drift" --seconds 300 --window 10 --max-prompts 4 --transitions 0
+# 6. the figures of docs/default-model.md, as played: int8 on a CPU (the "auto" dtype there) at the shipped
+#    PLAY_STEPS. 20 prompts x 30 s with prompt switches, and 300 s drift, each with and without ARC-Forcing;
+#    the two run side by side when NPROC > 1. A finished evaluation (its metrics.json) is skipped.
+PLAY_STEPS="${PLAY_STEPS:-4}"
+EV=(--model "$RUNS/arc/model.safetensors" --compare "$RUNS/stage1/model.safetensors" --label "ARC-Forcing"
+    --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" --window 10
+    --steps "$PLAY_STEPS" --dtype int8)
+adherence() {
+    [[ -f "$RUNS/eval_adherence/metrics.json" ]] || $L eval model "${EV[@]}" --out "$RUNS/eval_adherence" \
+        --seconds 30 --max-prompts 20 --transitions 10 --transition-seconds 24
+}
+drift() {
+    [[ -f "$RUNS/eval_drift/metrics.json" ]] || $L eval model "${EV[@]}" --out "$RUNS/eval_drift" \
+        --seconds 300 --max-prompts 4 --transitions 0
+}
+if [[ "$NPROC" -gt 1 ]]; then
+    adherence & A=$!
+    drift & B=$!
+    wait "$A"
+    wait "$B"
+else
+    adherence
+    drift
+fi
 
-# 7. ship
+# 7. ship: the ARC-Forcing model, set to play PLAY_STEPS steps by default, and the classifier beside it
 mkdir -p lmdm_live/assets/classifier
-cp "$RUNS/arc/model.safetensors" lmdm_live/assets/default.lmdm.safetensors
+.venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
+m = M.load('$RUNS/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS}
+m.name = 'lmdm-default'; m.save('lmdm_live/assets/default.lmdm.safetensors')"
 cp "$RUNS/clf/classifier.safetensors" "$RUNS/clf/classifier.json" lmdm_live/assets/classifier/

@@ -156,7 +156,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     model = load_model(cfg.model, windows["encdec"], cfg.device, dtype)
     device = next(model.net.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
-    context = torch.randn(1, model.dit.cfg.io_channels, cfg.context, generator=g).to(device, dtype)
+    context = torch.randn(1, model.dit.cfg.io_channels, cfg.context, generator=g).to(
+        device, next(model.net.parameters()).dtype
+    )
     block_s = model.block_seconds
     result: dict = {
         "model": cfg.model,
@@ -255,7 +257,7 @@ def run_engine_bench(
     import tempfile
 
     from ..audio import NoAudioDevice, open_backend
-    from ..model.precision import dtype_name, resolve_dtype
+    from ..model.precision import model_dtype_name, resolve_dtype
     from .instrument import Instrument
     from .schedule import LATENCY_PRESETS
 
@@ -297,7 +299,7 @@ def run_engine_bench(
         heard = list(inst.engine.stats.latency_ms)
         return {
             "backend": be.name,
-            "dtype": dtype_name(next(m.net.parameters()).dtype),
+            "dtype": model_dtype_name(m.net),
             "threads": inst.threads,
             "seconds": round(time.monotonic() - t0, 2),
             "sample_rate": inst.engine.out_rate,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..audio.ring import AudioRing
-from ..model.precision import dtype_name
+from ..model.precision import model_dtype_name
 from .eventlog import EventLog, json_safe
 from .memory import mmap_large, trim
 from .output import OutputChain, splice_frames
@@ -420,7 +420,7 @@ class Engine:
                 "type": "start",
                 "version": 1,
                 "model": self.model_ref or s.model.name,
-                "dtype": dtype_name(next(s.model.net.parameters()).dtype),
+                "dtype": model_dtype_name(s.model.net),
                 "threads": torch.get_num_threads(),
                 "window": {
                     "mode": s.model.lmdm.mode,

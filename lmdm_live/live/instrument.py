@@ -108,6 +108,7 @@ class Instrument:
         self._bpm = float(bpm)
         text = self.model.text_encoder(t5)
         self._styles = StyleVocabulary(dict(self.model.styles))
+        self._styles.embed(text)  # now, not on the first prompt change while the engine plays
         self.notice: str | None = None  # the last far-prompt line
         self.notices = 0  # how many were given
         self.stream = LMDMStream(self.model, text, seed=self._seed, params=self._params)
@@ -133,9 +134,9 @@ class Instrument:
     @property
     def dtype(self) -> str:
         """The DiT's dtype, as played ("float32" or "bfloat16")."""
-        from ..model.precision import dtype_name
+        from ..model.precision import model_dtype_name
 
-        return dtype_name(next(self.model.net.parameters()).dtype)
+        return model_dtype_name(self.model.net)
 
     def _open_backend(self, kind, out, device):
         from ..audio import NoAudioDevice, open_backend

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import int8
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codec import (
     Codec,
@@ -28,6 +29,7 @@ from .dit import DiT, DiTConfig
 from .extras import ExtrasLayout
 from .lmdm import LMDMConfig
 from .oobleck import OobleckConfig, OobleckVAE, load_oobleck_state_dict
+from .precision import INT8
 from .samplers import SamplerSettings
 from .sao import (
     LMDM_FORMAT,
@@ -292,10 +294,16 @@ def _randomise(dit: DiT) -> None:
 
 
 def load_model(name: str, lmdm: LMDMConfig | None, device: str, dtype: torch.dtype) -> LMDMModel:
-    """A preset by name (random weights), else a checkpoint file."""
+    """A preset by name (random weights), else a checkpoint file. `precision.INT8` loads float32 and gives
+    the transformer's linears int8 weights."""
+    real = torch.float32 if dtype == INT8 else dtype
     if name in PRESETS:
-        return LMDMModel.preset(name, lmdm=lmdm).to(device, dtype)
-    return LMDMModel.load(name, device=device, dtype=dtype, lmdm=lmdm)
+        model = LMDMModel.preset(name, lmdm=lmdm).to(device, real)
+    else:
+        model = LMDMModel.load(name, device=device, dtype=real, lmdm=lmdm)
+    if dtype == INT8:
+        int8.quantize(model.dit.transformer.layers)
+    return model
 
 
 def load_codec(path: str | Path) -> Codec:

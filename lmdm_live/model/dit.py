@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import int8
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -85,6 +87,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     ):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def lin(m: nn.Linear, x: Tensor) -> Tensor:
+    """m(x) on a step's path: int8 where the layer was quantised (`model/int8.py`), else `linear`."""
+    packed = m.__dict__.get(int8.ATTR)
+    if packed is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
+        return int8.linear(x, packed)
+    return linear(x, m.weight, m.bias)
+
+
+def pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A kernel-1 Conv1d on (B, C, N) as a linear: torch's CPU conv takes a slow path at a few frames."""
+    return linear(x.transpose(1, 2), conv.weight[:, :, 0], conv.bias).transpose(1, 2)
 
 
 class LayerNorm(nn.Module):
@@ -195,7 +210,7 @@ class SelfAttention(nn.Module):
         """
         b, n, _ = x.shape
         hd = self.head_dim
-        qkv = linear(x, self.to_qkv.weight).view(b, n, 3, self.heads, hd)
+        qkv = lin(self.to_qkv, x).view(b, n, 3, self.heads, hd)
         q = F.layer_norm(qkv[:, :, 0], (hd,), self.q_norm.weight, self.q_norm.bias, 1e-6).transpose(1, 2)
         k = F.layer_norm(qkv[:, :, 1], (hd,), self.k_norm.weight, self.k_norm.bias, 1e-6).transpose(1, 2)
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, N, Dh)
@@ -216,7 +231,7 @@ class SelfAttention(nn.Module):
         else:
             kk, vv = k, v
         out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
-        return linear(out.transpose(1, 2).reshape(b, n, -1), self.to_out.weight), k, v
+        return lin(self.to_out, out.transpose(1, 2).reshape(b, n, -1)), k, v
 
 
 class CrossAttention(nn.Module):
@@ -238,13 +253,13 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
         b, n, _ = x.shape
         hd = self.head_dim
-        q = linear(x, self.to_q.weight).view(b, n, self.heads, hd)
+        q = lin(self.to_q, x).view(b, n, self.heads, hd)
         q = F.layer_norm(q, (hd,), self.q_norm.weight, self.q_norm.bias, 1e-6).transpose(1, 2)
         k, v = kv
         if k.shape[0] != b:  # one conditioning shared by a batch
             k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v)
-        return linear(out.transpose(1, 2).reshape(b, n, -1), self.to_out.weight)
+        return lin(self.to_out, out.transpose(1, 2).reshape(b, n, -1))
 
 
 class GLU(nn.Module):
@@ -264,8 +279,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         glu, out = self.ff[0].proj, self.ff[2]
-        a, gate = linear(x, glu.weight, glu.bias).chunk(2, dim=-1)
-        return linear(a * F.silu(gate), out.weight, out.bias)
+        a, gate = lin(glu, x).chunk(2, dim=-1)
+        return lin(out, a * F.silu(gate))
 
 
 class TransformerBlock(nn.Module):
@@ -353,7 +368,7 @@ class DiT(nn.Module):
 
     def noisy_tokens(self, x: Tensor) -> Tensor:
         """Noisy latents (B, io, N) -> tokens (B, N, D) through the pretrained input path."""
-        x = x + self.preprocess_conv(x)
+        x = x + pointwise(self.preprocess_conv, x)
         return self.transformer.project_in(x.transpose(1, 2))
 
     def add_tokens(self, add: Tensor) -> Tensor:
@@ -364,7 +379,7 @@ class DiT(nn.Module):
     def output(self, h: Tensor) -> Tensor:
         """Latent-frame tokens (B, N, D) -> velocity (B, io, N)."""
         y = self.transformer.project_out(h).transpose(1, 2)
-        return y + self.postprocess_conv(y)
+        return y + pointwise(self.postprocess_conv, y)
 
     def rope(self, positions: Tensor) -> Rope:
         return self.transformer.rotary_pos_emb.tables(positions)

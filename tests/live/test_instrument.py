@@ -176,11 +176,11 @@ def test_a_model_loaded_by_path_plays_in_its_dtype_and_replays_from_the_log_alon
 def test_dtype_names_resolve_and_a_bad_one_is_one_clear_line():
     import torch
 
-    from lmdm_live.model.precision import native_bf16, resolve_dtype
+    from lmdm_live.model.precision import INT8, resolve_dtype
 
     assert resolve_dtype("float32") == torch.float32 and resolve_dtype("bfloat16") == torch.bfloat16
-    assert resolve_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
-    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16") as e:
+    assert resolve_dtype("int8") == INT8  # "auto": tests/model/test_precision.py
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, int8") as e:
         resolve_dtype("float8")
     assert "\n" not in str(e.value)
 
@@ -206,16 +206,17 @@ def test_threads_are_set_while_playing_and_given_back(model, tmp_path):
 
 
 def test_latency_presets(model, tmp_path):
-    """ "low" cuts changes into the block playing, keeps the tight headroom and caps the steps at 4; its
-    worst case is the time to make a block plus the buffers, with no block to wait for."""
+    """Both presets cut changes into the block playing (no block boundary to wait for); "low" also keeps
+    the tight headroom and caps the steps at 2, so less audio stands between a change and its sound."""
     backend = FileBackend(tmp_path / "low.wav", model.sample_rate, channels=2, realtime=False)
     low = Instrument(model, backend=backend, latency="low", start=False, quiet=True)
     normal = Instrument(model, backend="file", out=tmp_path / "n.wav", start=False, quiet=True)
     try:
-        assert low.engine.splice and low.engine.headroom_ms == 85.0 and low.stream.params.sampler.steps == 4
-        assert not normal.engine.splice and normal.engine.headroom_ms == 170.0
+        assert low.engine.splice and low.engine.headroom_ms == 85.0 and low.stream.params.sampler.steps == 2
+        assert normal.engine.splice and normal.engine.headroom_ms == 170.0
         assert normal.stream.params.sampler.steps == model.sampler_settings().steps
-        assert low.latency()["block_ms"] < normal.latency()["block_ms"]
+        assert low.latency()["block_ms"] == normal.latency()["block_ms"] < 10.0  # the splice's crossfade
+        assert low.latency()["buffer_ms"] < normal.latency()["buffer_ms"]
         with pytest.raises(ValueError, match="latency"):
             Instrument(
                 model, backend="file", out=tmp_path / "x.wav", latency="instant", start=False, quiet=True
