@@ -49,6 +49,14 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 MODES = ("sketch", "jam", "delay")
+TIMBRES = ("prompt", "input")
+# A hum is loud and dark next to the leads the model learnt the sketch from: a near-sine hum at -13 dB
+# with its centroid at its pitch (300-450 Hz), where 99 % of the rendered leads' voiced frames are quieter
+# and 98 % brighter (medians -25 dB and 1.8 kHz). So by default a hum steers pitch and phrasing, and the
+# prompt the timbre: on a 12 s hum the shipped model's output pitch followed it at r 0.39 with the hum's
+# own curves and 0.59 with these (docs/default-model.md).
+SKETCH_LEAD_DB = -25.0
+SKETCH_LEAD_CENTROID_HZ = 1800.0
 SAFETY_S = 0.05  # on top of the lead: a slower block than the recent ones still finds its input there
 SILENT_DB = -80.0
 
@@ -59,13 +67,18 @@ class SketchSettings:
     'off' (all zeros, what the model sees without a sketch) and 0 is off; above 1 (up to 2) they are
     exaggerated, beyond anything the model was trained on. median: causal median over the curves, in
     frames (odd, 1 = off; training drew 1, 3, 5 or 9): it removes glitches of (median - 1) / 2 frames
-    and delays changes by as many. hold: see the module docstring."""
+    and delays changes by as many. hold: see the module docstring. timbre: "prompt" takes only pitch and
+    voicing from the input and gives the voiced frames the loudness and brightness of a typical rendered
+    lead (`SKETCH_LEAD_DB`, `SKETCH_LEAD_CENTROID_HZ`); "input" takes all four curves as they are."""
 
     strength: float = 1.0
     median: int = 5
     hold: bool = False
+    timbre: str = "prompt"
 
     def __post_init__(self) -> None:
+        if self.timbre not in TIMBRES:
+            raise ValueError(f"timbre must be one of {', '.join(TIMBRES)}, got {self.timbre!r}")
         object.__setattr__(self, "strength", check_number(self.strength, "strength", 0.0, 2.0))
         median = check_integer(self.median, "filter", 1, 31)
         if median % 2 == 0:
@@ -397,6 +410,10 @@ class LiveInput:
             feed, st = m
             strength = st.strength
             curves = self._sketch_curves(block, feed, st)
+            if st.timbre == "prompt":
+                curves = curves.copy()
+                curves[2] = np.where(curves[1] > 0.5, SKETCH_LEAD_DB, curves[2])
+                curves[3] = SKETCH_LEAD_CENTROID_HZ
         if plan.notes.on:
             curves = _with_notes(curves, plan.notes, t_len)
         assert curves is not None

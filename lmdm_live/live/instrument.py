@@ -331,14 +331,17 @@ class Instrument:
 
     # --- live input: sketch, jam, generative delay -----------------------------------------------------------
 
-    def sketch(self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False) -> None:
-        """Steer the music with a hummed, sung or played line: pitch, voicing, loudness and brightness of
-        `source` (an input spec, see `open_input`, or an `AudioInput`) become the sketch channels.
-        strength 0..2 (below 1 blends toward no sketch), filter: causal median in frames (odd)."""
+    def sketch(
+        self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False, timbre: str = "prompt"
+    ) -> None:
+        """Steer the music with a hummed, sung or played line: the pitch and voicing of `source` (an input
+        spec, see `open_input`, or an `AudioInput`) become the sketch channels; with timbre="input" its
+        loudness and brightness too (by default the prompt's lead keeps its own). strength 0..2 (below 1
+        blends toward no sketch), filter: causal median in frames (odd)."""
         from .inputs import SketchSettings
 
         self._needs("sketch")
-        settings = SketchSettings(strength, filter, bool(hold))
+        settings = SketchSettings(strength, filter, bool(hold), timbre)
         self._live().set("sketch", self._feed("sketch", source), settings)
 
     def sketch_off(self) -> None:

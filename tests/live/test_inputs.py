@@ -22,7 +22,7 @@ from lmdm_live import Instrument
 from lmdm_live.audio import FileBackend, JackBackend
 from lmdm_live.audio.file_backend import FileInput
 from lmdm_live.live.engine import Engine
-from lmdm_live.live.inputs import Feed, LiveInput, SketchSettings
+from lmdm_live.live.inputs import SKETCH_LEAD_DB, Feed, LiveInput, SketchSettings
 from lmdm_live.live.stream import LMDMStream, StreamParams
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.conditioners import MiniLMTextEncoder
@@ -108,6 +108,16 @@ def test_sketch_channels_follow_a_hum(model, tmp_path):
     print(f"sketch pitch vs hum: r = {r:.3f}, median error {err:.2f} semitones")
     assert r > 0.95 and err < 0.5
     assert live.latency()["sketch_delay_ms"] == 0.0
+    # timbre "prompt" (the default): voiced frames carry a rendered lead's level and brightness, not the hum's
+    v = voiced[5:]
+    assert np.allclose(ch[3, 5:][v], (SKETCH_LEAD_DB + 40) / 20) and np.allclose(ch[4], np.log2(1.8))
+
+    # timbre "input": the hum's own, a near-sine whose centroid sits near its pitch (200-300 Hz)
+    live.set("sketch", live.plan.sketch[0], SketchSettings(median=5, timbre="input"))
+    own = live.block_inputs(stream.block_index)["sketch"]
+    assert (own[4] < np.log2(0.5)).all() and not np.allclose(own[3], (SKETCH_LEAD_DB + 40) / 20)
+    with pytest.raises(ValueError, match="timbre must be one of prompt, input"):
+        SketchSettings(timbre="voice")
 
     # strength blends toward 'off' (zeros), notes replace the pitch
     live.set("sketch", live.plan.sketch[0], SketchSettings(strength=0.5, median=5))
