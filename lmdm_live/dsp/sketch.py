@@ -121,8 +121,9 @@ def _shared_detector() -> SwiftF0:
     global _detector
     with _detector_lock:
         if _detector is None:
-            # No busy-waiting thread pool: the tracker runs next to audio and model threads.
-            _detector = SwiftF0(spin=False)
+            # One thread and no busy-waiting: the tracker runs on the inference thread, next to torch's
+            # own threads and the audio callback, and a block's 186 ms of input takes it about 10 ms.
+            _detector = SwiftF0(threads=1, spin=False)
         return _detector
 
 

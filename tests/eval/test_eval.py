@@ -337,7 +337,8 @@ def test_codec_round_trip_doubles_the_bank_and_is_reported_apart(dataset, classi
     tiny.save(tmp_path / "tiny.safetensors")
     codec = CodecRoundTrip(tmp_path / "tiny.safetensors")
     cfg = ClassifierConfig(**TEST_CLF)
-    few = build_dataset(tmp_path / "few", {"valid": 4})  # the bank's layout on a few clips (each costs 0.4 s)
+    # a few clips (each costs 0.4 s through the codec): the bank's layout, then the CLI's report on 8 test clips
+    few = build_dataset(tmp_path / "few", {"valid": 4, "test": 8})
     bank = MelBank.from_dataset(few, "valid", cfg, codec=codec)
     assert len(bank.mels) == 8 and bank.ids[4:] == [i + "~codec" for i in bank.ids[:4]]
     assert torch.equal(bank.targets["style"][:4], bank.targets["style"][4:])
@@ -347,7 +348,7 @@ def test_codec_round_trip_doubles_the_bank_and_is_reported_apart(dataset, classi
 
     clf = tmp_path / "clf"
     shutil.copytree(classifier_dir, clf)
-    args = ["eval", "classifier", "--data", str(dataset), "--out", str(clf), "--steps", str(TRAIN_STEPS + 1)]
+    args = ["eval", "classifier", "--data", str(few), "--out", str(clf), "--steps", str(TRAIN_STEPS + 1)]
     assert main([*args, "--codec", str(tmp_path / "tiny.safetensors")]) == 0
     assert "through the codec" in capsys.readouterr().out
     report = json.loads((clf / "test_report.json").read_text())
