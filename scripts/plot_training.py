@@ -1,6 +1,6 @@
 """Draw the default model's training curves for docs/default-model.md from the run folders' progress.json.
 
-    .venv/bin/python scripts/plot_training.py runs/m17 docs/img/default-model-training.png
+    .venv/bin/python scripts/plot_training.py runs/m17 docs/img/m17-training.png
 
 Stage 1: the velocity loss, each point the mean of 200 steps. ARC-Forcing: the discriminator, generator and
 contrastive losses per iteration.

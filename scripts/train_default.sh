@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the embedded default model (lmdm_live/assets/default.lmdm.safetensors) from nothing:
-# render the data, encode it with the log-mel codec, train stage 1 and ARC-Forcing, train the evaluation
-# classifier, evaluate, ship. Every stage resumes where it stopped, so the script can be stopped and run
-# again at any time (a finished stage is skipped).
+# Train the 44.1 kHz default model from nothing: render the data, encode it with the log-mel codec, train
+# stage 1 and ARC-Forcing, train the evaluation classifier, evaluate, and (SHIP=1) ship it as
+# lmdm_live/assets/default.lmdm.safetensors. Every stage resumes where it stopped, so the script can be
+# stopped and run again at any time (a finished stage is skipped). docs/default-model.md says where it
+# stands: its figures so far do not pass the bars, so the 16 kHz model still ships.
 #   RUNS=runs/m17 bash scripts/train_default.sh          (CPU, one thread; set DEVICE=cuda on a GPU)
 #   NPROC=2 trains stage 1 data-parallel in two processes (torchrun), one per core, on the same batches
 set -euo pipefail
@@ -59,8 +60,9 @@ $L train arc --data "${LAT[@]}" --model "$RUNS/stage1/model.safetensors" --out "
 
 # 5. the evaluation classifier: held-out renders of the 23 styles, also heard through the codec
 $L train data --out "$RUNS/clfdata" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048 --seed 3 --split valid
-$L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" --steps 1200 --save-every 50 \
-    --codec "$RUNS/stage1/model.safetensors"
+#    (its data is all "valid": the report is on the test split of the prompts the model is judged on)
+[[ -f "$RUNS/clf/test_report.json" ]] || $L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" \
+    --steps 1200 --save-every 50 --codec "$RUNS/stage1/model.safetensors" --test-data "$RUNS/styles3"
 
 # 6. the figures of docs/default-model.md, as played: int8 on a CPU (the "auto" dtype there) at the shipped
 #    PLAY_STEPS. 20 prompts x 30 s with prompt switches, and 300 s drift, each with and without ARC-Forcing;
@@ -87,7 +89,9 @@ else
     drift
 fi
 
-# 7. ship: the ARC-Forcing model, set to play PLAY_STEPS steps by default, and the classifier beside it
+# 7. ship, only when asked (SHIP=1) after the figures of step 6 were read against the model card's bars:
+#    the ARC-Forcing model, set to play PLAY_STEPS steps by default, and the classifier beside it
+[[ "${SHIP:-0}" == 1 ]] || { echo "evaluations in $RUNS/eval_*; SHIP=1 to ship"; exit 0; }
 mkdir -p lmdm_live/assets/classifier
 .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
 m = M.load('$RUNS/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS}

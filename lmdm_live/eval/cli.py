@@ -17,6 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c = esub.add_parser("classifier", help="train (or resume) the label classifier on held-out renders")
     c.add_argument("--data", type=Path, required=True, help="a training-data directory (index.json)")
     c.add_argument("--out", type=Path, required=True, help="classifier directory (resumed when it exists)")
+    c.add_argument(
+        "--test-data", type=Path, help="the directory whose test split is reported (default: --data)"
+    )
     c.add_argument("--steps", type=int, default=600, help="train until this many steps in total")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--batch", type=int, default=16)
@@ -124,15 +127,16 @@ def cmd_classifier(args) -> int:
                     trainer.save(args.out)
     if not (args.out / "progress.json").is_file():
         trainer.save(args.out)
-    reports = {"renders": test_report(trainer.classifier(), args.data)}
-    report = {**reports["renders"], "codec": trainer.codec}
+    test = args.test_data or args.data
+    reports = {"renders": test_report(trainer.classifier(), test)}
+    report = {**reports["renders"], "codec": trainer.codec, "test_data": str(test)}
     if codec is not None:
         reports["through the codec"] = report["through_codec"] = test_report(
-            trainer.classifier(), args.data, codec=codec
+            trainer.classifier(), test, codec=codec
         )
     (args.out / "test_report.json").write_text(json.dumps(report, indent=1) + "\n")
     for what, rep in reports.items():
-        print(f"test split ({args.data}), {what}, step {trainer.step}:")
+        print(f"test split ({test}), {what}, step {trainer.step}:")
         for window, r in rep.items():
             acc = "  ".join(f"{h} {v:.3f}" for h, v in r["accuracy"].items())
             f1 = "-" if r["families_f1"] is None else f"{r['families_f1']:.3f}"

@@ -19,16 +19,16 @@ HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
 @dataclass(frozen=True)
 class LatencyPreset:
     """How fast a change is heard, against what it costs. Both cut a change into the block playing (a jump
-    mid-block, 5 ms crossfaded) instead of waiting for the next block boundary behind the queue: at 186 ms
-    blocks the wait alone was 0.5 s. "low" also keeps half as much audio queued and caps the denoising
-    steps at 2 (docs/default-model.md: what that costs)."""
+    mid-block, 5 ms crossfaded) instead of waiting for the next block boundary behind the queue (through
+    JACK, the shipped model's median control -> sound went from 1,153 to 958 ms). "low" also keeps half as much audio queued and caps the denoising
+    steps at 4 (docs/performance.md has both presets' figures)."""
 
     headroom: str  # a HEADROOM_PRESETS_MS key
     splice: bool
     max_steps: int | None = None
 
 
-LATENCY_PRESETS = {"normal": LatencyPreset("normal", True), "low": LatencyPreset("tight", True, 2)}
+LATENCY_PRESETS = {"normal": LatencyPreset("normal", True), "low": LatencyPreset("tight", True, 4)}
 CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
 
 

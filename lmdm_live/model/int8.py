@@ -2,8 +2,8 @@
 
 A cached denoising step multiplies a few rows (one block's tokens) by every weight of the transformer, so
 on a CPU without native bfloat16 its time goes to reading float32 weights, not to arithmetic. Holding
-those weights as int8 (one scale per output channel; the activations quantised per call, as fbgemm's
-dynamic linear does) reads a quarter of the bytes. The embeddings, the input and output projections and
+those weights as int8 (one scale per output channel; the activations quantised on the fly, one scale per
+row, see `linear`) reads a quarter of the bytes. The embeddings, the input and output projections and
 the context path stay float32: they are a small share of the weights and feed the velocity or the cache
 directly. The float32 weights stay too, for the paths that slice them and for training.
 """
@@ -35,7 +35,7 @@ def pack(weight: Tensor, bias: Tensor | None) -> Packed:
     w = weight.detach().float().cpu()
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():  # quantised tensors are deprecated after torch 2.13, the pinned version
+    with warnings.catch_warnings():  # torch 2.13 (the pinned version) deprecates quantised tensors
         warnings.simplefilter("ignore", UserWarning)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
     b = None if bias is None else bias.detach().float().cpu()

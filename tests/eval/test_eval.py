@@ -337,8 +337,10 @@ def test_codec_round_trip_doubles_the_bank_and_is_reported_apart(dataset, classi
     tiny.save(tmp_path / "tiny.safetensors")
     codec = CodecRoundTrip(tmp_path / "tiny.safetensors")
     cfg = ClassifierConfig(**TEST_CLF)
-    # a few clips (each costs 0.4 s through the codec): the bank's layout, then the CLI's report on 8 test clips
-    few = build_dataset(tmp_path / "few", {"valid": 4, "test": 8})
+    # a few clips (each costs 0.4 s through the codec): the bank's layout, then the CLI's report on 8 test
+    # clips of another directory (--test-data: a classifier's own data has no test split)
+    few = build_dataset(tmp_path / "few", {"valid": 4})
+    judged = build_dataset(tmp_path / "judged", {"test": 8}, seed=1)
     bank = MelBank.from_dataset(few, "valid", cfg, codec=codec)
     assert len(bank.mels) == 8 and bank.ids[4:] == [i + "~codec" for i in bank.ids[:4]]
     assert torch.equal(bank.targets["style"][:4], bank.targets["style"][4:])
@@ -349,10 +351,11 @@ def test_codec_round_trip_doubles_the_bank_and_is_reported_apart(dataset, classi
     clf = tmp_path / "clf"
     shutil.copytree(classifier_dir, clf)
     args = ["eval", "classifier", "--data", str(few), "--out", str(clf), "--steps", str(TRAIN_STEPS + 1)]
+    args += ["--test-data", str(judged)]
     assert main([*args, "--codec", str(tmp_path / "tiny.safetensors")]) == 0
     assert "through the codec" in capsys.readouterr().out
     report = json.loads((clf / "test_report.json").read_text())
-    assert report["codec"] == str(tmp_path / "tiny.safetensors")
+    assert report["codec"] == str(tmp_path / "tiny.safetensors") and report["test_data"] == str(judged)
     assert report["through_codec"]["10s"]["adherence"] < report["10s"]["adherence"] - 0.2, report
     assert json.loads((clf / "progress.json").read_text())["codec"] == report["codec"]
 
