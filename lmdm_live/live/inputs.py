@@ -53,8 +53,8 @@ TIMBRES = ("prompt", "input")
 # A hum is loud and dark next to the leads the model learnt the sketch from: a near-sine hum at -13 dB
 # with its centroid at its pitch (300-450 Hz), where 99 % of the rendered leads' voiced frames are quieter
 # and 98 % brighter (medians -25 dB and 1.8 kHz). So by default a hum steers pitch and phrasing, and the
-# prompt the timbre: on a 12 s hum the shipped model's output pitch followed it at r 0.39 with the hum's
-# own curves and 0.59 with these (docs/default-model.md).
+# prompt the timbre: on a 12 s hum the 44.1 kHz model's output pitch followed it at r 0.39 with the hum's
+# own curves and 0.58 with these (docs/default-model.md).
 SKETCH_LEAD_DB = -25.0
 SKETCH_LEAD_CENTROID_HZ = 1800.0
 SAFETY_S = 0.05  # on top of the lead: a slower block than the recent ones still finds its input there

@@ -133,7 +133,7 @@ class Instrument:
 
     @property
     def dtype(self) -> str:
-        """The DiT's dtype, as played ("float32" or "bfloat16")."""
+        """The DiT's dtype, as played ("float32", "bfloat16" or "int8")."""
         from ..model.precision import model_dtype_name
 
         return model_dtype_name(self.model.net)

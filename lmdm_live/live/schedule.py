@@ -20,8 +20,8 @@ HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
 class LatencyPreset:
     """How fast a change is heard, against what it costs. Both cut a change into the block playing (a jump
     mid-block, 5 ms crossfaded) instead of waiting for the next block boundary behind the queue (through
-    JACK, the shipped model's median control -> sound went from 1,153 to 958 ms). "low" also keeps half as much audio queued and caps the denoising
-    steps at 4 (docs/performance.md has both presets' figures)."""
+    JACK, the shipped model's median control -> sound went from 1,153 to 958 ms). "low" also keeps half as
+    much audio queued and caps the denoising steps at 4 (docs/performance.md has both presets' figures)."""
 
     headroom: str  # a HEADROOM_PRESETS_MS key
     splice: bool
