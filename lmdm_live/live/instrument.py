@@ -334,10 +334,9 @@ class Instrument:
     def sketch(
         self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False, timbre: str = "prompt"
     ) -> None:
-        """Steer the music with a hummed, sung or played line: the pitch and voicing of `source` (an input
-        spec, see `open_input`, or an `AudioInput`) become the sketch channels; with timbre="input" its
-        loudness and brightness too (by default the prompt's lead keeps its own). strength 0..2 (below 1
-        blends toward no sketch), filter: causal median in frames (odd)."""
+        """Steer the music with a hummed, sung or played line (an input spec, see `open_input`, or an
+        `AudioInput`): its pitch and voicing, and with timbre="input" its loudness and brightness too.
+        strength 0..2 (below 1 blends toward no sketch), filter: causal median in frames (odd)."""
         from .inputs import SketchSettings
 
         self._needs("sketch")

@@ -206,17 +206,16 @@ def test_threads_are_set_while_playing_and_given_back(model, tmp_path):
 
 
 def test_latency_presets(model, tmp_path):
-    """Both presets cut changes into the block playing (no block boundary to wait for); "low" also keeps
-    the tight headroom and caps the steps at 4, so less audio stands between a change and its sound."""
+    """ "low" cuts changes into the block playing, keeps the tight headroom and caps the steps at 4; its
+    worst case is the time to make a block plus the buffers, with no block to wait for."""
     backend = FileBackend(tmp_path / "low.wav", model.sample_rate, channels=2, realtime=False)
     low = Instrument(model, backend=backend, latency="low", start=False, quiet=True)
     normal = Instrument(model, backend="file", out=tmp_path / "n.wav", start=False, quiet=True)
     try:
         assert low.engine.splice and low.engine.headroom_ms == 85.0 and low.stream.params.sampler.steps == 4
-        assert normal.engine.splice and normal.engine.headroom_ms == 170.0
+        assert not normal.engine.splice and normal.engine.headroom_ms == 170.0
         assert normal.stream.params.sampler.steps == model.sampler_settings().steps
-        assert low.latency()["block_ms"] == normal.latency()["block_ms"] < 10.0  # the splice's crossfade
-        assert low.latency()["buffer_ms"] < normal.latency()["buffer_ms"]
+        assert low.latency()["block_ms"] < normal.latency()["block_ms"]
         with pytest.raises(ValueError, match="latency"):
             Instrument(
                 model, backend="file", out=tmp_path / "x.wav", latency="instant", start=False, quiet=True
