@@ -258,7 +258,7 @@ def test_version_1_checkpoints_still_load(tmp_path):
 
 
 TEST_CLF = dict(channels=(8, 16, 32, 64), crop_max=4.0, lr=3e-3, batch=24)
-TRAIN_STEPS = 200
+TRAIN_STEPS = 120
 
 
 @pytest.fixture(scope="module")
