@@ -144,26 +144,9 @@ def test_bad_out_and_seconds_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_bench_json(capsys):
-    assert (
-        # float32: the cache's exactness against the masked pass (int8 rounds each call's rows together)
-        main(
-            [
-                "bench",
-                "--json",
-                *SMALL,
-                "--steps",
-                "2",
-                "--blocks",
-                "3",
-                "--warmup",
-                "1",
-                "--no-decode",
-                "--dtype",
-                "float32",
-            ]
-        )
-        == 0
-    )
+    args = ["bench", "--json", *SMALL, "--steps", "2", "--blocks", "3", "--warmup", "1", "--no-decode"]
+    # float32: the cache's exactness against the masked pass (int8 rounds each call's rows together)
+    assert main([*args, "--dtype", "float32"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(r["modes"]) == {"uncached", "encdec", "causal"}
     for mode, e in r["modes"].items():

@@ -154,11 +154,10 @@ def run_bench(cfg: BenchConfig) -> dict:
         for m in ("encdec", "causal")
     }
     model = load_model(cfg.model, windows["encdec"], cfg.device, dtype)
-    device = next(model.net.parameters()).device
+    p = next(model.net.parameters())
+    device = p.device
     g = torch.Generator().manual_seed(cfg.seed)
-    context = torch.randn(1, model.dit.cfg.io_channels, cfg.context, generator=g).to(
-        device, next(model.net.parameters()).dtype
-    )
+    context = torch.randn(1, model.dit.cfg.io_channels, cfg.context, generator=g).to(device, p.dtype)
     block_s = model.block_seconds
     result: dict = {
         "model": cfg.model,

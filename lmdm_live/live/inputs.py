@@ -410,8 +410,7 @@ class LiveInput:
             feed, st = m
             strength = st.strength
             curves = self._sketch_curves(block, feed, st)
-            if st.timbre == "prompt":
-                curves = curves.copy()
+            if st.timbre == "prompt":  # the tracker's frames are a fresh array: set them in place
                 curves[2] = np.where(curves[1] > 0.5, SKETCH_LEAD_DB, curves[2])
                 curves[3] = SKETCH_LEAD_CENTROID_HZ
         if plan.notes.on:
