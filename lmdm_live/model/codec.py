@@ -130,17 +130,26 @@ class MelCodecConfig:
     griffinlim: GriffinLimConfig = field(default_factory=GriffinLimConfig)
     nnls_iters: int = 16
     vocoder: VocoderConfig | None = None  # the trained network of the vocoder and autoencoder inverses
+    # > 0: tokens are the projections of the log-mel tokens on their `project` principal directions (the
+    # `basis` and `offset` buffers, from `train project`): a narrower target for the DiT, same inverse
+    project: int = 0
 
     def __post_init__(self) -> None:
         if self.inverse not in INVERSES:
             raise ValueError(f"inverse must be one of {', '.join(INVERSES)}, got {self.inverse!r}")
         if self.inverse != "griffinlim" and self.vocoder is None:
             raise ValueError(f"the {self.inverse} inverse needs its network's config")
+        if self.project and (self.inverse == "autoencoder" or not 0 < self.project <= self.mel.token_dim):
+            raise ValueError(
+                f"project must be 0 or 1..{self.mel.token_dim}, over a log-mel (not autoencoder) inverse"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.vocoder is None:
             d.pop("vocoder")
+        if not self.project:
+            d.pop("project")
         return d
 
     @classmethod
@@ -151,6 +160,7 @@ class MelCodecConfig:
             griffinlim=GriffinLimConfig(**d.get("griffinlim", {})),
             nnls_iters=int(d.get("nnls_iters", 16)),
             vocoder=VocoderConfig.from_dict(d["vocoder"]) if d.get("vocoder") else None,
+            project=int(d.get("project", 0)),
         )
 
 
@@ -186,7 +196,7 @@ class _VocoderStream:
     def push(self, tokens: Tensor) -> Tensor:
         if self.codec.cfg.inverse == "autoencoder":
             return self.voc.push(tokens.float())[:, None]
-        return self.voc.push(self.codec.analysis.from_tokens(tokens.float()))[:, None]
+        return self.voc.push(self.codec.analysis.from_tokens(self.codec.full_tokens(tokens.float())))[:, None]
 
     def flush(self) -> Tensor:
         return self.voc.flush()[:, None]
@@ -205,7 +215,9 @@ class _VocoderStream:
 class MelCodec(nn.Module):
     """44.1 kHz mono; 128-band log-mel, four frames to a token (512 values, 21.5 tokens/s), inverted by
     streaming Griffin-Lim or a trained vocoder. With the autoencoder inverse the tokens are instead a
-    learned `latent_dim`-wide code of the same log-mel."""
+    learned `latent_dim`-wide code of the same log-mel; with `project` they are the log-mel tokens'
+    coordinates on their leading principal directions (z = basis^T x; x ~ basis z + offset, where `offset`
+    is the part of the tokens' mean outside the basis)."""
 
     channels = 1
 
@@ -221,6 +233,10 @@ class MelCodec(nn.Module):
         self.sample_rate = cfg.mel.sample_rate
         self.hop = cfg.mel.token_hop
         self.dim = cfg.vocoder.latent_dim if cfg.inverse == "autoencoder" else cfg.mel.token_dim
+        if cfg.project:
+            self.dim = cfg.project
+            self.register_buffer("basis", torch.eye(cfg.mel.token_dim)[:, : cfg.project].contiguous())
+            self.register_buffer("offset", torch.zeros(cfg.mel.token_dim))
         # tokens of context each side an encoded token depends on: half a frame's window, and for the
         # autoencoder its encoder's reach (15 frames back, 3 ahead)
         self.encoder_margin = 5 if cfg.inverse == "autoencoder" else 1
@@ -235,11 +251,23 @@ class MelCodec(nn.Module):
         if self.cfg.inverse == "autoencoder":
             t = log_mel.shape[-1] - log_mel.shape[-1] % self.cfg.mel.group
             return self.net.encode(log_mel[..., :t])
-        return self.analysis.to_tokens(log_mel)
+        return self.project_tokens(self.analysis.to_tokens(log_mel))
+
+    def project_tokens(self, full: Tensor) -> Tensor:
+        """Log-mel tokens (B, token_dim, T) -> the codec's tokens (B, dim, T): unchanged unless projected."""
+        if not self.cfg.project:
+            return full
+        return torch.einsum("kd,bkt->bdt", self.basis, full)
+
+    def full_tokens(self, tokens: Tensor) -> Tensor:
+        """The codec's tokens -> log-mel tokens (B, token_dim, T), the inverse's input."""
+        if not self.cfg.project:
+            return tokens
+        return torch.einsum("kd,bdt->bkt", self.basis, tokens) + self.offset[:, None]
 
     def magnitude(self, tokens: Tensor) -> Tensor:
         """Tokens -> non-negative STFT magnitudes (B, n_bins, frames) whose mel is the tokens'."""
-        power = self.analysis.mel_power(self.analysis.from_tokens(tokens))
+        power = self.analysis.mel_power(self.analysis.from_tokens(self.full_tokens(tokens)))
         return nnls_magnitude(self.analysis.fb, power, self.cfg.nnls_iters).sqrt()
 
     @torch.no_grad()
@@ -252,13 +280,26 @@ class MelCodec(nn.Module):
     def normalised(self, mean: float, std: float) -> MelCodec:
         """The same codec with tokens (tokens - mean) / std: folded into the log-mel's shift and scale, so
         the DiT sees zero-mean, unit-variance tokens and decoding is unchanged."""
-        if self.cfg.inverse == "autoencoder":
-            raise ValueError("an autoencoder's latents cannot be renormalised by the mel's shift and scale")
+        if self.cfg.inverse == "autoencoder" or self.cfg.project:
+            raise ValueError("only plain log-mel tokens can be renormalised by the mel's shift and scale")
         mel = replace(
             self.cfg.mel, shift=self.cfg.mel.shift + mean * self.cfg.mel.scale, scale=self.cfg.mel.scale * std
         )
         out = MelCodec(replace(self.cfg, mel=mel))
         out.load_state_dict(self.state_dict(), strict=True)
+        return out.eval().requires_grad_(False)
+
+    def projected(self, basis: Tensor, offset: Tensor) -> MelCodec:
+        """The same codec with tokens basis^T x (basis (token_dim, k) orthonormal; offset (token_dim,) what
+        decoding adds back: the tokens' mean outside the basis)."""
+        if self.cfg.inverse == "autoencoder" or self.cfg.project:
+            raise ValueError("only plain log-mel tokens can be projected")
+        if basis.dim() != 2 or basis.shape[0] != self.cfg.mel.token_dim or offset.shape != basis.shape[:1]:
+            raise ValueError(f"basis must be ({self.cfg.mel.token_dim}, k) and offset ({self.cfg.mel.token_dim},)")
+        out = MelCodec(replace(self.cfg, project=basis.shape[1]))
+        out.load_state_dict(
+            {**self.state_dict(), "basis": basis.float().contiguous(), "offset": offset.float()}, strict=True
+        )
         return out.eval().requires_grad_(False)
 
     def config(self) -> dict:

@@ -123,6 +123,20 @@ def add_parser(sub) -> None:
     )
     lat.add_argument("--split", default="train", help="which split(s) to encode, comma-separated")
 
+    pr = tsub.add_parser(
+        "project",
+        help="narrow log-mel latent sets to their leading principal directions (and carry a model along)",
+    )
+    pr.add_argument("--data", type=Path, nargs="+", required=True, help="latent sets in one token space")
+    pr.add_argument("--vae", type=Path, required=True, help="the codec file written beside the first set")
+    pr.add_argument("--dim", type=int, default=128, help="directions kept (of 512)")
+    pr.add_argument(
+        "--out", type=Path, required=True, help="folder: codec.safetensors and one projected set per input"
+    )
+    pr.add_argument(
+        "--model", type=Path, help="an LMDM on --vae's tokens to map onto them (model.safetensors)"
+    )
+
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
     s1.add_argument(
         "--data", type=Path, nargs="+", required=True, help="latent sets (.safetensors) in one token space"
@@ -220,6 +234,7 @@ def run(args) -> int:
         "codec": _codec,
         "decoder": _decoder,
         "latents": _latents,
+        "project": _project,
         "stage1": _stage1,
         "arc": _arc,
         "keep": _keep,
@@ -444,6 +459,16 @@ def _latents(args) -> int:
     ls.save(args.out)
     frames = sum(x.shape[-1] for x in ls.latents)
     print(f"{args.out}: {len(ls.latents)} clips, {frames} frames; the codec to build on: {vae_out}")
+    return 0
+
+
+def _project(args) -> int:
+    from .project import run_project
+
+    try:
+        run_project(args.data, args.vae, args.dim, args.out, args.model)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

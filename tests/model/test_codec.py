@@ -125,7 +125,8 @@ def test_harmonic_peak_loss_pays_for_a_blurred_comb():
     assert float(harmonic_peak_loss(blurred, tone)) > 1.0
 
 
-@pytest.mark.parametrize("kind", ["vocoder", "ae"])
+# the learned autoencoder inverse ships in no model: its run is slow (the vocoder's covers the trainer)
+@pytest.mark.parametrize("kind", ["vocoder", pytest.param("ae", marks=pytest.mark.slow)])
 def test_codec_training_steps_lower_the_losses(kind, flute):
     """Reconstruction steps lower the mel loss on a fixed batch; in the adversarial stage, discriminator
     steps lower its loss on that batch (it learns to tell the generator's output from the real thing)."""

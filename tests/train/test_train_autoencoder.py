@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lmdm_live.model.oobleck import OobleckConfig, OobleckVAE
@@ -31,6 +32,7 @@ def test_metrics():
     assert si_sdr(3 * x, x).min() > 60  # scale-invariant
 
 
+@pytest.mark.slow  # about 25 s; the decoder-only run below keeps the trainer's step in the default run
 def test_autoencoder_loss_falls_and_reconstruction_improves():
     torch.manual_seed(0)
     vae = OobleckVAE(

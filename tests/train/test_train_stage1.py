@@ -112,7 +112,11 @@ def test_chunk_dropout_starts_some_target_from_nothing():
         Stage1Trainer(small_model("encdec"), Stage1Config(targets=2))
 
 
-@pytest.mark.parametrize(("mode", "targets"), [("encdec", 1), ("causal", 1), ("causal", 3)])
+@pytest.mark.parametrize(
+    ("mode", "targets"),
+    # causal with one target runs encdec's single-window pass under the causal mask: slow, as causal-3 covers it
+    [("encdec", 1), pytest.param("causal", 1, marks=pytest.mark.slow), ("causal", 3)],
+)
 def test_stage1_loss_falls(mode, targets):
     trainer = Stage1Trainer(small_model(mode), Stage1Config(batch=8, lr=2e-3, seed=1, targets=targets))
     data = patterned_set()
