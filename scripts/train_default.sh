@@ -59,13 +59,20 @@ S1=("$L")
 #    predicts a quarter of the numbers and can no longer put out a band-wise outlier. The stage-1 model is
 #    carried onto them (its token-facing weights mapped through the basis) and trained on there.
 P="$RUNS/p128"
+KEPT_B=checkpoints/default-stage1b  # the narrowed run's resume point; its codec holds the basis to project with
+if [[ ! -f "$P/stage1/progress.json" && -f "$KEPT_B/progress.json" ]]; then
+    mkdir -p "$P/stage1" && cp "$KEPT_B"/model.safetensors "$KEPT_B"/model.json "$KEPT_B"/progress.json "$P/stage1/"
+    [[ -f "$P/codec.safetensors" ]] || .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
+M.load('$KEPT_B/model.safetensors').mel_codec.save('$P/codec.safetensors')"
+fi
 $L train project --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --dim 128 --out "$P" \
     --model "$RUNS/stage1/model.safetensors"
 PLAT=("$P/lat_a.safetensors" "$P/lat_b.safetensors")
-STAGE1B_STEPS="${STAGE1B_STEPS:-5000}"
+STAGE1B_STEPS="${STAGE1B_STEPS:-4000}"
+STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-2500}"
 "${S1[@]}" train stage1 --data "${PLAT[@]}" --model "$P/model.safetensors" --mode causal \
     --context 68 --block 4 --targets 8 --batch 8 --lr 1.5e-4 --p-sketch 0.4 --p-solo 0.25 \
-    --out "$P/stage1" --steps "$STAGE1B_STEPS" --decay-from $((STAGE1B_STEPS / 2)) --save-every 100 --device "$DEVICE"
+    --out "$P/stage1" --steps "$STAGE1B_STEPS" --decay-from "$STAGE1B_DECAY_FROM" --save-every 100 --device "$DEVICE"
 
 # 5. ARC-Forcing through the streaming cache (the stage-1 checkpoint stays: it is the no-ARC baseline)
 $L train arc --data "${PLAT[@]}" --model "$P/stage1/model.safetensors" --out "$P/arc" \

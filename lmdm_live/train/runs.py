@@ -132,7 +132,7 @@ def _run_stage1(args, bar_factory, world: World) -> int:
         task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
         while trainer.step < args.steps:
             with torch.autocast("cuda", torch.bfloat16, enabled=bool(getattr(args, "bf16", False))):
-                loss = trainer.train_step(data)
+                trainer.train_step(data)
             recent = trainer.history[-50:]
             bar.update(task, completed=trainer.step, info=f"loss {sum(recent) / len(recent):.4f}")
             if trainer.step % args.save_every == 0 or trainer.step == args.steps:
@@ -144,7 +144,11 @@ def _run_stage1(args, bar_factory, world: World) -> int:
     if world.main:
         print(
             json.dumps(
-                {"out": str(out), "step": trainer.step, "loss_last": loss if trainer.history else None}
+                {
+                    "out": str(out),
+                    "step": trainer.step,
+                    "loss_last": trainer.history[-1] if trainer.history else None,
+                }
             )
         )
     return 0

@@ -183,4 +183,8 @@ def test_train_cli_runs_and_resumes(tmp_path, capsys):
     assert "resuming" in captured.err and json.loads(captured.out.splitlines()[-1])["step"] == 9
     progress = json.loads((out / "progress.json").read_text())
     assert progress["step"] == 9 and len(progress["history"]) == 9
+    # a finished run run again (the script after a stop) trains nothing and reports where it stands
+    assert main([*argv, "--steps", "9"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["step"] == 9 and report["loss_last"] == pytest.approx(progress["history"][-1])
     assert main(["train", "stage1", "--data", str(tmp_path / "nope.safetensors"), "--out", str(out)]) == 2
