@@ -295,7 +295,9 @@ class MelCodec(nn.Module):
         if self.cfg.inverse == "autoencoder" or self.cfg.project:
             raise ValueError("only plain log-mel tokens can be projected")
         if basis.dim() != 2 or basis.shape[0] != self.cfg.mel.token_dim or offset.shape != basis.shape[:1]:
-            raise ValueError(f"basis must be ({self.cfg.mel.token_dim}, k) and offset ({self.cfg.mel.token_dim},)")
+            raise ValueError(
+                f"basis must be ({self.cfg.mel.token_dim}, k) and offset ({self.cfg.mel.token_dim},)"
+            )
         out = MelCodec(replace(self.cfg, project=basis.shape[1]))
         out.load_state_dict(
             {**self.state_dict(), "basis": basis.float().contiguous(), "offset": offset.float()}, strict=True

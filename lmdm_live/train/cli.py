@@ -136,6 +136,11 @@ def add_parser(sub) -> None:
     pr.add_argument(
         "--model", type=Path, help="an LMDM on --vae's tokens to map onto them (model.safetensors)"
     )
+    pr.add_argument(
+        "--per-frame",
+        action="store_true",
+        help="one basis for every frame of a token (--dim / 4 directions each): no token-boundary grid",
+    )
 
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
     s1.add_argument(
@@ -465,10 +470,7 @@ def _latents(args) -> int:
 def _project(args) -> int:
     from .project import run_project
 
-    try:
-        run_project(args.data, args.vae, args.dim, args.out, args.model)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    run_project(args.data, args.vae, args.dim, args.out, args.model, per_frame=args.per_frame)
     return 0
 
 
