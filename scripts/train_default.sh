@@ -58,15 +58,20 @@ S1=("$L")
 # 4. narrow the tokens: their 128 principal directions hold 99 % of the variance of the 512 values, so the DiT
 #    predicts a quarter of the numbers and can no longer put out a band-wise outlier. The stage-1 model is
 #    carried onto them (its token-facing weights mapped through the basis) and trained on there.
+#    PER_FRAME=1: one basis for every frame of a token instead (no token-boundary grid; see training.md),
+#    in its own folder
+PER_FRAME="${PER_FRAME:-0}"
+PF=()
 P="$RUNS/p128"
-KEPT_B=checkpoints/default-stage1b  # the narrowed run's resume point; its codec holds the basis to project with
-if [[ ! -f "$P/stage1/progress.json" && -f "$KEPT_B/progress.json" ]]; then
+[[ "$PER_FRAME" == 1 ]] && { PF=(--per-frame); P="$RUNS/pf128"; }
+KEPT_B=checkpoints/default-stage1b  # the whole-token run's resume point; its codec holds the basis
+if [[ "$PER_FRAME" != 1 && ! -f "$P/stage1/progress.json" && -f "$KEPT_B/progress.json" ]]; then
     mkdir -p "$P/stage1" && cp "$KEPT_B"/model.safetensors "$KEPT_B"/model.json "$KEPT_B"/progress.json "$P/stage1/"
     [[ -f "$P/codec.safetensors" ]] || .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
 M.load('$KEPT_B/model.safetensors').mel_codec.save('$P/codec.safetensors')"
 fi
 $L train project --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --dim 128 --out "$P" \
-    --model "$RUNS/stage1/model.safetensors"
+    --model "$RUNS/stage1/model.safetensors" "${PF[@]}"
 PLAT=("$P/lat_a.safetensors" "$P/lat_b.safetensors")
 STAGE1B_STEPS="${STAGE1B_STEPS:-4000}"
 STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-2500}"
