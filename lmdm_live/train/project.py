@@ -144,6 +144,10 @@ def run_project(
         codec = load_codec(codec_path)
         if codec.dim != dim:
             raise ValueError(f"{codec_path} keeps {codec.dim} directions, not {dim}")
+        g = codec.cfg.mel.group
+        one = codec.basis[: codec.basis.shape[0] // g, : dim // g]
+        if per_frame != (dim % g == 0 and torch.equal(codec.basis, torch.block_diag(*[one] * g))):
+            raise ValueError(f"{codec_path} was made {'without' if per_frame else 'with'} --per-frame")
     else:
         base = load_codec(codec_file)
         if not isinstance(base, MelCodec):

@@ -183,7 +183,8 @@ def test_train_project_cli_per_frame(tmp_path, capsys):
     assert "32 directions (8 a frame) hold" in capsys.readouterr().out
     basis = load_codec(tmp_path / "p" / "codec.safetensors").basis
     assert torch.equal(basis, torch.block_diag(*[basis[:128, :8]] * 4))
-    assert (
-        main([*argv, "--dim", "30", "--per-frame", "--out", str(tmp_path / "q")]) == 2
-    )  # one line, no trace
+    # a bad width is one line and exit 2, and a folder is never mixed across the two kinds of basis
+    assert main([*argv, "--dim", "30", "--per-frame", "--out", str(tmp_path / "q")]) == 2
     assert "divisible" in capsys.readouterr().err
+    assert main([*argv, "--dim", "32", "--out", str(tmp_path / "p")]) == 2
+    assert "made with --per-frame" in capsys.readouterr().err
