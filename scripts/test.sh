@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run lint and the test suite against a private JACK server (dummy driver, no sound card needed).
-# Extra arguments go to pytest, e.g.  bash scripts/test.sh -m slow   or   bash scripts/test.sh -k jack
+# Extra arguments go to one plain pytest run, e.g.  bash scripts/test.sh -m slow   or   bash scripts/test.sh -k jack
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,7 +59,19 @@ echo "[test] ruff check ." >&2
 .venv/bin/ruff check . || status=1
 
 # Any non-zero pytest exit fails the run, including 5 ("no tests collected").
-echo "[test] pytest" >&2
-.venv/bin/python -m pytest -m "not slow and not acceptance" -q "$@" || status=$?
+if (($#)); then
+    echo "[test] pytest $*" >&2
+    .venv/bin/python -m pytest -q "$@" || status=$?
+else
+    # The offline tests (training, evaluation, the model, DSP) are bound by the CPU alone: they run two at a
+    # time, one torch thread each, a module to a worker so its fixtures are built once. The tests that play
+    # in real time (JACK, OSC, MIDI, the engine, the CLI) then run one at a time with the machine to
+    # themselves, as their timing needs.
+    OFFLINE=(tests/train tests/eval tests/model tests/dsp tests/test_layers.py tests/live/test_stream.py)
+    echo "[test] pytest, offline tests on two workers: ${OFFLINE[*]}" >&2
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadscope "${OFFLINE[@]}" || status=$?
+    echo "[test] pytest, the rest one at a time" >&2
+    .venv/bin/python -m pytest -q tests "${OFFLINE[@]/#/--ignore=}" || { s=$?; ((status)) || status=$s; }
+fi
 
 exit "$status"

@@ -244,47 +244,6 @@ def test_render_script(tmp_path, capsys):
     assert "tempo" in capsys.readouterr().err
 
 
-def test_convert_sao_then_load_as_an_lmdm_model(tmp_path, capsys):
-    """`convert sao` output loads as an LMDM model that computes exactly the SAOS DiT (input_add is zero)."""
-    import torch
-    from test_sao import small_checkpoint
-
-    _, ckpt, conf, sao = small_checkpoint(tmp_path)
-    out = tmp_path / "converted.safetensors"
-    assert main(["convert", "sao", "--ckpt", str(ckpt), "--config", str(conf), "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    model = LMDMModel.load(out)
-    assert model.dit.cfg.input_add_dim == 1 + model.dit.cfg.io_channels
-    assert model.text["type"] == "t5" and model.sample_rate == 44100
-    x, t = torch.randn(2, 4, 12), torch.tensor([0.3, 0.9])
-    cross, glob = torch.randn(2, 7, 16), torch.randn(2, 16)
-    with torch.no_grad():
-        want = sao(x, t, cross, glob)
-        got = model.net(x, t, cross, glob)
-    assert torch.allclose(got, want, atol=1e-5)
-    try:
-        model.text_encoder()
-    except ValueError as e:
-        assert "t5" in str(e).lower()
-    else:
-        raise AssertionError("a T5 model without a T5 path must say so")
-    assert (
-        main(
-            [
-                "convert",
-                "sao",
-                "--ckpt",
-                str(tmp_path / "nope.ckpt"),
-                "--config",
-                str(conf),
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
-
-
 @pytest.mark.jack
 def test_bench_engine_figures(jack_server, capsys):
     argv = ["bench", "--json", "--engine-only", "--engine", "4", "--steps", "2"]

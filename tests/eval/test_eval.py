@@ -257,7 +257,7 @@ def test_version_1_checkpoints_still_load(tmp_path):
 # --- the classifier on a synthetic dataset -------------------------------------------------------------
 
 
-TEST_CLF = dict(channels=(8, 16, 32, 64), crop_max=4.0, lr=3e-3, batch=24)
+TEST_CLF = dict(channels=(8, 16, 32, 64), crop_max=4.0, lr=3e-3, batch=12)
 TRAIN_STEPS = 120
 
 
@@ -268,11 +268,8 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_dir(dataset, tmp_path_factory) -> Path:
-    import torch
-
     from lmdm_live.eval.classifier import ClassifierConfig, ClassifierTrainer, MelBank
 
-    torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("clf")
     trainer = ClassifierTrainer(ClassifierConfig(**TEST_CLF))
     bank = MelBank.from_dataset(dataset, "valid", trainer.cfg)
