@@ -277,11 +277,15 @@ class MelCodec(nn.Module):
     def streaming_decoder(self) -> StreamDecoder:
         return _GriffinLimStream(self) if self.net is None else _VocoderStream(self)
 
+    def _require_plain(self, what: str) -> None:
+        """Only plain log-mel tokens (no learnt inverse, not yet projected) map onto new tokens exactly."""
+        if self.cfg.inverse == "autoencoder" or self.cfg.project:
+            raise ValueError(f"only plain log-mel tokens can be {what}")
+
     def normalised(self, mean: float, std: float) -> MelCodec:
         """The same codec with tokens (tokens - mean) / std: folded into the log-mel's shift and scale, so
         the DiT sees zero-mean, unit-variance tokens and decoding is unchanged."""
-        if self.cfg.inverse == "autoencoder" or self.cfg.project:
-            raise ValueError("only plain log-mel tokens can be renormalised by the mel's shift and scale")
+        self._require_plain("renormalised by the mel's shift and scale")
         mel = replace(
             self.cfg.mel, shift=self.cfg.mel.shift + mean * self.cfg.mel.scale, scale=self.cfg.mel.scale * std
         )
@@ -292,8 +296,7 @@ class MelCodec(nn.Module):
     def projected(self, basis: Tensor, offset: Tensor) -> MelCodec:
         """The same codec with tokens basis^T x (basis (token_dim, k) orthonormal; offset (token_dim,) what
         decoding adds back: the tokens' mean outside the basis)."""
-        if self.cfg.inverse == "autoencoder" or self.cfg.project:
-            raise ValueError("only plain log-mel tokens can be projected")
+        self._require_plain("projected")
         if basis.dim() != 2 or basis.shape[0] != self.cfg.mel.token_dim or offset.shape != basis.shape[:1]:
             raise ValueError(
                 f"basis must be ({self.cfg.mel.token_dim}, k) and offset ({self.cfg.mel.token_dim},)"
