@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run lint and the test suite against a private JACK server (dummy driver, no sound card needed).
-# Extra arguments go to one plain pytest run, e.g.  bash scripts/test.sh -m slow   or   bash scripts/test.sh -k jack
+# Extra arguments go to one plain pytest run instead of the two phases below, e.g.
+#   bash scripts/test.sh -m slow   or   bash scripts/test.sh -k jack
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -63,7 +64,7 @@ if (($#)); then
     echo "[test] pytest $*" >&2
     .venv/bin/python -m pytest -q "$@" || status=$?
 else
-    # The offline tests (training, evaluation, the model, DSP) are bound by the CPU alone: they run two at a
+    # The offline tests (training, evaluation, the model, DSP, the stream) are bound by the CPU alone: they run two at a
     # time, one torch thread each, a module to a worker so its fixtures are built once. The tests that play
     # in real time (JACK, OSC, MIDI, the engine, the CLI) then run one at a time with the machine to
     # themselves, as their timing needs.
