@@ -73,8 +73,10 @@ fi
 $L train project --data "${LAT[@]}" --vae "$RUNS/lat_a.vae.safetensors" --dim 128 --out "$P" \
     --model "$RUNS/stage1/model.safetensors" "${PF[@]}"
 PLAT=("$P/lat_a.safetensors" "$P/lat_b.safetensors")
-STAGE1B_STEPS="${STAGE1B_STEPS:-4000}"
-STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-2500}"
+#    stage 1 on the narrowed tokens: first run to 4,000 steps (cosine from 2,500), then on to 8,000 from
+#    there (its rate constant again to 6,500, then a cosine to a tenth)
+STAGE1B_STEPS="${STAGE1B_STEPS:-8000}"
+STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-6500}"
 "${S1[@]}" train stage1 --data "${PLAT[@]}" --model "$P/model.safetensors" --mode causal \
     --context 68 --block 4 --targets 8 --batch 8 --lr 1.5e-4 --p-sketch 0.4 --p-solo 0.25 \
     --out "$P/stage1" --steps "$STAGE1B_STEPS" --decay-from "$STAGE1B_DECAY_FROM" --save-every 100 --device "$DEVICE"
