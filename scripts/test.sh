@@ -64,10 +64,10 @@ if (($#)); then
     echo "[test] pytest $*" >&2
     .venv/bin/python -m pytest -q "$@" || status=$?
 else
-    # The offline tests (training, evaluation, the model, DSP, the stream) are bound by the CPU alone: they run two at a
-    # time, one torch thread each, a module to a worker so its fixtures are built once. The tests that play
-    # in real time (JACK, OSC, MIDI, the engine, the CLI) then run one at a time with the machine to
-    # themselves, as their timing needs.
+    # The offline tests (training, evaluation, the model, DSP, the stream) are bound by the CPU alone: they
+    # run two at a time, one torch thread each, a module to a worker so its fixtures are built once. The
+    # tests that play in real time (JACK, OSC, MIDI, the engine, the CLI) then run one at a time with the
+    # machine to themselves, as their timing needs.
     OFFLINE=(tests/eval tests/train tests/model tests/dsp tests/test_layers.py tests/live/test_stream.py)
     echo "[test] pytest, offline tests on two workers: ${OFFLINE[*]}" >&2
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadscope "${OFFLINE[@]}" || status=$?
