@@ -22,10 +22,12 @@ sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_c
 
 # 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), then
 #    the 23-style cycle (captions with tempo, mood, style, lead, key and bpm) three times, on other seeds
-#    Two chains side by side, one per core (about 40 min on two free cores; each set resumes where it stopped)
+#    Two chains side by side, one per core (about 50 min on two free cores; each set resumes where it stopped);
+#    the first also renders the evaluation classifier's held-out set of step 5 (solo melodies render fast)
 R=(--seconds 20 --sample-rate 44100 --hop 2048)
 ( $L train data --kind solo --out "$RUNS/solo" --hours 3 "${R[@]}" \
-  && $L train data --out "$RUNS/styles3" --hours 5 "${R[@]}" --seed 2 ) & A=$!
+  && $L train data --out "$RUNS/styles3" --hours 5 "${R[@]}" --seed 2 \
+  && $L train data --out "$RUNS/clfdata" --hours 3 "${R[@]}" --seed 3 --split valid ) & A=$!
 ( $L train data --out "$RUNS/styles" --hours 3.5 "${R[@]}" --seed 0 \
   && $L train data --out "$RUNS/styles2" --hours 3.5 "${R[@]}" --seed 1 ) & B=$!
 wait "$A"
@@ -81,15 +83,20 @@ STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-6500}"
     --context 68 --block 4 --targets 8 --batch 8 --lr 1.5e-4 --p-sketch 0.4 --p-solo 0.25 \
     --out "$P/stage1" --steps "$STAGE1B_STEPS" --decay-from "$STAGE1B_DECAY_FROM" --save-every 100 --device "$DEVICE"
 
-# 5. ARC-Forcing through the streaming cache (the stage-1 checkpoint stays: it is the no-ARC baseline)
+# 5. the evaluation classifier: held-out renders of the 23 styles (step 1), also heard through the codec;
+#    its data is all "valid": the report is on the test split of the prompts the model is judged on.
+#    With NPROC > 1 it trains beside ARC-Forcing (step 6), which runs in one process.
+classifier() {
+    [[ -f "$RUNS/clf/test_report.json" ]] || $L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" \
+        --steps 1200 --save-every 50 --codec "$RUNS/stage1/model.safetensors" --test-data "$RUNS/styles3"
+}
+C=""
+if [[ "$NPROC" -gt 1 ]]; then classifier & C=$!; fi
+
+# 6. ARC-Forcing through the streaming cache (the stage-1 checkpoint stays: it is the no-ARC baseline)
 $L train arc --data "${PLAT[@]}" --model "$P/stage1/model.safetensors" --out "$P/arc" \
     --steps "$ARC_STEPS" --batch 4 --rollout 4 --sampler-steps 4 --lr 1e-5 --save-every 5 --device "$DEVICE"
-
-# 6. the evaluation classifier: held-out renders of the 23 styles, also heard through the codec
-$L train data --out "$RUNS/clfdata" --hours 3 --seconds 20 --sample-rate 44100 --hop 2048 --seed 3 --split valid
-#    (its data is all "valid": the report is on the test split of the prompts the model is judged on)
-[[ -f "$RUNS/clf/test_report.json" ]] || $L eval classifier --data "$RUNS/clfdata" --out "$RUNS/clf" \
-    --steps 1200 --save-every 50 --codec "$RUNS/stage1/model.safetensors" --test-data "$RUNS/styles3"
+if [[ -n "$C" ]]; then wait "$C"; else classifier; fi
 
 # 7. the figures of docs/default-model.md, as played: int8 on a CPU (the "auto" dtype there) at the shipped
 #    PLAY_STEPS. 20 prompts x 30 s with prompt switches, and 300 s drift, each with and without ARC-Forcing;

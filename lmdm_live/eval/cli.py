@@ -218,6 +218,7 @@ def cmd_model(args) -> int:
         table.add_column(col)
     table.add_column("tempo err median (mean; octave-folded mean)")
     table.add_column("switch blocks")
+    table.add_column("seam flux ratio (real music: ~1)")
     for m in metrics["models"]:
         s = m["summary"]
         table.add_row(
@@ -229,9 +230,16 @@ def cmd_model(args) -> int:
             f"{f(s['transition_blocks'], '.1f')} ({s['transitions_timed']} timed; an instant splice of "
             f"real renders: {f(s.get('transition_splice_blocks'), '.1f')}); window ahead: "
             f"{f(s.get('transition_blocks_ahead'), '.1f')} (instant: {f(s.get('transition_splice_blocks_ahead'), '.1f')})",
+            f"{f(s.get('seam_flux_ratio'), '.2f')} (real: {f(s.get('seam_flux_ratio_real'), '.2f')})",
         )
     table.add_row(
-        "real test music", f(real["adherence"]), "", f"{f(real['fd_floor'], '.1f')} (half vs half)", "", ""
+        "real test music",
+        f(real["adherence"]),
+        "",
+        f"{f(real['fd_floor'], '.1f')} (half vs half)",
+        "",
+        "",
+        "",
     )
     Console().print(table)
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.png'}")

@@ -24,6 +24,7 @@ from .classifier import Classifier, adherence
 from .data import load_index, read_mix, resample, split
 from .metrics import WindowMetrics, frechet_distance, nanmean, nanmedian, share_within
 from .play import EvalConfig, crops, embed, generate, stream_params
+from .seams import seam_ratio
 from .transitions import measure_transition, splice_transition
 
 # --- prompts --------------------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def evaluate_model(
     for k, prompt in enumerate(prompts):
         audio = generate(model, text, stream_params(prompt, cfg, model), blocks, cfg.seed + k, tick=tick)
         wins, embs = score_stream(clf, audio, model.sample_rate, prompt, cfg)
-        per_prompt.append({**prompt, "windows": [w.to_dict() for w in wins], "_w": wins})
+        seams = seam_ratio(audio, model.sample_rate, model.block_seconds)
+        per_prompt.append({**prompt, "windows": [w.to_dict() for w in wins], "seam_ratio": seams, "_w": wins})
         window_embs.append(embs)
     n_windows = min(len(p["_w"]) for p in per_prompt)
     windows = []
@@ -183,10 +185,17 @@ def evaluate_model(
             if t[f"blocks{key}"] is not None and t[f"splice_blocks{key}"] is not None:
                 t[f"lag_blocks{key}"] = t[f"blocks{key}"] - t[f"splice_blocks{key}"]
         transitions.append(t)
+    # the real test renders laid on this model's block grid: the ratio music with no seams has
+    real_seams = [
+        seam_ratio(a, clf.cfg.sample_rate, model.block_seconds) for a in real.get("audio", {}).values()
+    ]
+    summary = _summary(windows, transitions, errors)
+    summary["seam_flux_ratio"] = nanmean(p["seam_ratio"] for p in per_prompt)
+    summary["seam_flux_ratio_real"] = nanmean(real_seams)
     return {
         "model": model.name,
         "block_seconds": model.block_seconds,
-        "summary": _summary(windows, transitions, errors),
+        "summary": summary,
         "windows": [_clean(w) for w in windows],
         "prompts": [_clean(p) for p in per_prompt],
         "transitions": [_clean(t) for t in transitions],

@@ -491,12 +491,44 @@ def test_eval_cli_end_to_end_on_a_tiny_model(dataset, classifier_dir, tmp_path, 
         assert m["summary"]["tempo_error_median"] == pytest.approx(float(np.median(errors)), abs=1e-5)
     else:
         assert m["summary"]["tempo_error_median"] is None
+    # the seam ratio of each stream, and of the real renders on the same block grid
+    seams = [p["seam_ratio"] for p in m["prompts"]]
+    assert m["summary"]["seam_flux_ratio"] == pytest.approx(float(np.nanmean(seams)), abs=1e-5)
+    assert 0.5 < m["summary"]["seam_flux_ratio_real"] < 2.0
     # same model, same seeds: the comparison curve is the same stream
     assert metrics["models"][1]["windows"] == m["windows"]
     assert metrics["real"]["adherence"] >= 0.9
     png = out / "metrics.png"
     assert png.is_file() and png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _blocky(sr: int, block_s: float, seconds: float, seed: int, jump: float) -> np.ndarray:
+    """Noise whose colour changes at every block seam by `jump` (0: one colour throughout), with beats
+    off the grid (a 1.7 s period) so real onsets fall at every phase."""
+    rng = np.random.default_rng(seed)
+    n, b = int(seconds * sr), int(round(block_s * sr))
+    noise = rng.standard_normal(n)
+    gains = 1.0 + jump * rng.random(-(-n // b))
+    out = noise * np.repeat(gains, b)[:n]
+    hits = (np.arange(n) / sr % 1.7) < 0.03
+    return (0.1 * out * (1.0 + 3.0 * hits)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr, block_s", [(44100, 8192 / 44100), (16000, 0.512)])
+def test_seam_ratio_hears_blocks_that_do_not_continue_each_other(sr, block_s):
+    """Music with no seams reads about 1 at any phase of the block grid; a level jump at every seam reads
+    well above it, and only on the grid it was made on."""
+    from lmdm_live.eval.seams import seam_profile, seam_ratio
+
+    smooth = _blocky(sr, block_s, 30.0, 0, jump=0.0)
+    seamed = _blocky(sr, block_s, 30.0, 0, jump=3.0)
+    assert 0.9 < seam_ratio(smooth, sr, block_s) < 1.1
+    assert seam_ratio(seamed, sr, block_s) > 1.25
+    assert seam_ratio(seamed, sr, block_s * 1.37) < 1.1  # a different grid does not line up with the seams
+    profile = seam_profile(seamed, sr, block_s)
+    assert profile.shape == (16,) and int(np.argmax(profile)) in (0, 1)
+    assert np.isnan(seam_ratio(np.zeros(sr // 10, np.float32), sr, block_s))
 
 
 def test_saturation_figures_tell_noise_from_a_tone():
