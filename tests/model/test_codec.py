@@ -95,6 +95,40 @@ def test_griffinlim_stream_joins_blocks_without_a_click(flute):
     assert abs(rolloff_hz(y, SR) / rolloff_hz(x, SR) - 1) < 0.15
 
 
+def test_griffinlim_blocks_leave_no_seam_in_the_spectrum(flute):
+    """Decoded in 4-token blocks (the default model's), the spectrum changes no more where blocks meet
+    than a whole decode's does there. Fixing each block's last frame at once, with nothing to its right,
+    makes a jump at every seam; keeping it open to the next block is what removes it."""
+    from lmdm_live.eval.seams import seam_ratio
+    from lmdm_live.model.griffinlim import StreamingGriffinLim
+
+    codec = MelCodec(MelCodecConfig())
+    assert codec.cfg.griffinlim.lookahead >= 1
+    tokens = codec.encode(torch.from_numpy(flute)[None, None])
+    block_s = 4 * codec.hop / SR
+
+    def decoded(lookahead: int, push: int) -> np.ndarray:
+        dec = codec.streaming_decoder()
+        dec.gl = StreamingGriffinLim(replace(codec.cfg.griffinlim, lookahead=lookahead))
+        dec.latency_samples = dec.gl.latency_samples
+        parts = [dec.push(tokens[..., i : i + push]) for i in range(0, tokens.shape[-1], push)]
+        y = torch.cat([*parts, dec.flush()], dim=-1)[0, 0].numpy()
+        assert len(y) == tokens.shape[-1] * codec.hop  # any push size gives the whole stream
+        return y
+
+    whole = seam_ratio(decoded(codec.cfg.griffinlim.lookahead, tokens.shape[-1]), SR, block_s)
+    shut = seam_ratio(decoded(0, 4), SR, block_s)
+    opened = seam_ratio(decoded(codec.cfg.griffinlim.lookahead, 4), SR, block_s)
+    assert opened < whole + 0.05 and shut > opened + 0.1, (whole, shut, opened)
+    # pushes shorter than the lookahead, and of mixed sizes, still line up with the stream
+    dec = codec.streaming_decoder()
+    sizes = [1, 1, 3, 2, 5]
+    start = np.cumsum([0, *sizes])
+    parts = [dec.push(tokens[..., a:b]) for a, b in zip(start[:-1], start[1:])]
+    assert sum(p.shape[-1] for p in parts) == start[-1] * codec.hop - dec.latency_samples
+    assert dec.flush().shape[-1] == dec.latency_samples
+
+
 @pytest.mark.parametrize("kind", ["vocoder", "ae"])
 def test_neural_inverse_streams_exactly_as_it_decodes_whole(kind):
     torch.manual_seed(0)
