@@ -22,16 +22,18 @@ sketch() { .venv/bin/python -c "from lmdm_live.train.dataset import add_sketch_c
 
 # 1. data at 44.1 kHz, token hop 2048: solo melodies on every GM lead family (for the hummed sketch), then
 #    the 23-style cycle (captions with tempo, mood, style, lead, key and bpm) three times, on other seeds
-#    Two chains side by side, one per core (about 50 min on two free cores; each set resumes where it stopped);
-#    the first also renders the evaluation classifier's held-out set of step 5 (solo melodies render fast)
+#    Three chains side by side, the third the evaluation classifier's held-out set of step 5 (about 55 min on
+#    two free cores; solo melodies render fast, so the chains come out about even; each set resumes where it
+#    stopped)
 R=(--seconds 20 --sample-rate 44100 --hop 2048)
 ( $L train data --kind solo --out "$RUNS/solo" --hours 3 "${R[@]}" \
-  && $L train data --out "$RUNS/styles3" --hours 5 "${R[@]}" --seed 2 \
-  && $L train data --out "$RUNS/clfdata" --hours 3 "${R[@]}" --seed 3 --split valid ) & A=$!
+  && $L train data --out "$RUNS/styles3" --hours 5 "${R[@]}" --seed 2 ) & A=$!
 ( $L train data --out "$RUNS/styles" --hours 3.5 "${R[@]}" --seed 0 \
   && $L train data --out "$RUNS/styles2" --hours 3.5 "${R[@]}" --seed 1 ) & B=$!
+$L train data --out "$RUNS/clfdata" --hours 3 "${R[@]}" --seed 3 --split valid & C=$!
 wait "$A"
 wait "$B"
+wait "$C"
 for d in solo styles styles2 styles3; do sketch "$RUNS/$d"; done
 
 # 2. log-mel tokens, centred and scaled over the first sets; the third set joins their token space
