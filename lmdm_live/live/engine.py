@@ -194,12 +194,14 @@ class Engine:
         return self.headroom_frames + int(compute_s * self.out_rate)
 
     def _loop(self) -> None:
-        block_s = self.stream.model.block_seconds
         behind = 0.0  # real time lost against audio made since the ring was last full (see EngineStats)
         trimmed = time.monotonic()
         while not self._stop.is_set():
             self._commit()
-            if self._pending and self._rewind():
+            taken = self._rewind() if self._pending else 0
+            if taken:  # audio counted as made that is to be made again
+                behind += taken / self.out_rate
+                self._note_behind(behind)
                 continue
             if self.ring.fill >= self.lead_frames() or self.ring.free < self.block_out_frames + 64:
                 if time.monotonic() - trimmed >= self.trim_every_s:  # the ring is full: time to spare
@@ -213,13 +215,14 @@ class Engine:
                 behind = max(0.0, time.perf_counter() - t0 - timeout)  # a full ring, less any oversleep
                 self._note_behind(behind)
                 continue
-            t0, made = time.perf_counter(), block_s
+            t0, made = time.perf_counter(), 0.0
             try:
-                self._generate_one()
+                # what reached the ring, not a block's length: a block after a decoder restart or a splice
+                # writes less, and counting it whole hid a falling-behind engine behind "never behind"
+                made = self._generate_one() / self.out_rate
             except Exception as e:  # outside a block (a change, the log, the ring): report, keep the thread
                 self.errors.append(f"engine: {type(e).__name__}: {e}")
                 self.stats.last_error = self.errors[-1]
-                made = 0.0
                 time.sleep(0.01)
             behind += time.perf_counter() - t0 - made
             self._note_behind(behind)
@@ -246,16 +249,17 @@ class Engine:
         heard = now + (q.start - self.ring.frames_read) / self.out_rate + self.pipeline_delay_s()
         return heard + 1e-3 >= float(c.at)
 
-    def _rewind(self) -> bool:
+    def _rewind(self) -> int:
         """A pending change due at a queued block that is not heard yet, with time left to make it again:
         take that block and those after it back out of the ring, restore the stream and the output chain
         to its boundary, and queue the changes they had applied ahead of the new ones. Exact: the same
-        state, seeds and changes make the same audio, and the log's "rewind" tells a replay to do the same."""
+        state, seeds and changes make the same audio, and the log's "rewind" tells a replay to do the same.
+        Returns the frames taken back (0: none)."""
         if not (self.regenerate and self.live is None and self._queued):
-            return False
+            return 0
         now = time.monotonic()
         if now - self._last_rewind < self.stream.model.block_seconds:
-            return False  # at most one a block: a flood of changes must not remake the same block forever
+            return 0  # at most one a block: a flood of changes must not remake the same block forever
         recent = list(self.stats.block_ms)[-8:]
         compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
         # half the headroom stays as the margin it is there for: a remade block that runs late must not
@@ -271,14 +275,16 @@ class Engine:
             if q.stream is None or q.start < limit or not any(self._due_at(c, q, now) for c in pending):
                 continue
             return self._take_back(i, 0, compute, now)
-        return False
+        return 0
 
-    def _take_back(self, i: int, at: int, compute: int, now: float) -> bool:
+    def _take_back(self, i: int, at: int, compute: int, now: float) -> int:
         """Queued block i and those after it out of the ring from its frame `at` on (0: whole), the stream
-        and the output chain back to its boundary, their changes queued again ahead of the new ones."""
+        and the output chain back to its boundary, their changes queued again ahead of the new ones.
+        Returns the frames taken back (0: refused, too close to the read position)."""
         q = self._queued[i]
+        written = self.ring.frames_written
         if not self.ring.retract(q.start + at, self.rewind_guard_frames + compute):
-            return False
+            return 0
         dropped = [self._queued.pop() for _ in range(len(self._queued) - i)][::-1]
         self.stream.restore(q.stream)
         self.chain.restore(q.chain)
@@ -290,7 +296,7 @@ class Engine:
             self._log.write({"type": "splice", "block": q.block, "at": at, "fade": self.splice_fade})
         else:
             self._log.write({"type": "rewind", "block": q.block})
-        return True
+        return written - (q.start + at)
 
     def _note_behind(self, behind_s: float) -> None:
         if behind_s * 1e3 > self.stats.behind_ms_max:
@@ -328,10 +334,12 @@ class Engine:
         elif c.kind == "seed":
             s.seed = int(c.value)
         elif c.kind == "reset":
-            s.recover(next_block=block)
+            s.restart()
         self._log.write({"type": c.kind, "block": block, "value": json_safe(c.value)})
 
-    def _generate_one(self) -> None:
+    def _generate_one(self) -> int:
+        """Make the next block, apply its due changes first, queue it and write it to the ring; returns the
+        frames written."""
         s = self.stream
         block = s.block_index
         start = self.ring.frames_written
@@ -389,6 +397,7 @@ class Engine:
         self.stats.blocks += 1
         self.stats.block_ms.append(ms)
         self._queued.append(QueuedBlock(block, start, snap, chain_snap, list(due), latency, out))
+        return written
 
     def pipeline_delay_s(self) -> float:
         """Audio a block's change waits behind besides the ring: the streaming decoder's lookahead, the

@@ -126,7 +126,7 @@ def _block(stream, chain, events: list[dict], b: int, samples: int) -> np.ndarra
         elif kind == "seed":
             stream.seed = int(value)
         elif kind == "reset":
-            stream.recover(next_block=b)
+            stream.restart()
         elif kind == "fault":
             failed = True
         else:

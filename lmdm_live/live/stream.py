@@ -161,13 +161,18 @@ class LMDMStream:
         if self.decoder is not None:
             self.decoder.reset()
 
+    def restart(self) -> None:
+        """Start the music over from an empty context, between blocks (a player's reset). The decoder keeps
+        its carried audio: restarting it too would leave a gap of its latency in the sound, as after a fault,
+        where its state cannot be trusted."""
+        self.state = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
+
     def recover(self, next_block: int) -> None:
         """After a failed block: forget the context and the decoder's state, continue at `next_block`.
 
         The failed block's index is skipped, not retried, so a replay that skips it too stays in step.
         """
-        rows = 2 if self.params.sampler.guided else 1
-        self.state = self.lmdm.new_state(rows)
+        self.restart()
         skipped = max(next_block - self.block_index, 0)  # the beat goes on through skipped blocks
         self.beat += skipped * self.model.lmdm.block_frames * self.beats_per_frame
         self.block_index = max(self.block_index, next_block)

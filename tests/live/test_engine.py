@@ -265,7 +265,8 @@ def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(mo
     engine.submit("params", StreamParams.of("ambient pads", sampler=SamplerSettings(steps=2)))
     assert not engine._rewind()  # off: the change waits behind the queue
     engine.regenerate = True
-    assert engine._rewind()
+    written = engine.ring.frames_written
+    assert engine._rewind() == written - starts[4]  # what the engine counts as audio to make again
     assert engine.stream.block_index == 4 and engine.ring.frames_written == starts[4]
     assert [q.block for q in engine._queued] == [0, 1, 2, 3]
     for _ in range(3):
@@ -288,6 +289,28 @@ def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(mo
     old = drain(alone)
     assert np.array_equal(old[: starts[4]], live[: starts[4]])
     assert not np.allclose(old[starts[4] :], live[starts[4] :])
+
+
+def test_a_reset_starts_the_music_over_without_a_gap(model, text, tmp_path):
+    """A player's reset forgets the context but not the decoder's carried audio: each block after it still
+    writes a block of sound (restarting the decoder too, as after a fault, wrote nothing for a block, which
+    a flood of resets turned into underruns), and what plays after it is not what was playing."""
+    engine = make_engine(model, text, tmp_path)
+    alone = make_engine(model, text, tmp_path / "alone")
+    engine._open_log()
+    written = [engine._generate_one() for _ in range(4)]
+    for _ in range(7):
+        alone._generate_one()
+    assert written[:2] == [0, 0] and min(written[2:]) > 0  # the decoder's latency, then whole blocks
+    engine.submit("reset")
+    after = [engine._generate_one() for _ in range(3)]
+    assert all(abs(n - written[-1]) <= 1 for n in after), (written, after)
+    assert engine.stream.block_index == 7
+    live, old = drain(engine), drain(alone)
+    assert live.shape == old.shape
+    cut = sum(written[2:])  # the audio of blocks 2-3, made before the reset
+    assert np.array_equal(live[:cut], old[:cut])
+    assert not np.allclose(live[cut + written[-1] :], old[cut + written[-1] :])
 
 
 def test_ring_retract_keeps_clear_of_the_reader():
