@@ -95,7 +95,10 @@ def test_plays_heard_within_reported_latency_and_replays_exactly(jack_server, mo
         model,
         backend=backend,
         steps=2,
-        headroom_ms="safe",
+        # A change is remade only in a queued block that starts past half the headroom and the time to make
+        # one. At "safe" (340 ms) that block exists in only part of the ring's fill cycle: on a machine that
+        # makes a 186 ms block in 130 ms, for about one change in ten. At 1 s one always does.
+        headroom_ms=1000.0,
         log=tmp_path / "ev.jsonl",
         prompt="dub techno",
         start=False,
