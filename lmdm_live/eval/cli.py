@@ -1,4 +1,4 @@
-"""`lmdm-live eval classifier|codec|model`: the argparse side of the evaluation (the work is in run.py)."""
+"""`lmdm-live eval classifier|codec|model|tempo`: the argparse side of the evaluation (the work is in run.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--no-melody", action="store_true", help="skip the melody check (GM leads from MIDI)")
     k.add_argument("--no-speed", action="store_true", help="skip timing the streaming decoder")
     k.set_defaults(eval_run=cmd_codec)
+
+    t = esub.add_parser(
+        "tempo",
+        help="how much a model reads its tempo channels: its stage-1 loss with true and with lying ones",
+    )
+    t.add_argument("--model", type=Path, required=True, help="an LMDM file")
+    t.add_argument(
+        "--data", type=Path, required=True, help="a latent set with frame controls (`train latents`)"
+    )
+    t.add_argument("--windows", type=int, default=16, help="windows drawn from the set (one batch)")
+    t.add_argument("--seeds", type=int, default=4, help="noise draws per variant, the same for each")
+    t.add_argument("--targets", type=int, default=8, help="target blocks per window")
+    t.add_argument("--seed", type=int, default=123)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    t.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
+    t.set_defaults(eval_run=cmd_tempo)
 
     m = esub.add_parser("model", help="generate long streams and score them window by window")
     m.add_argument("--model", required=True, help="LMDM checkpoint PATH or preset (tiny | small | ...)")
@@ -161,6 +177,25 @@ def cmd_codec(args) -> int:
     if args.out is not None:
         args.out.write_text(text + "\n")
     print(text)
+    return 0
+
+
+def cmd_tempo(args) -> int:
+    import torch
+
+    from ..model.bundle import LMDMModel
+    from ..train.latent_set import LatentSet
+    from .tempo_use import TempoUseConfig, tempo_use
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TempoUseConfig(windows=args.windows, seeds=args.seeds, targets=args.targets, seed=args.seed)
+    report = tempo_use(LMDMModel.load(args.model), LatentSet.load(args.data), cfg)
+    for label in ("with context", "no context"):
+        losses = "  ".join(f"{k} {v:.4f}" for k, v in report[label].items())
+        print(f"{label:>12}: {losses}  (lying channels cost {100 * report['cost'][label]:+.2f} %)")
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 
