@@ -77,8 +77,10 @@ def tempo_use(model: LMDMModel, data: LatentSet, cfg: TempoUseConfig = TempoUseC
     lat, tok, extras, _ = window_batch(
         data, model.layout, ex, cfg.windows, c, cfg.targets * t, gen, block_frames=cfg.targets * t
     )
+    zeroed = extras.clone()
+    zeroed[:, model.layout.offsets()["tempo"]] = 0.0
     variants = {
-        name: (extras if v == (1.0, 0.0) else extras * 0 if v is None else retempo(extras, model, *v))
+        name: (extras if v == (1.0, 0.0) else zeroed if v is None else retempo(extras, model, *v))
         for name, v in VARIANTS.items()
     }
     report: dict = {}
