@@ -74,8 +74,9 @@ class EngineStats:
     block_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     # The most real time the inference thread lost against the audio it made since the ring was last full
-    # (blocks slower than the audio they wrote, sleeps that overran, audio taken back by a rewind). An underrun needs this to reach the headroom: it tells a machine
-    # too busy or too slow for the settings from audio lost on the way out.
+    # (blocks slower than the audio they wrote, sleeps that overran, audio taken back by a rewind). An
+    # underrun needs this to reach the headroom: it tells a machine too busy or too slow for the settings
+    # from audio lost on the way out.
     behind_ms_max: float = 0.0
 
 
