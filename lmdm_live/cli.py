@@ -47,6 +47,12 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("pingpong", "euler"), default=None, help="default: the model's")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-pp", type=float, default=None, help="CFG++ lambda (replaces --cfg)")
+    p.add_argument(
+        "--tempo-guidance",
+        type=float,
+        default=None,
+        help="guidance on the tempo channels (0 = off); default: the model's",
+    )
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -162,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     play.add_argument("--steps", type=int, default=None, help="default: the model's own (else 8)")
     play.add_argument("--cfg", type=float, default=None, help="default: the model's own (else 1)")
+    play.add_argument(
+        "--tempo-guidance",
+        type=float,
+        default=None,
+        help="guidance on the tempo channels; default: the model's own",
+    )
     play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
     play.add_argument("--headless", action="store_true", help="no REPL: run until SIGINT/SIGTERM")
     play.add_argument("--seconds", type=float, default=None, help="headless: stop after this many seconds")
@@ -239,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="sampler steps" + own % 8)
     bench.add_argument("--cfg", type=float, help="guidance scale" + own % 1)
     bench.add_argument("--sampler", help="sampler name" + own % "pingpong")
+    bench.add_argument(
+        "--tempo-guidance", type=float, help="guidance on the tempo channels (a third row)" + own % 0
+    )
     bench.add_argument("--blocks", type=int, default=10, help="timed blocks per mode (median reported)")
     bench.add_argument("--warmup", type=int, default=2)
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -101,12 +101,16 @@ $L train arc --data "${PLAT[@]}" --model "$P/stage1/model.safetensors" --out "$P
 if [[ -n "$C" ]]; then wait "$C"; else classifier; fi
 
 # 7. the figures of docs/default-model.md, as played: int8 on a CPU (the "auto" dtype there) at the shipped
-#    PLAY_STEPS. 20 prompts x 30 s with prompt switches, and 300 s drift, each with and without ARC-Forcing;
-#    the two run side by side when NPROC > 1. A finished evaluation (its metrics.json) is skipped.
+#    PLAY_STEPS and TEMPO_GUIDANCE (guidance on the tempo channels, chosen with `eval follow`: the model
+#    hardly reads them otherwise). 20 prompts x 30 s with prompt switches, and 300 s drift, each with and
+#    without ARC-Forcing; the two run side by side when NPROC > 1. A finished evaluation is skipped.
 PLAY_STEPS="${PLAY_STEPS:-4}"
+TEMPO_GUIDANCE="${TEMPO_GUIDANCE:-10}"
+[[ -f "$P/follow.json" ]] || $L eval follow --model "$P/stage1/model.safetensors" --steps "$PLAY_STEPS" --cfg 3 --dtype int8 \
+    --out "$P/follow.json" --tempo-guidance 0 5 10 20 > /dev/null
 EV=(--model "$P/arc/model.safetensors" --compare "$P/stage1/model.safetensors" --label "ARC-Forcing"
     --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" --window 10
-    --steps "$PLAY_STEPS" --dtype int8)
+    --steps "$PLAY_STEPS" --tempo-guidance "$TEMPO_GUIDANCE" --dtype int8)
 adherence() {
     [[ -f "$P/eval_adherence/metrics.json" ]] || $L eval model "${EV[@]}" --out "$P/eval_adherence" \
         --seconds 30 --max-prompts 20 --transitions 10 --transition-seconds 24
@@ -126,10 +130,10 @@ else
 fi
 
 # 8. ship, only when asked (SHIP=1) after the figures of step 7 were read against the model card's bars:
-#    the ARC-Forcing model, set to play PLAY_STEPS steps by default, and the classifier beside it
+#    the ARC-Forcing model, set to play PLAY_STEPS steps and TEMPO_GUIDANCE by default, and the classifier
 [[ "${SHIP:-0}" == 1 ]] || { echo "evaluations in $P/eval_*; SHIP=1 to ship"; exit 0; }
 mkdir -p lmdm_live/assets/classifier
 .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
-m = M.load('$P/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS}
+m = M.load('$P/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS, 'tempo_guidance': $TEMPO_GUIDANCE}
 m.name = 'lmdm-default'; m.save('lmdm_live/assets/default.lmdm.safetensors')"
 cp "$RUNS/clf/classifier.safetensors" "$RUNS/clf/classifier.json" lmdm_live/assets/classifier/

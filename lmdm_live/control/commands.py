@@ -174,7 +174,13 @@ def cmd_render(args) -> int:
     check_seconds(args.seconds)
     if args.log is not None:
         return _write_replay(args.log, args.out, args.t5)
-    sampler = {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg, "cfg_pp": args.cfg_pp}
+    sampler = {
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "cfg_pp": args.cfg_pp,
+        "tempo_guidance": args.tempo_guidance,
+    }
     info = render(args, args.prompt or [("", 1.0)], args.change, sampler, script=args.script)
     print(json.dumps(info))
     return 0

@@ -42,6 +42,7 @@ MIRRORED = {
     "prompts",
     "cfg",
     "cfg_pp",
+    "tempo_guidance",
     "steps",
     "sampler",
     "seed",

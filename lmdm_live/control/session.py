@@ -40,6 +40,7 @@ def cmd_play(args) -> int:
         seed=args.seed,
         steps=args.steps,
         cfg=args.cfg,
+        tempo_guidance=args.tempo_guidance,
         log=args.log,
         t5=args.t5,
         start=False,

@@ -1,4 +1,4 @@
-"""`lmdm-live eval classifier|codec|model|tempo`: the argparse side of the evaluation (the work is in run.py)."""
+"""`lmdm-live eval classifier|codec|model|tempo|follow`: the argparse side of the evaluation (the work is in run.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
     t.set_defaults(eval_run=cmd_tempo)
 
+    f = esub.add_parser(
+        "follow",
+        help="whether the music goes at the bpm asked for, per tempo-guidance weight (no classifier, no data)",
+    )
+    f.add_argument("--model", required=True, help="an LMDM file or a preset")
+    f.add_argument("--bpm", type=float, nargs="+", default=[90.0, 120.0, 140.0], help="tempi asked for")
+    f.add_argument(
+        "--tempo-guidance", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0], help="weights compared"
+    )
+    f.add_argument("--prompts", type=int, default=None, help="use the first N of the built-in prompts")
+    f.add_argument("--seconds", type=float, default=16.0, help="each stream (the first 2 s are left out)")
+    f.add_argument("--steps", type=int, default=None, help="default: the model's own")
+    f.add_argument("--cfg", type=float, default=None, help="default: the model's own")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--dtype", choices=DTYPES, default="auto", help="the DiT's (as played)")
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    f.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
+    f.set_defaults(eval_run=cmd_follow)
+
     m = esub.add_parser("model", help="generate long streams and score them window by window")
     m.add_argument("--model", required=True, help="LMDM checkpoint PATH or preset (tiny | small | ...)")
     m.add_argument("--classifier", type=Path, required=True, help="directory from `eval classifier`")
@@ -83,6 +102,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--compare-label", default=None, help="name of --compare in the plot and table")
     m.add_argument("--steps", type=int, default=None, help="default: the model's own")
     m.add_argument("--cfg", type=float, default=None, help="default: the model's own")
+    m.add_argument(
+        "--tempo-guidance",
+        type=float,
+        default=None,
+        help="guidance on the tempo channels; default: the model's own",
+    )
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", default="cpu")
     m.add_argument("--dtype", choices=DTYPES, default="float32", help="the DiT's (as played)")
@@ -199,6 +224,47 @@ def cmd_tempo(args) -> int:
     return 0
 
 
+def cmd_follow(args) -> int:
+    import torch
+
+    from ..model.bundle import load_model
+    from ..model.precision import resolve_dtype
+    from ..model.samplers import SamplerSettings
+    from .follow import PROMPTS, FollowConfig, follow
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.prompts is not None and not 1 <= args.prompts <= len(PROMPTS):
+        raise ValueError(f"--prompts must be in 1..{len(PROMPTS)}, got {args.prompts}")
+    cfg = FollowConfig(
+        bpms=tuple(args.bpm),
+        weights=tuple(args.tempo_guidance),
+        prompts=PROMPTS[: args.prompts or len(PROMPTS)],
+        seconds=args.seconds,
+        steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+    )
+    for w in cfg.weights:  # a bad weight fails here, before the model loads
+        SamplerSettings(tempo_guidance=w)
+    model = load_model(args.model, None, "cpu", resolve_dtype(args.dtype, "cpu"))
+    if not model.layout.tempo:
+        raise ValueError(f"{args.model} has no tempo channels: there is no bpm for it to follow")
+    with _progress() as bar:
+        task = bar.add_task("streams", total=len(cfg.weights) * len(cfg.bpms) * len(cfg.prompts))
+        report = follow(model, model.text_encoder(None), cfg, lambda n: bar.advance(task, n))
+    report["model"], report["dtype"] = str(args.model), args.dtype
+    print("tempo_guidance  error (median)  within 5 %  octave-folded error  within 5 %  peak")
+    for w, s in report["summary"].items():
+        print(
+            f"{w:>14}  {100 * s['error_median']:>13.1f}%  {100 * s['within']:>9.0f}%"
+            f"  {100 * s['octave_error_median']:>18.1f}%  {100 * s['octave_within']:>9.0f}%  {s['peak_median']:.2f}"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def cmd_model(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -210,6 +276,7 @@ def cmd_model(args) -> int:
         window=args.window,
         steps=args.steps,
         cfg=args.cfg,
+        tempo_guidance=args.tempo_guidance,
         seed=args.seed,
         max_prompts=args.max_prompts,
         transitions=args.transitions,

@@ -46,7 +46,10 @@ def resample(audio: np.ndarray, rate: int, to: int) -> np.ndarray:
 def to_mono(audio: np.ndarray) -> np.ndarray:
     """(samples,), (channels, samples) -> (samples,) float32."""
     a = np.asarray(audio, np.float32)
-    return a if a.ndim == 1 else a.reshape(-1, a.shape[-1]).mean(0)
+    if a.ndim == 1:
+        return a
+    rows = int(np.prod(a.shape[:-1]))  # not -1: a block inside the decoder's latency has no samples
+    return a.reshape(rows, a.shape[-1]).mean(0)
 
 
 def read_mono(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -22,6 +22,7 @@ class EvalConfig:
     window: float = 10.0  # scoring window
     steps: int | None = None  # None: the model's own sampler defaults
     cfg: float | None = None
+    tempo_guidance: float | None = None  # None: the model's own
     seed: int = 0  # prompt k streams with seed + k, the same for every model compared
     max_prompts: int | None = None
     fd_crop: float = 2.0  # FD sets are crops of this length (the classifier's shortest training crop) ...
@@ -54,7 +55,9 @@ def stream_params(prompt: dict, cfg: EvalConfig, model):
     """StreamParams for a prompt (the model's sampler defaults under cfg's overrides), with its bpm."""
     from ..live.stream import StreamParams
 
-    kw: dict = {"sampler": model.sampler_settings(steps=cfg.steps, cfg=cfg.cfg)}
+    kw: dict = {
+        "sampler": model.sampler_settings(steps=cfg.steps, cfg=cfg.cfg, tempo_guidance=cfg.tempo_guidance)
+    }
     if cfg.eject_frames is not None:
         kw["eject_frames"] = cfg.eject_frames
     if cfg.transition_cfg_pp != "default":
@@ -62,6 +65,13 @@ def stream_params(prompt: dict, cfg: EvalConfig, model):
     if prompt.get("bpm") is not None and "bpm" in {f.name for f in fields(StreamParams)}:
         kw["bpm"] = float(prompt["bpm"])
     return StreamParams.of(prompt["prompt"], **kw)
+
+
+def tempo_params(prompt: str, bpm: float, sampler):
+    """StreamParams for one prompt played at `bpm` with `sampler` (`eval follow`)."""
+    from ..live.stream import StreamParams
+
+    return StreamParams.of(prompt, sampler=sampler, bpm=bpm)
 
 
 def generate(

@@ -35,6 +35,7 @@ class BenchConfig:
     steps: int = 8
     cfg: float = 1.0
     sampler: str = "pingpong"
+    tempo_guidance: float = 0.0  # > 0 times the third (tempo-guidance) row
     blocks: int = 10
     warmup: int = 2
     err_blocks: int = 4
@@ -42,7 +43,14 @@ class BenchConfig:
     seed: int = 0
 
 
-PRESET_SETTINGS = {"context": 192, "block": 48, "steps": 8, "cfg": 1.0, "sampler": "pingpong"}
+PRESET_SETTINGS = {
+    "context": 192,
+    "block": 48,
+    "steps": 8,
+    "cfg": 1.0,
+    "sampler": "pingpong",
+    "tempo_guidance": 0.0,
+}
 
 
 def settings_for(model: str) -> dict:
@@ -64,6 +72,7 @@ def settings_for(model: str) -> dict:
         "steps": sampler.steps,
         "cfg": sampler.cfg,
         "sampler": sampler.sampler,
+        "tempo_guidance": sampler.tempo_guidance,
     }
 
 
@@ -83,15 +92,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _conditioning(model: LMDMModel, rows: int, seed: int) -> Conditioning:
-    """Random text tokens through the real conditioning path: no text encoder needed to time the DiT."""
+def _conditioning(model: LMDMModel, s: SamplerSettings, seed: int) -> Conditioning:
+    """Random text tokens through the real conditioning path: no text encoder needed to time the DiT. The
+    rows are the sampler's branches, as the stream builds them."""
     p = next(model.net.parameters())
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(1, 64, model.dit.cfg.cond_token_dim, generator=g).to(p.device, p.dtype)
     cross, glob = model.net.conditioning(tokens, [model.seconds_total])
-    if rows == 2:
-        cross, glob = torch.cat([cross, torch.zeros_like(cross)]), glob.expand(2, -1)
-    return Conditioning(model.dit.cross_kv(cross), glob)
+    rows = [cross, torch.zeros_like(cross)] if s.guided else [cross]
+    keep = None
+    if s.tempo_guidance > 0:
+        rows.append(cross)
+        keep = torch.ones(len(rows), model.dit.cfg.extra_add_channels)
+        keep[-1, model.layout.offsets()["tempo"]] = 0.0
+    return Conditioning(model.dit.cross_kv(torch.cat(rows)), glob.expand(len(rows), -1), keep)
 
 
 @torch.no_grad()
@@ -147,8 +161,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     from ..model.precision import dtype_name, resolve_dtype
 
     dtype = torch.float16 if cfg.dtype == "float16" else resolve_dtype(cfg.dtype, cfg.device)
-    sampler = SamplerSettings(sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg)
-    rows = 2 if sampler.guided else 1
+    sampler = SamplerSettings(
+        sampler=cfg.sampler, steps=cfg.steps, cfg=cfg.cfg, tempo_guidance=cfg.tempo_guidance
+    )
     windows = {
         m: LMDMConfig(mode=m, context_frames=cfg.context, block_frames=cfg.block)
         for m in ("encdec", "causal")
@@ -173,12 +188,14 @@ def run_bench(cfg: BenchConfig) -> dict:
         "steps": cfg.steps,
         "cfg": cfg.cfg,
         "sampler": sampler.sampler,
+        "tempo_guidance": cfg.tempo_guidance,
+        "rows": sampler.rows,
         "block_seconds": round(block_s, 4),
         "blocks_timed": cfg.blocks,
         "warmup_blocks": cfg.warmup,
         "modes": {},
     }
-    cond = _conditioning(model, rows, cfg.seed)
+    cond = _conditioning(model, sampler, cfg.seed)
     lmdms = {mode: LMDM(model.dit, windows["encdec" if mode == "uncached" else mode]) for mode in MODES}
     timed = _interleaved(
         {m: (lmdms[m], m != "uncached") for m in MODES},

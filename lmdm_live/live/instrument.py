@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..model.styles import StyleVocabulary
 from .engine import Engine
 from .params import check_at, in_domain
+from .sampler_controls import SamplerControls
 from .schedule import HEADROOM_PRESETS_MS, LATENCY_PRESETS, StatusReport
 from .stream import LMDMStream, StreamParams
 
@@ -35,7 +36,7 @@ def default_model_ref() -> str:
     return str(DEFAULT_MODEL_FILE) if DEFAULT_MODEL_FILE.is_file() else "tiny"
 
 
-class Instrument:
+class Instrument(SamplerControls):
     """A playing LMDM stream with live controls.
 
     `backend`: "jack", "sounddevice", "file", an `AudioBackend`, or None for the first that works (falling
@@ -59,6 +60,7 @@ class Instrument:
         steps: int | None = None,
         cfg: float | None = None,
         sampler: str | None = None,
+        tempo_guidance: float | None = None,
         bpm: float = 120.0,
         log: str | Path | None = None,
         t5: str | None = None,
@@ -100,7 +102,9 @@ class Instrument:
         # None: the model's own sampler defaults (a trained model records what it plays best with)
         if steps is None and preset.max_steps is not None:
             steps = min(self.model.sampler_settings().steps, preset.max_steps)
-        settings = self.model.sampler_settings(steps=steps, cfg=cfg, sampler=sampler)
+        settings = self.model.sampler_settings(
+            steps=steps, cfg=cfg, sampler=sampler, tempo_guidance=tempo_guidance
+        )
         self._params = StreamParams.of(prompt, sampler=settings, bpm=float(bpm))
         self._gain = 1.0
         self._unmuted_gain = 1.0
@@ -216,9 +220,6 @@ class Instrument:
         """The styles the model was trained on, with a line each (`lmdm-live styles`)."""
         return dict(self.model.styles)
 
-    def _sampler(self, at: Any, **kw) -> None:
-        self._set(replace(self._params, sampler=replace(self._params.sampler, **kw)), at)
-
     # --- controls -------------------------------------------------------------------------------------------
 
     def prompt(self, text: str | None = None, at: Any = "now") -> str | None:
@@ -237,34 +238,6 @@ class Instrument:
         if not isinstance(weights, dict) or not weights:
             raise ValueError("prompts takes a non-empty {text: weight} dict")
         self._set(StreamParams(**{**vars(self._params), "prompts": tuple(weights.items())}), at)
-        return None
-
-    def cfg(self, scale: float | None = None, at: Any = "now") -> float | None:
-        """Classifier-free guidance scale (1 = off). Turns CFG++ off."""
-        if scale is None:
-            return self._params.sampler.cfg
-        self._sampler(at, cfg=float(scale), cfg_pp=None)
-        return None
-
-    def cfg_pp(self, lam: float | str | None = None, at: Any = "now") -> float | None:
-        """CFG++ with lambda `lam` (about 0.5–1); `cfg_pp("off")` goes back to plain CFG."""
-        if lam is None:
-            return self._params.sampler.cfg_pp
-        self._sampler(at, cfg_pp=None if lam == "off" else float(lam))
-        return None
-
-    def steps(self, n: int | None = None, at: Any = "now") -> int | None:
-        if n is None:
-            return self._params.sampler.steps
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ValueError(f"steps must be an integer, got {n!r}")
-        self._sampler(at, steps=n)
-        return None
-
-    def sampler(self, name: str | None = None, at: Any = "now") -> str | None:
-        if name is None:
-            return self._params.sampler.sampler
-        self._sampler(at, sampler=name)
         return None
 
     def seed(self, value: int | None = None, at: Any = "now") -> int | None:
@@ -443,6 +416,7 @@ class Instrument:
             prompts=dict(self._params.prompts),
             cfg=self._params.sampler.cfg,
             cfg_pp=self._params.sampler.cfg_pp,
+            tempo_guidance=self._params.sampler.tempo_guidance,
             steps=self._params.sampler.steps,
             sampler=self._params.sampler.sampler,
             seed=self._seed,

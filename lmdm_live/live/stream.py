@@ -157,7 +157,7 @@ class LMDMStream:
         self.block_index = 0
         self.beat = 0.0  # beat position at the start of the next block (tempo channels)
         self.transition_left = 0  # blocks of the current prompt transition still to make
-        self.state: BlockState = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
+        self.state: BlockState = self.lmdm.new_state(self._branches(self.params).rows)
         if self.decoder is not None:
             self.decoder.reset()
 
@@ -165,7 +165,7 @@ class LMDMStream:
         """Start the music over from an empty context, between blocks (a player's reset). The decoder keeps
         its carried audio: restarting it too would leave a gap of its latency in the sound, as after a fault,
         where its state cannot be trusted."""
-        self.state = self.lmdm.new_state(2 if self.params.sampler.guided else 1)
+        self.state = self.lmdm.new_state(self._branches(self.params).rows)
 
     def recover(self, next_block: int) -> None:
         """After a failed block: forget the context and the decoder's state, continue at `next_block`.
@@ -315,10 +315,18 @@ class LMDMStream:
             self.state.eject(new.eject_frames if new.eject_frames is not None else default_eject(c, t))
             self.transition_left = -(-c // t)
 
+    def _branches(self, p: StreamParams) -> SamplerSettings:
+        """The prompt's sampler, with tempo guidance only where there is a clock to guide toward (a model
+        with tempo channels, and a bpm): without one its row would be the conditional row again."""
+        s = p.sampler
+        if s.tempo_guidance > 0 and not (self.model.layout.tempo and p.bpm is not None):
+            return replace(s, tempo_guidance=0.0)
+        return s
+
     def _sampler(self, p: StreamParams) -> SamplerSettings:
         """The prompt's sampler, or CFG++ in its place for a transition's blocks (when it guides at all:
         switching an unguided stream to two rows would rebuild the cache twice)."""
-        s = p.sampler
+        s = self._branches(p)
         if self.transition_left <= 0:
             return s
         self.transition_left -= 1
@@ -327,7 +335,8 @@ class LMDMStream:
         return replace(s, cfg_pp=p.transition_cfg_pp)
 
     def _conditioning(self, p: StreamParams) -> Conditioning:
-        key = (p.prompts, p.seconds, p.sampler.guided)
+        branches = self._branches(p)
+        key = (p.prompts, p.seconds, branches.guided, branches.tempo_guidance > 0)
         hit = self._cond_cache.get(key)
         if hit is not None:
             self._cond_cache.move_to_end(key)
@@ -343,10 +352,17 @@ class LMDMStream:
         device = next(net.parameters()).device
         seconds = self.model.seconds_total if p.seconds is None else p.seconds
         cross, glob = net.conditioning(blended.to(device, dtype), [seconds])
-        if p.sampler.guided:  # CFG's null condition: the whole cross-attention context zeroed, global kept
-            cross = torch.cat([cross, torch.zeros_like(cross)])
-            glob = glob.expand(2, -1)
-        cond = Conditioning(self.model.dit.cross_kv(cross), glob)
+        rows = [cross]
+        if branches.guided:  # CFG's null condition: the whole cross-attention context zeroed, global kept
+            rows.append(torch.zeros_like(cross))
+        keep = None
+        if branches.tempo_guidance > 0:  # the conditional row again, its tempo channels zeroed
+            rows.append(cross)
+            keep = torch.ones(len(rows), self.model.layout.channels)
+            keep[-1, self.model.layout.offsets()["tempo"]] = 0.0
+        cross = torch.cat(rows)
+        glob = glob.expand(len(rows), -1)
+        cond = Conditioning(self.model.dit.cross_kv(cross), glob, keep)
         self._cond_cache[key] = cond
         while len(self._cond_cache) > COND_CACHE_SIZE:
             self._cond_cache.popitem(last=False)

@@ -131,9 +131,15 @@ class LMDM:
 
     # --- token builders ---------------------------------------------------------------------------------
 
-    def _ctx_tokens(self, frames: Tensor, rows: int) -> Tensor:
-        """Context frames (1, 1+io+E, n) -> tokens through to_input_add_embed."""
-        return self._pad_add(frames.transpose(1, 2)).expand(rows, -1, -1)
+    def _ctx_tokens(self, frames: Tensor, cond: Conditioning) -> Tensor:
+        """Context frames (1, 1+io+E, n) -> tokens through to_input_add_embed, one row per branch."""
+        keep = cond.extras_keep
+        if keep is None:
+            return self._pad_add(frames.transpose(1, 2)).expand(cond.rows, -1, -1)
+        io = self.dit.cfg.io_channels
+        frames = frames.expand(cond.rows, -1, -1)
+        extras = frames[:, 1 + io :] * keep[:, :, None].to(frames)
+        return self._pad_add(torch.cat([frames[:, : 1 + io], extras], dim=1).transpose(1, 2))
 
     def _pad_add(self, add: Tensor) -> Tensor:
         missing = self.dit.cfg.input_add_dim - add.shape[-1]
@@ -148,6 +154,8 @@ class LMDM:
         h = self.dit.noisy_tokens(x)
         if extras is not None and self.dit.cfg.input_add_dim:
             io = self.dit.cfg.io_channels
+            if cond.extras_keep is not None:
+                extras = extras * cond.extras_keep[:, :, None].to(extras)
             zeros = extras.new_zeros(extras.shape[0], 1 + io, extras.shape[-1])
             h = h + self._pad_add(torch.cat([zeros, extras], dim=1).transpose(1, 2))
         if isinstance(t, Tensor):
@@ -261,8 +269,8 @@ class LMDM:
     ) -> Tensor:
         """Generate the next block (1, io, T) of clean latents and slide the state's window over it."""
         rows, t_len = cond.rows, self.cfg.block_frames
-        if settings.guided != (rows == 2):
-            raise ValueError("conditioning rows must be 2 exactly when the sampler settings use guidance")
+        if rows != settings.rows:
+            raise ValueError(f"the sampler settings run {settings.rows} rows; the conditioning has {rows}")
         io = self.dit.cfg.io_channels
         noise = torch.randn((1, io, t_len), generator=gen, dtype=torch.float32).to(self.device, self.dtype)
         denoise = self.denoiser(state, cond, gen, target_extras, cached)
@@ -328,7 +336,7 @@ class LMDM:
         cache = state.cache
         assert cache is not None
         cache.reset()
-        ctx = self._ctx_tokens(state.frames, cond.rows)
+        ctx = self._ctx_tokens(state.frames, cond)
         _, kvs = self.dit.run(ctx, self._rope_ctx, cond.cross, keep=slice(None), kv_only=True)
         cache.write(kvs)
         t_len = self.cfg.block_frames
@@ -342,7 +350,7 @@ class LMDM:
         return denoise
 
     def _encdec_reference(self, state: BlockState, cond: Conditioning, extras: Tensor | None):
-        ctx = self._ctx_tokens(state.frames, cond.rows)
+        ctx = self._ctx_tokens(state.frames, cond)
         c, t_len = self.cfg.context_frames, self.cfg.block_frames
 
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
@@ -356,13 +364,12 @@ class LMDM:
         cache = state.cache
         assert cache is not None
         c, t_len, w = self.cfg.context_frames, self.cfg.block_frames, self.cfg.window_chunks
-        rows = cond.rows
         later = (w - self.cfg.target_chunks) * t_len  # first cached frame the target sees at steps >= 1
         if state.pending is None or state.cached_frames is None or cache.length != c:
             # bootstrap: the whole context, chunk-causal, into the cache; step 0 sees the training mask's
             # w-1 chunks, steps >= 1 the configured window
             cache.reset()
-            ctx = self._ctx_tokens(state.frames, rows)
+            ctx = self._ctx_tokens(state.frames, cond)
             _, kvs = self.dit.run(
                 ctx, self._rope_ctx, cond.cross, mask=self._mask_boot, keep=slice(None), kv_only=True
             )
@@ -381,7 +388,7 @@ class LMDM:
         def denoise(x: Tensor, t: float, i: int) -> Tensor:
             tg = self._target_tokens(x, t, cond, extras)
             if m and i == 0:
-                fresh = self._ctx_tokens(state.frames[..., c - m * t_len :], rows)
+                fresh = self._ctx_tokens(state.frames[..., c - m * t_len :], cond)
                 h, _ = self.dit.run(torch.cat([fresh, tg], dim=1), rope, cond.cross, cache.slots(), mask)
                 cache.extend(m * t_len)  # the recomputed chunks' keys/values, written right after the cache
                 cache.slide(t_len)
@@ -418,7 +425,7 @@ class LMDM:
             self.cfg.context_frames,
             self.cfg.window_chunks,
         )
-        h_ctx = self._ctx_tokens(hist, cond.rows)
+        h_ctx = self._ctx_tokens(hist, cond)
         pos = torch.cat([torch.arange(c + 1 - n, c + 1), self._pos_tg]).to(self.device)
         rope = self.dit.rope(pos)
         chunks = torch.cat([torch.arange(n) // t_len, torch.full((t_len + 1,), n // t_len)])

@@ -1,8 +1,13 @@
 """Few-step rectified-flow samplers for one block: Euler and ping-pong, with CFG or CFG++.
 
 The model predicts the velocity v = eps - x0 at noise level t (x_t = (1-t) x0 + t eps). `denoise(x, t, i)`
-returns v for a batch of one row (no guidance) or two rows (conditional, unconditional); everything else
-about the model (caches, fused first steps) stays behind that callable.
+returns v for a batch of `SamplerSettings.rows` rows: the conditional row, then the unconditional one when
+CFG guides, then (tempo guidance) the conditional row with the tempo channels zeroed. Everything else about
+the model (caches, fused first steps) stays behind that callable.
+
+Tempo guidance is classifier-free guidance on the tempo channels alone, v += w (v_c - v_c without tempo):
+a model that hardly reads its tempo channels, because its captions and context carry the tempo too, is
+pushed toward what they add (docs/default-model.md measures it).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from torch import Tensor
 
 Sampler = Literal["euler", "pingpong"]
+MAX_TEMPO_GUIDANCE = 50.0
 Denoise = Callable[[Tensor, float, int], Tensor]
 
 
@@ -34,6 +40,7 @@ class SamplerSettings:
     steps: int = 8
     cfg: float = 1.0  # classic CFG scale; 1 = no guidance
     cfg_pp: float | None = None  # CFG++ lambda (used instead of cfg when set)
+    tempo_guidance: float = 0.0  # w of guidance on the tempo channels; 0 = off (no third row)
 
     def __post_init__(self) -> None:
         if self.sampler not in ("euler", "pingpong"):
@@ -44,11 +51,20 @@ class SamplerSettings:
             raise ValueError(f"cfg must be in 0..20, got {self.cfg}")
         if self.cfg_pp is not None and not 0.0 <= self.cfg_pp <= 2.0:
             raise ValueError(f"cfg_pp must be in 0..2, got {self.cfg_pp}")
+        if not 0.0 <= self.tempo_guidance <= MAX_TEMPO_GUIDANCE:
+            raise ValueError(
+                f"tempo_guidance must be in 0..{MAX_TEMPO_GUIDANCE:g}, got {self.tempo_guidance}"
+            )
 
     @property
     def guided(self) -> bool:
-        """Whether the unconditional branch is needed (batch of two)."""
+        """Whether the unconditional branch is needed."""
         return self.cfg_pp is not None or self.cfg != 1.0
+
+    @property
+    def rows(self) -> int:
+        """The batch each model call runs: conditional, [unconditional], [conditional without tempo]."""
+        return 1 + self.guided + (self.tempo_guidance > 0)
 
 
 def sample_block(
@@ -57,7 +73,7 @@ def sample_block(
     """Denoise x (pure noise at t=1) to a clean block with s.steps model calls.
 
     `exit` = k stops after k calls and returns that step's clean estimate x0 (ARC-Forcing's random exit
-    step); k = s.steps is the whole sampler. With guidance, v holds the (conditional, unconditional) rows."""
+    step); k = s.steps is the whole sampler. v holds `s.rows` rows (see the module docstring)."""
     ts = logsnr_schedule(s.steps)
     steps = s.steps if exit is None else exit
     if not 1 <= steps <= s.steps:
@@ -65,12 +81,15 @@ def sample_block(
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
         v = denoise(x, t, i)
-        if s.guided:
-            v_c, v_u = v[:1], v[1:]
-            scale = s.cfg_pp if s.cfg_pp is not None else s.cfg
-            v_g = v_u + scale * (v_c - v_u)
-        else:
+        if s.rows == 1:  # every row its own stream (a training rollout batches streams)
             v_g = v_u = v
+        else:
+            v_c = v[:1]
+            v_u = v[1:2] if s.guided else v_c
+            scale = s.cfg_pp if s.cfg_pp is not None else s.cfg
+            v_g = v_u + scale * (v_c - v_u) if s.guided else v_c
+            if s.tempo_guidance > 0:
+                v_g = v_g + s.tempo_guidance * (v_c - v[-1:])
         x0 = x - t * v_g
         if t_next == 0.0 or i == steps - 1:
             return x0

@@ -57,10 +57,13 @@ class LMDMConfig:
 
 @dataclass
 class Conditioning:
-    """Per-block conditioning, one row per CFG branch: (conditional[, unconditional])."""
+    """Per-block conditioning, one row per sampler branch: conditional[, unconditional][, conditional
+    without tempo]. `extras_keep` (rows, E) multiplies each row's extra input channels, context and target
+    alike: the tempo-guidance row sees its tempo channels zeroed, as a window trained without a clock."""
 
     cross: CrossKV
     global_cond: Tensor | None
+    extras_keep: Tensor | None = None
 
     @property
     def rows(self) -> int:

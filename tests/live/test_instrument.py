@@ -37,9 +37,11 @@ def test_setters_validate_and_reach_the_stream(inst):
     inst.prompts({"acid": 1.0, "strings": 0.5})
     inst.cfg(2.5)
     inst.steps(3)
+    inst.tempo_guidance(8)
     inst.wait_blocks(3)
     assert inst.stream.params.prompts == (("acid", 1.0), ("strings", 0.5))
     assert inst.stream.params.sampler.cfg == 2.5 and inst.stream.params.sampler.steps == 3
+    assert inst.stream.params.sampler.tempo_guidance == 8.0
     for bad in (
         lambda: inst.cfg(-1),
         lambda: inst.steps(0),
@@ -50,11 +52,15 @@ def test_setters_validate_and_reach_the_stream(inst):
         lambda: inst.sampler("heun"),
         lambda: inst.drop_context(10_000),
         lambda: inst.bpm(0),
+        lambda: inst.tempo_guidance(-1),
+        lambda: inst.tempo_guidance(True),
     ):
         with pytest.raises(ValueError):
             bad()
     assert inst.cfg() == 2.5 and inst.steps() == 3 and inst.gain() == 1.0  # nothing changed
+    assert inst.tempo_guidance() == 8.0
     st = inst.status()
+    assert st["tempo_guidance"] == 8.0
     for key in ("prompt", "cfg", "steps", "x_realtime", "ring_ms", "underruns", "faults", "latency_ms_last"):
         assert key in st, key
     lat = inst.latency()

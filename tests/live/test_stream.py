@@ -9,7 +9,7 @@ import torch
 from lmdm_live.live.stream import LMDMStream, StreamParams, block_seed, render, replace
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
-from lmdm_live.model.samplers import SamplerSettings
+from lmdm_live.model.samplers import SamplerSettings, logsnr_schedule
 
 WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
 
@@ -198,3 +198,60 @@ def test_restore_regenerates_the_same_blocks(preset, model, text):
     s.set(StreamParams.of("jungle breaks", sampler=SamplerSettings(steps=2)))
     changed = s.next_block()
     assert not np.allclose(changed, first[0])
+
+
+def test_tempo_guidance_is_the_stream_with_its_clock_pushed_away_from_the_same_stream_without(text):
+    """The third row is the conditional row with its tempo channels zeroed in the context and the target:
+    the stream equals two streams sampled by hand as one, one with the clock and one without, through
+    blocks past the window's first slide (the zeroed channels must hold in the cache too)."""
+    model = LMDMModel.preset("tiny", lmdm=WINDOW, seed=0, extras={"tempo": True})
+    w, blocks = 3.0, 5
+    guided = SamplerSettings("euler", steps=3, cfg=2.0, tempo_guidance=w)
+    s = LMDMStream(
+        model, text, seed=5, params=StreamParams.of("techno", sampler=guided, bpm=128.0), decode=False
+    )
+    got = torch.cat([s.next_latents() for _ in range(blocks)], dim=2)
+    assert s.state.cache.batch == 3
+
+    plain = replace(guided, tempo_guidance=0.0)
+    clock = LMDMStream(
+        model, text, seed=5, params=StreamParams.of("techno", sampler=plain, bpm=128.0), decode=False
+    )
+    free = LMDMStream(model, text, seed=5, params=StreamParams.of("techno", sampler=plain), decode=False)
+    ts, io, t_len = logsnr_schedule(3), model.dit.cfg.io_channels, WINDOW.block_frames
+    want = []
+    for k in range(blocks):
+        extras = [st._named_extras(st.params, None, None) for st in (clock, free)]
+        gen = torch.Generator().manual_seed(block_seed(5, k))
+        x = torch.randn((1, io, t_len), generator=gen)
+        den = [
+            st.lmdm.denoiser(st.state, st._conditioning(st.params), gen, e)
+            for st, e in zip((clock, free), extras, strict=True)
+        ]
+        for i in range(3):
+            v, v0 = (d(x.expand(2, -1, -1), ts[i], i) for d in den)
+            g = v[1:] + 2.0 * (v[:1] - v[1:]) + w * (v[:1] - v0[:1])
+            x = x - ts[i] * g + ts[i + 1] * g
+        for st, e in zip((clock, free), extras, strict=True):
+            st.lmdm.advance(st.state, x, e)
+        clock.beat += t_len * clock.beats_per_frame
+        want.append(x)
+    want = torch.cat(want, dim=2)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    # and it changes the music: the clock's stream alone is far from it
+    alone = LMDMStream(
+        model, text, seed=5, params=StreamParams.of("techno", sampler=plain, bpm=128.0), decode=False
+    )
+    unguided = torch.cat([alone.next_latents() for _ in range(blocks)], dim=2)
+    assert float((unguided - want).norm() / want.norm()) > 0.05
+
+
+def test_tempo_guidance_runs_no_third_row_without_a_clock(text, model):
+    guided = SamplerSettings("euler", steps=2, cfg=2.0, tempo_guidance=3.0)
+    with_tempo = LMDMModel.preset("tiny", lmdm=WINDOW, seed=0, extras={"tempo": True})
+    for m, bpm in ((with_tempo, None), (model, 120.0)):  # no bpm; a model without tempo channels
+        s = LMDMStream(
+            m, text, seed=1, params=StreamParams.of("techno", sampler=guided, bpm=bpm), decode=False
+        )
+        s.next_latents()
+        assert s.state.cache.batch == 2

@@ -177,12 +177,15 @@ def test_cache_memory_constant_over_500_blocks(mode):
 
 
 @torch.no_grad()
-def test_guidance_needs_two_rows_and_cache_batch_is_checked():
+def test_guidance_needs_its_rows_and_cache_batch_is_checked():
     dit = tiny_dit()
     lmdm = LMDM(dit, LMDMConfig(mode="causal", context_frames=8, block_frames=4))
     state = lmdm.new_state(1)
-    with pytest.raises(ValueError, match="guidance"):
+    with pytest.raises(ValueError, match="run 2 rows; the conditioning has 1"):
         lmdm.generate(state, conditioning(dit, 1), SamplerSettings(cfg=2.0), torch.Generator())
+    with pytest.raises(ValueError, match="run 3 rows; the conditioning has 2"):
+        tempo = SamplerSettings(cfg=2.0, tempo_guidance=1.0)
+        lmdm.generate(state, conditioning(dit, 2), tempo, torch.Generator())
     with pytest.raises(ValueError, match="another CFG batch"):
         lmdm.generate(state, conditioning(dit, 2), SamplerSettings(cfg=2.0), torch.Generator())
 
@@ -263,6 +266,27 @@ def test_guidance_extrapolates(sampler, cfg_pp):
     )
     lam = cfg_pp if cfg_pp is not None else scale
     assert torch.allclose(out, b + lam * (a - b), atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_tempo_guidance_extrapolates_from_the_row_without_tempo(cfg):
+    # rows: conditional (toward a), [unconditional (toward b)], conditional without tempo (toward c)
+    a, b, c = torch.randn(1, 4, 6), torch.randn(1, 4, 6), torch.randn(1, 4, 6)
+    w = 4.0
+    targets = [a, b, c] if cfg != 1.0 else [a, c]
+
+    def denoise(x, t, i):
+        return torch.cat([(x[k : k + 1] - y) / t for k, y in enumerate(targets)])
+
+    s = SamplerSettings(sampler="euler", steps=4, cfg=cfg, tempo_guidance=w)
+    assert s.rows == len(targets)
+    out = sample_block(
+        lambda x, t, i: denoise(x.expand(s.rows, -1, -1), t, i), torch.randn(1, 4, 6), s, torch.Generator()
+    )
+    guided = b + cfg * (a - b) if cfg != 1.0 else a
+    assert torch.allclose(out, guided + w * (a - c), atol=1e-4)
+    with pytest.raises(ValueError, match="tempo_guidance"):
+        SamplerSettings(tempo_guidance=-1.0)
 
 
 def test_logsnr_schedule():
