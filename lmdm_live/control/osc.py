@@ -319,6 +319,9 @@ class OSCControl:
     def _cfg_pp(self, c: Call) -> None:
         self.inst.cfg_pp(lambda_arg(c.args[0]), at=c.at)
 
+    def _tempo_guidance(self, c: Call) -> None:
+        self.inst.tempo_guidance(param_arg(c.args[0], "tempo_guidance"), at=c.at)
+
     def _steps(self, c: Call) -> None:
         self.inst.steps(param_arg(c.args[0], "steps"), at=c.at)
 

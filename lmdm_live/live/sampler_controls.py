@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ..model.samplers import MAX_TEMPO_GUIDANCE
-from .params import check_number
+from .params import PARAMS, check_number
 from .stream import StreamParams
 
 
@@ -42,7 +41,8 @@ class SamplerControls:
         onto the bpm where the model leans on its prompt and context for the tempo. Costs a third row."""
         if w is None:
             return self._params.sampler.tempo_guidance
-        self._sampler(at, tempo_guidance=check_number(w, "tempo_guidance", 0.0, MAX_TEMPO_GUIDANCE))
+        p = PARAMS["tempo_guidance"]
+        self._sampler(at, tempo_guidance=check_number(w, "tempo_guidance", p.lo, p.hi))
         return None
 
     def steps(self, n: int | None = None, at: Any = "now") -> int | None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 Sampler = Literal["euler", "pingpong"]
-MAX_TEMPO_GUIDANCE = 50.0
+MAX_TEMPO_GUIDANCE = 50.0  # the same range as the parameter table's (live/params.py)
 Denoise = Callable[[Tensor, float, int], Tensor]
 
 

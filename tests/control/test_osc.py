@@ -306,12 +306,14 @@ def test_status_reply_carries_the_values(rig):
     c.send("/lmdm/prompt", "ambient choir")
     c.send("/lmdm/cfg", 2.5)
     c.send("/lmdm/gain", 0.75)
+    c.send("/lmdm/tempo_guidance", 6.0)
     inst.wait_blocks(4)
     status = no_errors(c)
     expected = {
         "prompt": "ambient choir",
         "cfg": 2.5,
         "cfg_pp": "off",
+        "tempo_guidance": 6.0,
         "steps": 2,
         "sampler": "pingpong",
         "seed": 0,
