@@ -25,7 +25,7 @@ Schema (every table and key is optional, except that [prompts] must not be empty
     eject_frames = 8                      # context frames dropped when the main prompt changes (>= 0)
     [[midi.cc]]                           # a knob: cc 0..127 sweeps param from lo to hi
     cc = 74
-    param = "cfg"                         # cfg, cfg_pp, steps, gain, seed, bpm, drop or "weight:<prompt>"
+    param = "cfg"                         # cfg, cfg_pp, tempo_guidance, steps, gain, seed, bpm, drop, "weight:<prompt>"
     lo = 1.0
     hi = 6.0
     curve = "exp"                         # lin | exp | log
