@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..model.bundle import LMDMModel, load_model
-from ..model.lmdm import LMDM, Conditioning, LMDMConfig, query_tokens_per_block
+from ..model.lmdm import LMDM, Conditioning, LMDMConfig, branch_conditioning, query_tokens_per_block
 from ..model.samplers import SamplerSettings
 
 MODES = ("uncached", "encdec", "causal")
@@ -99,13 +99,7 @@ def _conditioning(model: LMDMModel, s: SamplerSettings, seed: int) -> Conditioni
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(1, 64, model.dit.cfg.cond_token_dim, generator=g).to(p.device, p.dtype)
     cross, glob = model.net.conditioning(tokens, [model.seconds_total])
-    rows = [cross, torch.zeros_like(cross)] if s.guided else [cross]
-    keep = None
-    if s.tempo_guidance > 0:
-        rows.append(cross)
-        keep = torch.ones(len(rows), model.dit.cfg.extra_add_channels)
-        keep[-1, model.layout.offsets()["tempo"]] = 0.0
-    return Conditioning(model.dit.cross_kv(torch.cat(rows)), glob.expand(len(rows), -1), keep)
+    return branch_conditioning(model.dit, cross, glob, s, model.layout.offsets()["tempo"])
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..model.bundle import LMDMModel
 from ..model.conditioners import TextEncoder
 from ..model.extras import tempo_grid
-from ..model.lmdm import LMDM, BlockState, Conditioning
+from ..model.lmdm import LMDM, BlockState, Conditioning, branch_conditioning
 from ..model.samplers import SamplerSettings
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -352,17 +352,8 @@ class LMDMStream:
         device = next(net.parameters()).device
         seconds = self.model.seconds_total if p.seconds is None else p.seconds
         cross, glob = net.conditioning(blended.to(device, dtype), [seconds])
-        rows = [cross]
-        if branches.guided:  # CFG's null condition: the whole cross-attention context zeroed, global kept
-            rows.append(torch.zeros_like(cross))
-        keep = None
-        if branches.tempo_guidance > 0:  # the conditional row again, its tempo channels zeroed
-            rows.append(cross)
-            keep = torch.ones(len(rows), self.model.layout.channels)
-            keep[-1, self.model.layout.offsets()["tempo"]] = 0.0
-        cross = torch.cat(rows)
-        glob = glob.expand(len(rows), -1)
-        cond = Conditioning(self.model.dit.cross_kv(cross), glob, keep)
+        tempo = self.model.layout.offsets()["tempo"]
+        cond = branch_conditioning(self.model.dit, cross, glob, branches, tempo)
         self._cond_cache[key] = cond
         while len(self._cond_cache) > COND_CACHE_SIZE:
             self._cond_cache.popitem(last=False)

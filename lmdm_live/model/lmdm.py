@@ -37,6 +37,7 @@ from .window import MODES, BlockState, Conditioning, LMDMConfig, Mode, chunk_mas
 
 __all__ = [
     "LMDM",
+    "branch_conditioning",
     "MODES",
     "BlockState",
     "Conditioning",
@@ -437,6 +438,24 @@ class LMDM:
             return self.dit.output(h[:, n : n + t_len])
 
         return denoise
+
+
+def branch_conditioning(
+    dit: DiT, cross: Tensor, glob: Tensor | None, s: SamplerSettings, tempo: slice
+) -> Conditioning:
+    """The rows `s` samples with (samplers.py): the conditional one; CFG's null condition (the whole
+    cross-attention context zeroed, the global condition kept); and for tempo guidance the conditional one
+    again with its tempo channels (`tempo`, a slice of the extra channels) zeroed."""
+    rows = [cross]
+    if s.guided:
+        rows.append(torch.zeros_like(cross))
+    keep = None
+    if s.tempo_guidance > 0:
+        rows.append(cross)
+        keep = torch.ones(len(rows), dit.cfg.extra_add_channels)
+        keep[-1, tempo] = 0.0
+    glob = None if glob is None else glob.expand(len(rows), -1)
+    return Conditioning(dit.cross_kv(torch.cat(rows)), glob, keep)
 
 
 def query_tokens_per_block(cfg: LMDMConfig, steps: int, fused: bool = True) -> int:
