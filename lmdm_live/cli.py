@@ -22,6 +22,29 @@ def _change_arg(text: str) -> tuple[int, str]:
     return int(block), prompt
 
 
+def _ceiling_arg(text: str) -> float | None:
+    """--limiter: a linear peak ceiling in (0, 1], or off."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a peak ceiling in (0, 1] or 'off', got {text!r}")
+    return value
+
+
+def _add_limiter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--limiter",
+        type=_ceiling_arg,
+        default=0.98,
+        metavar="CEILING|off",
+        help="the output's lookahead peak limiter: the linear ceiling no sample passes (default 0.98), or off",
+    )
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -174,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="guidance on the tempo channels; default: the model's own",
     )
+    _add_limiter_arg(play)
     play.add_argument("--log", type=Path, default=None, help="write the event log here (for `replay`)")
     play.add_argument("--headless", action="store_true", help="no REPL: run until SIGINT/SIGTERM")
     play.add_argument("--seconds", type=float, default=None, help="headless: stop after this many seconds")
@@ -220,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--log", type=Path, help="render a logged live performance instead (same as replay)")
     render.add_argument("--seconds", type=float, default=10.0)
     render.add_argument("--seed", type=int, default=0)
+    _add_limiter_arg(render)
     render.add_argument("--out", type=Path, required=True)
 
     st = sub.add_parser("styles", help="list the styles the model was trained on")

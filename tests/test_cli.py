@@ -101,7 +101,18 @@ def test_render_a_saved_model(tmp_path, capsys):
     out = tmp_path / "m.wav"
     assert main(["render", "--model", str(path), "--steps", "1", "--seconds", "0.3", "--out", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["model"] == "tiny" and out.is_file()
+    assert info["model"] == "tiny" and out.is_file() and info["limiter_db"] is not None
+    # the limiter holds a ceiling under the model's peak; off, the file has the model's own peak
+    low = tmp_path / "low.wav"
+    argv = ["render", "--model", str(path), "--steps", "1", "--seconds", "0.3"]
+    assert main([*argv, "--limiter", "0.02", "--out", str(low)]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--limiter", "off", "--out", str(out)]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert limited["peak"] == off["peak"] > 0.05 and off["limiter_db"] is None
+    assert limited["limiter_db"] > 20 * np.log10(off["peak"] / 0.02) - 0.1
+    assert np.abs(sf.read(str(low))[0]).max() <= 0.02 + 1 / 32768
+    assert np.abs(sf.read(str(out))[0]).max() == pytest.approx(min(off["peak"], 1.0), abs=1e-3)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -115,6 +126,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("lmdm-live: error: ") and "\n" not in err, err
+    for ceiling in ("1.5", "loud", "0"):  # refused while parsing, as argparse refuses a bad flag
+        with pytest.raises(SystemExit) as e:
+            main(["render", *SMALL, "--limiter", ceiling, "--out", str(tmp_path / "x.wav")])
+        assert e.value.code == 2
+        assert "expected a peak ceiling in (0, 1] or 'off'" in capsys.readouterr().err.splitlines()[-1]
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"not a safetensors file")
     assert main(["render", "--model", str(bogus), "--out", str(tmp_path / "x.wav")]) == 2

@@ -128,6 +128,7 @@ def render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
     import numpy as np
     import soundfile as sf
 
+    from ..dsp.limiter import Limiter, LimiterConfig
     from ..live.stream import LMDMStream, StreamParams
 
     t0 = time.perf_counter()
@@ -150,8 +151,11 @@ def render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
     wall = time.perf_counter() - t1
     audio = np.concatenate(parts, axis=1)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
+    ceiling = getattr(args, "limiter", None)
+    limiter = Limiter(model.sample_rate, LimiterConfig(ceiling=ceiling)) if ceiling is not None else None
+    frames = limiter.process(np.ascontiguousarray(audio.T)) if limiter is not None else audio.T
     out = Path(args.out)  # its folder exists (check_out)
-    sf.write(str(out), np.clip(audio.T, -1.0, 1.0), model.sample_rate, subtype="PCM_16")
+    sf.write(str(out), np.clip(frames, -1.0, 1.0), model.sample_rate, subtype="PCM_16")
     seconds = audio.shape[1] / model.sample_rate
     return {
         "out": str(out),
@@ -160,8 +164,9 @@ def render(args, prompts, changes, sampler, script: Path | None = None) -> dict:
         "blocks": blocks,
         "sample_rate": model.sample_rate,
         "channels": int(audio.shape[0]),
-        "peak": round(peak, 4),
-        "clipped": peak > 1.0,
+        "peak": round(peak, 4),  # the model's own, before the limiter
+        "limiter_db": round(limiter.reduction_db, 2) if limiter is not None else None,
+        "clipped": peak > 1.0 and limiter is None,
         "load_s": round(loaded, 3),
         "render_s": round(wall, 3),
         "x_realtime": round(seconds / wall, 2) if wall > 0 else None,

@@ -47,6 +47,7 @@ def cmd_play(args) -> int:
         model_ref=args.model,
         dtype=args.dtype,
         threads=args.threads,
+        limiter=args.limiter,
     )
     return _play(inst, args)
 

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,12 @@ import numpy as np
 import torch
 
 from ..audio.ring import AudioRing
+from ..dsp.limiter import DEFAULT_LIMITER, LimiterConfig
 from ..model.precision import model_dtype_name
 from .eventlog import EventLog, json_safe
 from .memory import mmap_large, trim
 from .output import OutputChain, splice_frames
-from .schedule import (
-    HEADROOM_PRESETS_MS,
-    Change,
-    EngineStats,
-    Playing,
-    QueuedBlock,
-)
+from .schedule import HEADROOM_PRESETS_MS, Change, EngineStats, Playing, QueuedBlock
 from .stream import LMDMStream
 
 
@@ -51,6 +47,7 @@ class Engine:
         log_path: str | Path | None = None,
         bpm: float = 120.0,
         model_ref: str = "",
+        limiter: LimiterConfig | None = DEFAULT_LIMITER,  # None: no limiter
     ) -> None:
         self.stream, self.backend = stream, backend
         self.out_rate = int(
@@ -62,7 +59,7 @@ class Engine:
         self.headroom_ms = float(headroom_ms)
         self.bpm = float(bpm)
         self.model_ref = model_ref
-        self.chain = OutputChain(stream.model.sample_rate, self.out_rate, self.out_channels)
+        self.chain = OutputChain(stream.model.sample_rate, self.out_rate, self.out_channels, limiter=limiter)
         self.playing = Playing(stream.params, stream.seed, self.chain.gain)
         block_out = math.ceil(
             stream.model.lmdm.block_frames * stream.model.hop * self.out_rate / self.chain.in_rate
@@ -443,6 +440,7 @@ class Engine:
                 "out_channels": self.out_channels,
                 "fade": self.chain.fade,
                 "gain": self.chain.gain,
+                "limiter": asdict(self.chain.limiter.cfg) if self.chain.limiter is not None else None,
             }
         )
 
@@ -474,6 +472,7 @@ class Engine:
             "callback_ms_mean": round(cb.mean_ms, 4) if cb is not None and cb.callbacks else None,
             "callback_ms_max": round(cb.max_ms, 4) if cb is not None and cb.callbacks else None,
             "out_rate": self.out_rate,
+            "limiter_db_last": None if (lim := self.chain.limiter) is None else round(lim.reduction_db, 2),
         }
 
     def latency(self) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..dsp.limiter import DEFAULT_LIMITER, LimiterConfig
 from ..model.styles import StyleVocabulary
 from .engine import Engine
 from .params import check_at, in_domain
@@ -44,6 +45,8 @@ class Instrument(SamplerControls):
     `dtype`: the DiT's, for a model loaded here: "auto" is bfloat16 where the CPU multiplies it natively
     (its blocks about a third faster, the same evaluation scores), else float32. `threads`: torch's intra-op threads while
     it plays (default: all cores but one, which the audio and control threads need; see `threads.py`).
+    `limiter`: the output's peak ceiling (linear, at most 1): a lookahead limiter turns the gain down
+    smoothly before a sample would pass it, adding no latency; None turns it off.
     """
 
     def __init__(
@@ -69,12 +72,14 @@ class Instrument(SamplerControls):
         model_ref: str | None = None,
         dtype: str = "auto",
         threads: int | None = None,
+        limiter: float | None = DEFAULT_LIMITER.ceiling,
     ) -> None:
         from ..model.bundle import LMDMModel, load_model
         from ..model.precision import resolve_dtype
         from .threads import ThreadBudget, inference_threads
 
         self._threads = ThreadBudget(inference_threads(threads))
+        limits = None if limiter is None else LimiterConfig(ceiling=float(limiter))  # refused before a load
 
         if latency not in LATENCY_PRESETS:
             raise ValueError(f"latency must be one of {', '.join(LATENCY_PRESETS)}, got {latency!r}")
@@ -124,6 +129,7 @@ class Instrument(SamplerControls):
             log_path=log,
             bpm=self._bpm,
             model_ref=ref,
+            limiter=limits,
         )
         self.engine.splice = preset.splice
         self.latency_preset = latency

@@ -1,5 +1,6 @@
-"""From the model's audio to the device's: gain ramped over a block, channels, the rate conversion, and the
-crossfade a remade block is spliced in with. Runs on the inference thread, never in the audio callback.
+"""From the model's audio to the device's: gain ramped over a block, the peak limiter, channels, the rate
+conversion, and the crossfade a remade block is spliced in with. Runs on the inference thread, never in
+the audio callback.
 """
 
 from __future__ import annotations
@@ -7,18 +8,28 @@ from __future__ import annotations
 import numpy as np
 
 from ..audio.resample import StreamResampler
+from ..dsp.limiter import Limiter, LimiterConfig
 
 
 class OutputChain:
     """Model audio (channels, n) at the model rate -> device frames (m, out_channels) at the device rate.
 
     Shared by the live engine and `replay`, so both produce the same samples. A short tail is held back
-    from every block, so a failed block can fade out what was already generated instead of clicking.
+    from every block, so a failed block can fade out what was already generated instead of clicking; the
+    limiter (None: off) looks ahead into that tail, so it adds no latency.
     """
 
-    def __init__(self, in_rate: int, out_rate: int, out_channels: int, fade_ms: float = 10.0) -> None:
+    def __init__(
+        self,
+        in_rate: int,
+        out_rate: int,
+        out_channels: int,
+        fade_ms: float = 10.0,
+        limiter: LimiterConfig | None = None,
+    ) -> None:
         self.in_rate, self.out_rate, self.out_channels = in_rate, out_rate, out_channels
         self.fade = max(1, int(round(fade_ms * in_rate / 1000)))
+        self.limiter = Limiter(in_rate, limiter) if limiter is not None else None
         self.resampler = StreamResampler(in_rate, out_rate, out_channels)
         self._tail: np.ndarray | None = None  # (fade, channels) held back, model rate
         self._fade_in = False
@@ -36,8 +47,9 @@ class OutputChain:
             return x.mean(axis=1, keepdims=True)
         return np.resize(x.T, (want, x.shape[0])).T.copy()
 
-    def _finish(self, x: np.ndarray) -> np.ndarray:
-        """Gain (a short ramp when it changed: audible at once, without a click), then the device rate."""
+    def _finish(self, x: np.ndarray, ahead: np.ndarray | None = None) -> np.ndarray:
+        """Gain (a short ramp when it changed: audible at once, without a click), the limiter (reading
+        `ahead`, the held tail, at the new gain), then the device rate."""
         if x.shape[0]:
             if self._gain_now != self.gain:
                 n = min(self.fade, x.shape[0])
@@ -47,6 +59,10 @@ class OutputChain:
                 self._gain_now = self.gain
             elif self.gain != 1.0:
                 x = x * np.float32(self.gain)
+            if self.limiter is not None:
+                if ahead is not None and self.gain != 1.0:
+                    ahead = ahead * np.float32(self.gain)
+                x = self.limiter.process(x, ahead)
         return self.resampler.process(np.ascontiguousarray(x, dtype=np.float32))
 
     def push(self, audio: np.ndarray) -> np.ndarray:
@@ -62,16 +78,20 @@ class OutputChain:
         joined = np.concatenate([self._tail, x])
         keep = min(self.fade, joined.shape[0])
         out, self._tail = joined[: joined.shape[0] - keep], joined[joined.shape[0] - keep :]
-        return self._finish(out)
+        return self._finish(out, self._tail)
 
     def snapshot(self) -> tuple:
-        """What the next block's output depends on: the held tail, the fade-in, gains, the resampler."""
+        """What the next block's output depends on: the held tail, the fade-in, gains, the limiter's gain,
+        the resampler."""
         tail = None if self._tail is None else self._tail.copy()
-        return (tail, self._fade_in, self.gain, self._gain_now, self.resampler.snapshot())
+        lim = self.limiter.snapshot() if self.limiter is not None else None
+        return (tail, self._fade_in, self.gain, self._gain_now, lim, self.resampler.snapshot())
 
     def restore(self, snap: tuple) -> None:
-        tail, self._fade_in, self.gain, self._gain_now, resampler = snap
+        tail, self._fade_in, self.gain, self._gain_now, lim, resampler = snap
         self._tail = None if tail is None else tail.copy()
+        if self.limiter is not None and lim is not None:
+            self.limiter.restore(lim)
         self.resampler.restore(resampler)
 
     def fail(self, samples: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dsp.limiter import LimiterConfig
 from ..model.lmdm import LMDMConfig
 from .output import OutputChain, splice_frames
 from .stream import LMDMStream, StreamParams
@@ -65,7 +66,13 @@ def replay(log: str | Path, model=None, text=None, t5_path: str | None = None) -
         text = model.text_encoder(t5_path)
     stream = LMDMStream(model, text, seed=int(head["seed"]), params=StreamParams.from_dict(head["params"]))
     stream.block_index = int(head.get("block", 0))
-    chain = OutputChain(model.sample_rate, int(head["out_rate"]), int(head["out_channels"]))
+    lim = head.get("limiter")  # a log from before the limiter has none
+    chain = OutputChain(
+        model.sample_rate,
+        int(head["out_rate"]),
+        int(head["out_channels"]),
+        limiter=LimiterConfig(**lim) if lim is not None else None,
+    )
     chain.fade = int(head["fade"])
     chain.gain = chain._gain_now = float(head.get("gain", 1.0))
     end = next((e["block"] for e in reversed(events) if e.get("type") == "stop"), None)

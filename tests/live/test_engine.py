@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmdm_live.dsp.limiter import LimiterConfig
 from lmdm_live.live.engine import Engine
 from lmdm_live.live.output import OutputChain
 from lmdm_live.live.replay import read_log, replay
@@ -111,6 +112,27 @@ def test_live_equals_replay_with_changes_and_faults(model, text, tmp_path):
     again, rate = replay(tmp_path / "ev.jsonl", model=model, text=text)
     assert rate == 48000 and again.shape == live.shape
     assert np.array_equal(again, live)  # sample for sample
+
+
+def test_the_limiter_holds_its_ceiling_live_and_replay_reproduces_it(model, text, tmp_path):
+    (tmp_path / "off").mkdir()
+    loud = make_engine(model, text, tmp_path / "off", limiter=None)
+    loud.start()
+    raw = consume(loud, 6)
+    loud.stop()
+    raw = np.concatenate([raw, drain(loud)])
+    engine = make_engine(model, text, tmp_path, limiter=LimiterConfig(ceiling=0.05))
+    engine.start()
+    live = consume(engine, 6)
+    engine.stop()
+    live = np.concatenate([live, drain(engine)])
+    assert np.abs(raw).max() > 0.2  # this model's output goes well past that ceiling...
+    assert np.abs(live).max() < 0.05 * 1.05  # ...and the limiter holds it (the resampler may overshoot a hair)
+    assert engine.status()["limiter_db_last"] > 0 and loud.status()["limiter_db_last"] is None
+    head = read_log(tmp_path / "ev.jsonl")[0]
+    assert head["limiter"]["ceiling"] == 0.05
+    again, _ = replay(tmp_path / "ev.jsonl", model=model, text=text)
+    assert np.array_equal(again, live)
 
 
 def test_faulty_block_fades_instead_of_clicking(model, text, tmp_path):

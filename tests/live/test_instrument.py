@@ -67,6 +67,19 @@ def test_setters_validate_and_reach_the_stream(inst):
     assert lat["total_ms"] == pytest.approx(lat["buffer_ms"] + lat["block_ms"] + lat["compute_ms"], abs=0.2)
 
 
+def test_the_output_limiter_is_on_by_default_can_be_set_or_turned_off(model, tmp_path):
+    def make(**kw):
+        backend = FileBackend(tmp_path / "l.wav", model.sample_rate, channels=2, realtime=False)
+        return Instrument(model, backend=backend, steps=1, quiet=True, start=False, **kw)
+
+    on, low, off = make(), make(limiter=0.25), make(limiter=None)
+    assert on.engine.chain.limiter.cfg.ceiling == 0.98 and low.engine.chain.limiter.cfg.ceiling == 0.25
+    assert off.engine.chain.limiter is None and off.status()["limiter_db_last"] is None
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="limiter ceiling"):
+            make(limiter=bad)
+
+
 def test_same_value_is_a_no_op(inst, tmp_path):
     inst.prompt("dub")
     inst.prompt("dub")
