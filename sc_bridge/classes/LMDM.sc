@@ -61,6 +61,11 @@ LMDM {
 
 	steps { |n, at, latency| ^this.prSend('/lmdm/steps', [this.prInt(n)], at, latency) }
 
+	// guidance on the tempo channels (0 = off): how hard the model is held to inst.bpm
+	tempoGuidance { |weight, at, latency|
+		^this.prSend('/lmdm/tempo_guidance', [this.prFloat(weight)], at, latency)
+	}
+
 	sampler { |name, at, latency| ^this.prSend('/lmdm/sampler', [this.prText(name)], at, latency) }
 
 	seed { |n, at, latency| ^this.prSend('/lmdm/seed', [this.prInt(n)], at, latency) }
