@@ -18,6 +18,7 @@ Schema (every table and key is optional, except that [prompts] must not be empty
     steps = 8                             # 1..100
     cfg = 1.0                             # 0..20 (1 = no guidance); setting it turns CFG++ off
     cfg_pp = 0.95                         # 0..2, or "off"
+    tempo_guidance = 20                   # 0..50: holds the music to bpm (0 = off)
     [play]
     gain = 0.9                            # 0..4
     bpm = 126                             # 20..400: the beat/bar grid changes quantise to
@@ -166,6 +167,7 @@ def _current(inst) -> dict[str, Any]:
         "steps": inst.steps(),
         "cfg": inst.cfg(),
         "cfg_pp": inst.cfg_pp(),
+        "tempo_guidance": inst.tempo_guidance(),
         "seed": inst.seed(),
         "gain": inst.gain(),
         "bpm": inst.bpm(),
@@ -188,7 +190,7 @@ def _set_all(inst, values: dict[str, Any], at: Any) -> None:
         _set_eject(inst, values["eject_frames"], at)
     if values.get("prompts"):
         inst.prompts(dict(values["prompts"]), at)
-    for key in ("sampler", "steps", "cfg"):
+    for key in ("sampler", "steps", "cfg", "tempo_guidance"):
         if values.get(key) is not None:
             getattr(inst, key)(values[key], at)
     if "cfg_pp" in values:
@@ -216,7 +218,7 @@ def apply_patch(inst, patch: Patch, at: Any = "bar") -> PatchControls:
         if why:
             raise PatchError(source, [f"model: {why}"])
     values: dict[str, Any] = {"prompts": patch.prompts}
-    for key in ("sampler", "steps", "cfg", "seed", "gain", "bpm"):
+    for key in ("sampler", "steps", "cfg", "tempo_guidance", "seed", "gain", "bpm"):
         values[key] = getattr(patch, key)
     if patch.cfg_pp is not None:
         values["cfg_pp"] = None if patch.cfg_pp == "off" else patch.cfg_pp

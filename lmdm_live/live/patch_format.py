@@ -16,7 +16,7 @@ MAX_PATCH_BYTES = 1 << 20  # a patch is a page of text; anything bigger is the w
 
 TABLES: dict[str, frozenset[str]] = {
     "": frozenset({"name", "description", "model", "prompts", "sampler", "play", "midi", "osc"}),
-    "sampler": frozenset({"sampler", "steps", "cfg", "cfg_pp"}),
+    "sampler": frozenset({"sampler", "steps", "cfg", "cfg_pp", "tempo_guidance"}),
     "play": frozenset({"gain", "bpm", "seed", "eject_frames"}),
     "midi": frozenset({"cc", "notes", "programs"}),
     "osc": frozenset({"aliases"}),
@@ -55,6 +55,7 @@ class Patch:
     steps: int | None = None
     cfg: float | None = None
     cfg_pp: float | str | None = None  # a CFG++ lambda, or "off"
+    tempo_guidance: float | None = None
     gain: float | None = None
     bpm: float | None = None
     seed: int | None = None

@@ -169,12 +169,14 @@ class _Validator:
             "steps": lambda x: isinstance(x, int) and not isinstance(x, bool),
             "cfg": is_number,
             "cfg_pp": lambda x: is_number(x) or x == "off",
+            "tempo_guidance": is_number,
         }
         kinds = {
             "sampler": "a string",
             "steps": "an integer",
             "cfg": "a number",
             "cfg_pp": 'a number or "off"',
+            "tempo_guidance": "a number",
         }
         for key, ok in checks.items():
             if key not in t:
@@ -188,7 +190,7 @@ class _Validator:
             except ValueError as e:
                 self.bad("sampler", key, _reason(e, key))
                 continue
-            out[key] = float(x) if key == "cfg" or (key == "cfg_pp" and x != "off") else x
+            out[key] = float(x) if key in ("cfg", "tempo_guidance") or (key == "cfg_pp" and x != "off") else x
         return out
 
     def play(self, t: dict) -> dict:

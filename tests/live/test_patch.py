@@ -56,6 +56,7 @@ def state(inst) -> dict:
         "steps": inst.steps(),
         "cfg": inst.cfg(),
         "cfg_pp": inst.cfg_pp(),
+        "tempo_guidance": inst.tempo_guidance(),
         "gain": inst.gain(),
         "bpm": inst.bpm(),
         "seed": inst.seed(),
@@ -72,11 +73,15 @@ def assert_plays(inst, patch: Patch) -> None:
         assert st["cfg"] == patch.cfg
     if patch.cfg_pp is not None:
         assert st["cfg_pp"] == patch.cfg_pp
+    if patch.tempo_guidance is not None:
+        assert st["tempo_guidance"] == patch.tempo_guidance
     inst.wait_blocks(2)
     p = inst.stream.params
     assert p.prompts == patch.prompts
     assert (p.sampler.sampler, p.sampler.steps) == (patch.sampler, patch.steps)
     assert p.sampler.cfg_pp == patch.cfg_pp
+    if patch.tempo_guidance is not None:
+        assert p.sampler.tempo_guidance == patch.tempo_guidance
     if patch.eject_frames is not None:
         assert p.eject_frames == patch.eject_frames
     assert inst.stream.seed == patch.seed
@@ -234,6 +239,16 @@ def test_unknown_patch_name_lists_the_shipped_ones():
         load_patch("missing/dir/x.toml")
 
 
+def test_a_patch_sets_tempo_guidance(inst):
+    patch = parse_patch('name = "tg"\n[prompts]\n"acid" = 1.0\n[sampler]\ntempo_guidance = 12\n')
+    assert patch.tempo_guidance == 12.0 and isinstance(patch.tempo_guidance, float)
+    inst.load(patch, at="now")
+    inst.wait_blocks(2)
+    assert inst.tempo_guidance() == 12.0 and inst.stream.params.sampler.tempo_guidance == 12.0
+    with pytest.raises(PatchError, match=r"\[sampler\]\.tempo_guidance: must be a number"):
+        parse_patch('[sampler]\ntempo_guidance = "lots"\n')
+
+
 # The instrument's setters and the patch validator must draw the same lines, or a patch could hold a value
 # the instrument refuses (half-applied patch) or refuse one it accepts.
 RANGES = [
@@ -242,6 +257,7 @@ RANGES = [
     ("sampler", "steps", "steps", [0, 1, 100, 101]),
     ("sampler", "cfg", "cfg", [-0.5, 0.0, 20.0, 20.5]),
     ("sampler", "cfg_pp", "cfg_pp", [-0.1, 0.0, 2.0, 2.1]),
+    ("sampler", "tempo_guidance", "tempo_guidance", [-0.1, 0.0, 50.0, 50.5]),
     ("sampler", "sampler", "sampler", ["euler", "pingpong", "heun"]),
 ]
 
