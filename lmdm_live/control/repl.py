@@ -103,10 +103,12 @@ def toolbar_text(inst: Instrument) -> str:
         prompt = p.dominant if len(p.prompts) == 1 else " + ".join(t for t, _ in p.prompts)
         guide = f"cfg++ {p.sampler.cfg_pp}" if p.sampler.cfg_pp is not None else f"cfg {p.sampler.cfg:g}"
         lat = s["latency_ms_last"]
+        cut = s.get("limiter_db_last") or 0.0  # shown only while the limiter works
         return (
             f" {prompt[:40]!r} | {guide} | steps {p.sampler.steps} | x{s['x_realtime'] or 0:.1f} real time"
             f" | ring {s['ring_ms']:.0f} ms | underruns {s['underruns']} | faults {s['faults']}"
             f" | latency {'-' if lat is None else f'{lat:.0f} ms'}"
+            + (f" | limiter -{cut:.1f} dB" if cut >= 0.1 else "")
         )
     except Exception as e:  # the toolbar must never take the REPL down
         return f" status unavailable: {type(e).__name__}"

@@ -72,9 +72,16 @@ def test_the_output_limiter_is_on_by_default_can_be_set_or_turned_off(model, tmp
         backend = FileBackend(tmp_path / "l.wav", model.sample_rate, channels=2, realtime=False)
         return Instrument(model, backend=backend, steps=1, quiet=True, start=False, **kw)
 
-    on, low, off = make(), make(limiter=0.25), make(limiter=None)
-    assert on.engine.chain.limiter.cfg.ceiling == 0.98 and low.engine.chain.limiter.cfg.ceiling == 0.25
+    on, low, off = make(), make(limiter=0.01), make(limiter=None)
+    assert on.engine.chain.limiter.cfg.ceiling == 0.98 and low.engine.chain.limiter.cfg.ceiling == 0.01
     assert off.engine.chain.limiter is None and off.status()["limiter_db_last"] is None
+    assert "limiter" not in toolbar_text(on)
+    low.start()
+    try:
+        low.wait_blocks(3)
+        assert low.status()["limiter_db_last"] > 0 and " | limiter -" in toolbar_text(low)
+    finally:
+        low.stop()
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="limiter ceiling"):
             make(limiter=bad)
