@@ -127,7 +127,9 @@ def test_the_limiter_holds_its_ceiling_live_and_replay_reproduces_it(model, text
     engine.stop()
     live = np.concatenate([live, drain(engine)])
     assert np.abs(raw).max() > 0.2  # this model's output goes well past that ceiling...
-    assert np.abs(live).max() < 0.05 * 1.05  # ...and the limiter holds it (the resampler may overshoot a hair)
+    assert (
+        np.abs(live).max() < 0.05 * 1.05
+    )  # ...and the limiter holds it (the resampler may overshoot a hair)
     assert engine.status()["limiter_db_last"] > 0 and loud.status()["limiter_db_last"] is None
     head = read_log(tmp_path / "ev.jsonl")[0]
     assert head["limiter"]["ceiling"] == 0.05
