@@ -272,11 +272,14 @@ def test_the_engine_hands_freed_heap_back_while_it_plays(model, text, tmp_path):
     assert len(kept) == 150
 
 
-def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(model, text, tmp_path):
+@pytest.mark.parametrize("ceiling", [0.98, 0.05], ids=["limiter", "limiting"])
+def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(model, text, tmp_path, ceiling):
     """Six blocks queued, the first three heard: a prompt change is applied from the first block that can
     still be made in time, not after the queue; what is played (old blocks, then new ones) replays exactly.
-    (The decoder's latency and the fade tail make the first two blocks' output empty.)"""
-    engine = make_engine(model, text, tmp_path)
+    (The decoder's latency and the fade tail make the first two blocks' output empty.) At a low ceiling the
+    limiter works throughout, so its gain must be put back with the rest of the output chain."""
+    lim = LimiterConfig(ceiling=ceiling)
+    engine = make_engine(model, text, tmp_path, limiter=lim)
     engine.rewind_guard_frames = 256
     engine._open_log()
     for _ in range(6):
@@ -308,7 +311,7 @@ def test_a_change_remakes_the_queued_blocks_not_yet_heard_and_replays_exactly(mo
     again, _ = replay(tmp_path / "ev.jsonl", model=model, text=text)
     assert again.shape == live.shape and np.array_equal(again, live)
     # the change is heard from block 4: up to there the same audio as a stream left alone, then not
-    alone = make_engine(model, text, tmp_path / "alone")
+    alone = make_engine(model, text, tmp_path / "alone", limiter=lim)
     for _ in range(7):
         alone._generate_one()
     old = drain(alone)
