@@ -31,22 +31,24 @@ from .transitions import measure_transition, splice_transition
 
 
 def default_prompts(index: dict, n: int = 24) -> list[dict]:
-    """Up to `n` prompts from the test split's captions, as varied as the split allows.
+    """Up to `n` prompts from the test split's captions, as varied as the split allows, in an order whose
+    every prefix is varied too (`--max-prompts` takes one).
 
-    Captions are grouped by (style, lead, tempo bucket, mode) and taken round-robin over the groups, so the
-    set spans styles, instruments and tempi before it repeats a combination.
+    The styles take turns; within a style, its captions are grouped by (lead, tempo bucket, mode) and the
+    groups take turns. So the first prompts span the styles before any repeats, then instruments and tempi.
     """
-    groups: dict[tuple, list[dict]] = {}
+    by_style: dict[str, dict[tuple, list[dict]]] = {}
     for ex in sorted(split(index, "test"), key=lambda e: e["id"]):
         lab = ex.get("labels", {})
-        key = tuple(str(lab.get(k)) for k in ("style", "lead", "tempo_bucket", "mode"))
-        groups.setdefault(key, []).append(ex)
-    order = [groups[k] for k in sorted(groups)]
-    prompts, seen, depth = [], set(), 0
-    while len(prompts) < n and any(depth < len(g) for g in order):
-        for g in order:
-            if depth < len(g) and len(prompts) < n and g[depth]["caption"] not in seen:
-                ex = g[depth]
+        sub = tuple(str(lab.get(k)) for k in ("lead", "tempo_bucket", "mode"))
+        by_style.setdefault(str(lab.get("style")), {}).setdefault(sub, []).append(ex)
+    queues = [_round_robin([groups[k] for k in sorted(groups)]) for _, groups in sorted(by_style.items())]
+    prompts: list[dict] = []
+    seen: set[str] = set()
+    for depth in range(max((len(q) for q in queues), default=0)):
+        for q in queues:
+            if depth < len(q) and len(prompts) < n and q[depth]["caption"] not in seen:
+                ex = q[depth]
                 seen.add(ex["caption"])
                 prompts.append(
                     {
@@ -56,8 +58,12 @@ def default_prompts(index: dict, n: int = 24) -> list[dict]:
                         "id": ex["id"],  # its real render: the instant-switch reference of a transition
                     }
                 )
-        depth += 1
     return prompts
+
+
+def _round_robin(groups: list[list[dict]]) -> list[dict]:
+    """The groups' first members, then their second members, ..."""
+    return [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
 
 
 def judged_by(index: dict, clf: Classifier) -> tuple[dict, int]:

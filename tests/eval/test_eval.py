@@ -382,6 +382,9 @@ def test_default_prompts_vary(dataset):
     assert len({p["labels"]["style"] for p in prompts}) == len(SYNTH_STYLES)
     assert len({p["labels"]["lead"] for p in prompts}) == len(SYNTH_LEADS)
     assert len({p["labels"]["tempo_bucket"] for p in prompts}) == 3
+    # every prefix is varied: the first prompts are one of each style (`--max-prompts` takes a prefix)
+    first = [p["labels"]["style"] for p in prompts[: len(SYNTH_STYLES)]]
+    assert sorted(first) == sorted(SYNTH_STYLES)
 
 
 # --- end to end -----------------------------------------------------------------------------------------
