@@ -31,6 +31,10 @@ def test_default_model_ships_and_is_the_instrument_default():
     assert default_model_ref() == str(DEFAULT_MODEL_FILE)
     size = DEFAULT_MODEL_FILE.stat().st_size + sum(p.stat().st_size for p in CLASSIFIER_DIR.iterdir())
     assert size < 60e6
+    # it lists what it knows (`lmdm-live styles`), each a style the evaluation classifier can judge
+    known = LMDMModel.load(DEFAULT_MODEL_FILE).styles
+    assert {"techno", "chorale"} <= set(known) <= set(Classifier.load(CLASSIFIER_DIR).trained["style"])
+    assert all(desc.strip() for desc in known.values())
 
 
 def test_default_model_plays_offline_and_follows_the_prompt():
