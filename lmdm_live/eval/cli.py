@@ -1,4 +1,4 @@
-"""`lmdm-live eval classifier|codec|model|tempo|follow`: the argparse side of the evaluation (the work is in run.py)."""
+"""`lmdm-live eval classifier|codec|model|tempo|follow|level`: the argparse side of the evaluation (the work is in run.py)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
     f.set_defaults(eval_run=cmd_follow)
 
+    lv = esub.add_parser(
+        "level", help="the model's loudness against its test renders, and the gain that matches them"
+    )
+    lv.add_argument("--model", required=True, help="an LMDM file")
+    lv.add_argument("--data", type=Path, required=True, help="training-data directory (its test split)")
+    lv.add_argument("--prompts", type=int, default=8, help="test prompts played (style-spread)")
+    lv.add_argument("--seconds", type=float, default=12.0, help="each stream (the first 2 s are left out)")
+    lv.add_argument("--steps", type=int, default=None, help="default: the model's own")
+    lv.add_argument("--cfg", type=float, default=None, help="default: the model's own")
+    lv.add_argument("--tempo-guidance", type=float, default=None, help="default: the model's own")
+    lv.add_argument("--dtype", choices=DTYPES, default="auto", help="the DiT's (as played)")
+    lv.add_argument(
+        "--write", type=Path, default=None, help="write the model with its level set to this file"
+    )
+    lv.set_defaults(eval_run=cmd_level)
+
     m = esub.add_parser("model", help="generate long streams and score them window by window")
     m.add_argument("--model", required=True, help="LMDM checkpoint PATH or preset (tiny | small | ...)")
     m.add_argument("--classifier", type=Path, required=True, help="directory from `eval classifier`")
@@ -128,7 +144,9 @@ def run(args) -> int:
     return args.eval_run(args)
 
 
-def _progress():
+def _progress(stderr: bool = False):
+    """A progress bar; on stderr where stdout carries the command's JSON."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -136,6 +154,7 @@ def _progress():
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True) if stderr else None,
         transient=False,
     )
 
@@ -262,6 +281,34 @@ def cmd_follow(args) -> int:
         )
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def cmd_level(args) -> int:
+    from ..model.bundle import LMDMModel, load_model
+    from ..model.precision import resolve_dtype
+    from .level import LevelConfig, calibrate
+
+    if args.write is not None and not args.write.parent.is_dir():
+        raise ValueError(f"--write: folder {args.write.parent} does not exist")
+    cfg = LevelConfig(
+        prompts=args.prompts,
+        seconds=args.seconds,
+        steps=args.steps,
+        cfg=args.cfg,
+        tempo_guidance=args.tempo_guidance,
+    )
+    model = load_model(args.model, None, "cpu", resolve_dtype(args.dtype, "cpu"))
+    with _progress(stderr=True) as bar:
+        task = bar.add_task("streams", total=cfg.prompts)
+        report = calibrate(model, model.text_encoder(None), args.data, cfg, lambda n: bar.advance(task, n))
+    report["model"], report["dtype"], report["level_before"] = str(args.model), args.dtype, model.level
+    if args.write is not None:
+        full = LMDMModel.load(args.model)  # float32 weights, as the file holds them
+        full.level = report["level"]
+        full.save(args.write)
+        report["written"] = str(args.write)
+    print(json.dumps({k: v for k, v in report.items() if k != "streams"}))
     return 0
 
 

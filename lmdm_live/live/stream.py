@@ -274,14 +274,19 @@ class LMDMStream:
         if self.decoder is None:
             raise RuntimeError("this stream was made with decode=False")
         lat = self.next_latents(extras, sketch=sketch, accomp=accomp)
-        audio = self.decoder.push(lat)
-        return audio[0].float().cpu().numpy()
+        return self._audio(self.decoder.push(lat))
 
     def flush(self) -> np.ndarray:
         """The decoder's last `latency_samples` (the tail of the final block)."""
         if self.decoder is None:
             raise RuntimeError("this stream was made with decode=False")
-        return self.decoder.flush()[0].float().cpu().numpy()
+        return self._audio(self.decoder.flush())
+
+    def _audio(self, decoded: Tensor) -> np.ndarray:
+        """Decoder output -> numpy at the model's calibrated level (`LMDMModel.level`)."""
+        out = decoded[0].float().cpu().numpy()
+        level = self.model.level
+        return out if level == 1.0 else out * np.float32(level)
 
     @property
     def latency_samples(self) -> int:

@@ -57,6 +57,7 @@ class LMDMModel:
     sampler: dict = field(default_factory=dict)  # the sampler settings it plays best with (SamplerSettings)
     mel_codec: MelCodec | None = None  # the log-mel codec, for models on one
     styles: dict[str, str] = field(default_factory=dict)  # what it was trained on: style -> one line
+    level: float = 1.0  # output gain that brings its music to its training music's loudness (`eval level`)
 
     @property
     def codec(self) -> Codec:
@@ -147,6 +148,7 @@ class LMDMModel:
             "extras": dict(self.extras),
             "sampler": dict(self.sampler),
             **({"styles": dict(self.styles)} if self.styles else {}),
+            **({"level": self.level} if self.level != 1.0 else {}),
         }
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -206,6 +208,7 @@ class LMDMModel:
             dict(config.get("sampler", {})),
             mel,
             dict(config.get("styles", {})),
+            float(config.get("level", 1.0)),
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (
