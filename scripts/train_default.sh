@@ -131,10 +131,14 @@ else
 fi
 
 # 8. ship, only when asked (SHIP=1) after the figures of step 7 were read against the model card's bars:
-#    the ARC-Forcing model, set to play PLAY_STEPS steps and TEMPO_GUIDANCE by default, and the classifier
+#    the ARC-Forcing model, set to play PLAY_STEPS steps and TEMPO_GUIDANCE by default, at its calibrated
+#    level, and the classifier
 [[ "${SHIP:-0}" == 1 ]] || { echo "evaluations in $P/eval_*; SHIP=1 to ship"; exit 0; }
 mkdir -p lmdm_live/assets/classifier
 .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
 m = M.load('$P/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS, 'tempo_guidance': $TEMPO_GUIDANCE}
 m.name = 'lmdm-default'; m.save('lmdm_live/assets/default.lmdm.safetensors')"
+#    its level: the gain that brings its median loudness, as played, to the test renders' (`eval level`)
+$L eval level --model lmdm_live/assets/default.lmdm.safetensors --data "$RUNS/styles3" --dtype int8 \
+    --write lmdm_live/assets/default.lmdm.safetensors
 cp "$RUNS/clf/classifier.safetensors" "$RUNS/clf/classifier.json" lmdm_live/assets/classifier/
