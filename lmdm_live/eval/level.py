@@ -65,6 +65,8 @@ def calibrate(model, text, data_dir, cfg: LevelConfig, tick: Callable[[int], Non
     model_rms, real_rms = statistics.median(s["rms"] for s in streams), statistics.median(real)
     if not model_rms > 0:
         raise ValueError("the model's streams are silent: there is no level to match")
+    if not real_rms > 0:
+        raise ValueError(f"{data_dir}: its test renders are silent: there is no level to match")
     return {
         "config": asdict(cfg),
         "model_rms": model_rms,

@@ -7,6 +7,7 @@ same loader reads checkpoints converted from SAOS (`sao.convert_sao`) and the pr
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -195,6 +196,9 @@ class LMDMModel:
         else:
             vae = load_vae_state_dict(sd, config, OobleckVAE(vae_config_from_sao(config)))
         window = lmdm or LMDMConfig(**config.get("lmdm", {}))
+        level = float(config.get("level", 1.0))
+        if not (math.isfinite(level) and level > 0):
+            raise ValueError(f"{path.name}: its level must be a positive number, got {config.get('level')!r}")
         secs = float(config.get("seconds_value", window.context_frames + window.block_frames))
         model = cls(
             net.eval().requires_grad_(False),
@@ -208,7 +212,7 @@ class LMDMModel:
             dict(config.get("sampler", {})),
             mel,
             dict(config.get("styles", {})),
-            float(config.get("level", 1.0)),
+            level,
         )
         if "seconds_value" not in config:  # SAOS conditions on the window's length in seconds
             model.seconds_total = (

@@ -61,6 +61,10 @@ def test_the_level_is_kept_in_the_file_and_scales_every_block_exactly(model_file
     model.save(tmp_path / "quiet.safetensors")
     quiet = LMDMModel.load(tmp_path / "quiet.safetensors")
     assert quiet.level == 0.25
+    model.level = -1.0  # a file with a level no stream can play is refused when it loads
+    model.save(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="level must be a positive number"):
+        LMDMModel.load(tmp_path / "bad.safetensors")
     params = StreamParams.of("techno", sampler=SamplerSettings(steps=1))
     loud_stream = LMDMStream(LMDMModel.load(model_file), quiet.text_encoder(), seed=3, params=params)
     quiet_stream = LMDMStream(quiet, quiet.text_encoder(), seed=3, params=params)
