@@ -188,14 +188,21 @@ def test_a_patch_and_timed_changes_made_on_the_laptop_land_on_the_host(laptop, h
         wait_until(lambda: host_prompt(inst) == "on the next bar", 10, "the quantised change")
         assert inst.engine.host_state["gain"] == 0.25  # taken at once by the host's instrument, played later
         inst.wait_blocks(2 + int(1.5 / inst.model.block_seconds))
-        events = [json.loads(line) for line in host.log.read_text().splitlines()]
-        bar_changes = [
-            e for e in events if e["type"] == "params" and "next bar" in e["value"]["prompts"][0][0]
-        ]
+
+        def logged() -> list[dict]:  # whole lines only: the host may be writing the last one
+            text = host.log.read_text()
+            return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+        def bar_changes() -> list[dict]:
+            return [
+                e for e in logged() if e["type"] == "params" and "next bar" in e["value"]["prompts"][0][0]
+            ]
+
         bar, block_s = 4 * 60 / inst.bpm(), inst.model.block_seconds
-        assert (
-            bar_changes and (bar_changes[-1]["block"] * block_s) % bar < block_s
-        )  # the first block of a bar
+        # the host applies it at its next bar, which can be up to a bar after it arrived
+        wait_until(lambda: bar_changes(), 3 * bar, "the quantised change in the host's log")
+        events, changes = logged(), bar_changes()
+        assert (changes[-1]["block"] * block_s) % bar < block_s  # the first block of a bar
         assert any(e["type"] == "gain" and e["value"] == 0.25 for e in events)
         with pytest.raises(ValueError, match="gain"):
             inst.gain(9.0)  # checked on the laptop, one line, nothing sent

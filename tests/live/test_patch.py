@@ -341,8 +341,9 @@ def test_hot_reload_applies_good_saves_and_refuses_broken_ones(inst, tmp_path):
 
     # the fix applies
     path.write_text(PATCH_V.format(prompt="gabber", steps=2, cfg=1.0))
-    wait_for(lambda: inst.prompts() == {"gabber": 1.0})
-    assert inst.cfg() == 1.0 and w.applied == 2 and w.rejected == 2 and w.last_error is None
+    wait_for(lambda: w.applied == 2)  # the whole patch (its prompts land a moment before its cfg)
+    assert inst.prompts() == {"gabber": 1.0}
+    assert inst.cfg() == 1.0 and w.rejected == 2 and w.last_error is None
     inst.wait_blocks(2)
     assert inst.stream.params.prompts == (("gabber", 1.0),)
 
