@@ -52,16 +52,14 @@ def calibrate(model, text, data_dir, cfg: LevelConfig, tick: Callable[[int], Non
     real = [rms(read_mix(data_dir, ex, sr)[skip:]) for ex in split(index, "test")]
     play = EvalConfig(seconds=cfg.seconds, steps=cfg.steps, cfg=cfg.cfg, tempo_guidance=cfg.tempo_guidance)
     blocks = math.ceil(cfg.seconds / model.block_seconds)
-    kept, model.level = model.level, 1.0  # measured raw
     streams = []
-    try:
-        for k, p in enumerate(prompts):
-            audio = generate(model, text, stream_params(p, play, model), blocks, cfg.seed + k)[skip:]
-            streams.append({"prompt": p["prompt"], "rms": rms(audio), "peak": float(np.abs(audio).max())})
-            if tick:
-                tick(1)
-    finally:
-        model.level = kept
+    for k, p in enumerate(prompts):
+        # the stream plays at the model's level (a gain): divided out, the figures are its raw output's
+        audio = generate(model, text, stream_params(p, play, model), blocks, cfg.seed + k)[skip:]
+        raw = {"rms": rms(audio) / model.level, "peak": float(np.abs(audio).max()) / model.level}
+        streams.append({"prompt": p["prompt"], **raw})
+        if tick:
+            tick(1)
     model_rms, real_rms = statistics.median(s["rms"] for s in streams), statistics.median(real)
     if not model_rms > 0:
         raise ValueError("the model's streams are silent: there is no level to match")

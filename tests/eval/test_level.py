@@ -79,7 +79,7 @@ def test_calibrate_matches_the_real_median_and_measures_the_raw_model(model_file
     model.level = 3.0  # a level already set is not what is measured
     cfg = LevelConfig(prompts=2, seconds=2.0, skip=0.5)
     report = calibrate(model, model.text_encoder(), data_dir, cfg)
-    assert model.level == 3.0  # put back
+    assert model.level == 3.0  # left as it was
     assert report["real_rms"] == pytest.approx(0.1, rel=0.02)
     assert len(report["streams"]) == 2 and report["model_rms"] > 0
     assert report["level"] == pytest.approx(report["real_rms"] / report["model_rms"])
