@@ -257,6 +257,8 @@ class Engine:
         now = time.monotonic()
         if now - self._last_rewind < self.stream.model.block_seconds:
             return 0  # at most one a block: a flood of changes must not remake the same block forever
+        if self.ring.fill < self.headroom_frames:  # not refilled since the last one: under a flood of changes
+            return 0  # a slow machine would run dry remaking; latency gives way instead of the sound
         recent = list(self.stats.block_ms)[-8:]
         compute = int(1.25 * max(recent) / 1e3 * self.out_rate) if recent else self.block_out_frames
         # half the headroom stays as the margin it is there for: a remade block that runs late must not

@@ -289,6 +289,9 @@ def test_generative_delay_through_jack(model, tmp_path, jack_server):
         recorder = None
         st, lat = inst.status(), inst.latency()
         trace = [t for t in inst.engine.live.trace if t["mode"] == "delay"]
+        inp = inst.engine.live.plan.delay[0].input
+        lost = {"player": played["xruns"], "recorder": meta["xruns"], "output": backend.xruns}
+        lost |= {"input xruns": inp.xruns, "input frames lost": inp.lost_frames}
     finally:
         if recorder is not None:
             recorder.proc.kill()
@@ -307,6 +310,10 @@ def test_generative_delay_through_jack(model, tmp_path, jack_server):
     echo_s = model.block_seconds  # the stand-in plays the context's newest block, one block later
     measured_ms = (lag * w / rate - echo_s) * 1e3
     reported_ms = lat["generative_delay_ms"]
-    print(f"generative delay: reported {reported_ms:.1f} ms, measured {measured_ms:.1f} ms")
-    assert abs(measured_ms - reported_ms) < model.block_seconds * 1e3
+    # a cycle JACK skipped (an xrun: the graph's, so every client counts it) can move the signal against the
+    # clock it is judged on by a period, and so can input frames lost
+    xruns = max(v for k, v in lost.items() if k != "input frames lost")
+    lost_ms = (xruns * 256 + lost["input frames lost"]) / rate * 1e3
+    print(f"generative delay: reported {reported_ms:.1f} ms, measured {measured_ms:.1f} ms; lost {lost}")
+    assert abs(measured_ms - reported_ms) < model.block_seconds * 1e3 + lost_ms
     assert abs(reported_ms - blocks * model.block_seconds * 1e3) < model.hop / model.sample_rate * 1e3 + 1

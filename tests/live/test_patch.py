@@ -405,10 +405,13 @@ def test_repl_session_example_plays_through(inst, capsys):
     session = _example("repl_session").session
     block_s = inst.model.block_seconds
 
-    def bars(n: float) -> None:  # as many blocks as n bars last (the real script sleeps instead)
-        inst.wait_blocks(max(1, round(n * 4 * 60 / inst.bpm() / block_s)))
+    def bars(n: float) -> None:  # a quarter of the blocks n bars last (the real script sleeps n bars)
+        inst.wait_blocks(max(1, round(n * 60 / inst.bpm() / block_s)))
 
     session(inst, bars)
+    deadline = time.monotonic() + 30  # the patch lands on the bar after it was loaded
+    while inst.prompts() != dict(load_patch("acid").prompts) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert inst.prompts() == dict(load_patch("acid").prompts)  # it ends on the acid patch
     st = inst.status()
     assert st["faults"] == 0 and st["blocks"] > 20

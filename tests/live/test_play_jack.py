@@ -117,9 +117,15 @@ def test_plays_heard_within_reported_latency_and_replays_exactly(jack_server, mo
         inst.prompt("ambient choir")  # a change mid-stream, logged and replayed
         while time.monotonic() - t0 < 6.5:
             time.sleep(0.05)
+        heard_before = len(inst.engine.stats.latency_ms)
         mark_time = jack_now()  # JACK's clock now, then mute: a change plain to hear
         inst.mute()
-        time.sleep(1.0)
+        # until the mute's block is final (a busy machine may not remake the queue: it then waits behind it),
+        # and long enough after for the recording to hold 50 ms of its silence
+        deadline = time.monotonic() + 5.0
+        while len(inst.engine.stats.latency_ms) == heard_before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
         status = inst.status()
         reported_ms = status["latency_ms_last"]
     finally:
