@@ -67,12 +67,12 @@ else
     # The offline tests (training, evaluation, the model, DSP, the stream) are bound by the CPU alone: they
     # run two at a time, one torch thread each, a module to a worker so its fixtures are built once. The
     # tests that play in real time (JACK, OSC, MIDI, the engine, the CLI) then run one at a time with the
-    # machine to themselves, as their timing needs.
+    # machine to themselves, as their timing needs. Each phase lists its slowest tests, to keep the run short.
     OFFLINE=(tests/eval tests/train tests/model tests/dsp tests/test_layers.py tests/live/test_stream.py)
     echo "[test] pytest, offline tests on two workers: ${OFFLINE[*]}" >&2
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadscope "${OFFLINE[@]}" || status=$?
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadscope --durations=10 "${OFFLINE[@]}" || status=$?
     echo "[test] pytest, the rest one at a time" >&2
-    .venv/bin/python -m pytest -q tests "${OFFLINE[@]/#/--ignore=}" || { s=$?; ((status)) || status=$s; }
+    .venv/bin/python -m pytest -q --durations=15 tests "${OFFLINE[@]/#/--ignore=}" || { s=$?; ((status)) || status=$s; }
 fi
 
 exit "$status"
