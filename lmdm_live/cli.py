@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency",
         choices=("normal", "low"),
         default="normal",
-        help="low: changes cut into the block playing, less audio queued, at most 4 steps (see the model card)",
+        help="low: less audio queued and at most 4 steps (both cut a change into the block playing)",
     )
     play.add_argument("--seed", type=int, default=0)
     play.add_argument(

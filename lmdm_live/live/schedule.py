@@ -18,17 +18,17 @@ HEADROOM_PRESETS_MS = {"tight": 85.0, "normal": 170.0, "safe": 340.0}
 
 @dataclass(frozen=True)
 class LatencyPreset:
-    """How fast a change is heard, against what it costs. "low" cuts changes into the block playing (a
-    jump mid-block, 5 ms crossfaded), keeps less audio queued and caps the denoising steps. "normal" waits
-    for a block boundary: splicing there too took 200 ms off the shipped model's median through JACK, but
-    under a flood of OSC changes the remade blocks underran (docs/performance.md)."""
+    """How fast a change is heard, against what it costs. Both cut a change into the block playing (a jump
+    mid-block, 5 ms crossfaded) instead of waiting for its end; "low" also keeps less audio queued and caps
+    the denoising steps. Splicing in "normal" too is safe since a flood of changes remakes blocks only
+    from a refilled ring (docs/performance.md)."""
 
     headroom: str  # a HEADROOM_PRESETS_MS key
     splice: bool
     max_steps: int | None = None
 
 
-LATENCY_PRESETS = {"normal": LatencyPreset("normal", False), "low": LatencyPreset("tight", True, 4)}
+LATENCY_PRESETS = {"normal": LatencyPreset("normal", True), "low": LatencyPreset("tight", True, 4)}
 CHANGE_KINDS = ("params", "gain", "drop", "reset", "seed")
 
 

@@ -232,16 +232,17 @@ def test_threads_are_set_while_playing_and_given_back(model, tmp_path):
 
 
 def test_latency_presets(model, tmp_path):
-    """ "low" cuts changes into the block playing, keeps the tight headroom and caps the steps at 4; its
-    worst case is the time to make a block plus the buffers, with no block to wait for."""
+    """Both presets cut changes into the block playing (their worst case is the time to make a block plus
+    the buffers, with no block to wait for); "low" keeps the tight headroom and caps the steps at 4."""
     backend = FileBackend(tmp_path / "low.wav", model.sample_rate, channels=2, realtime=False)
     low = Instrument(model, backend=backend, latency="low", start=False, quiet=True)
     normal = Instrument(model, backend="file", out=tmp_path / "n.wav", start=False, quiet=True)
     try:
         assert low.engine.splice and low.engine.headroom_ms == 85.0 and low.stream.params.sampler.steps == 4
-        assert not normal.engine.splice and normal.engine.headroom_ms == 170.0
+        assert normal.engine.splice and normal.engine.headroom_ms == 170.0
         assert normal.stream.params.sampler.steps == model.sampler_settings().steps
-        assert low.latency()["block_ms"] < normal.latency()["block_ms"]
+        assert low.latency()["block_ms"] == normal.latency()["block_ms"] == 5.0  # the splice's fade, no block
+        assert low.latency()["total_ms"] < normal.latency()["total_ms"]  # less queued
         with pytest.raises(ValueError, match="latency"):
             Instrument(
                 model, backend="file", out=tmp_path / "x.wav", latency="instant", start=False, quiet=True
