@@ -95,6 +95,7 @@ class Engine:
         self._splice: tuple[int, int, np.ndarray] | None = None  # (block, frame, its old version)
         self._queued: collections.deque[QueuedBlock] = collections.deque()
         self._last_rewind = 0.0
+        self._held_lead = 0  # lead_frames while a live input plays
         self.running = False
 
     # --- control side -------------------------------------------------------------------------------------
@@ -183,12 +184,15 @@ class Engine:
     # --- inference thread ---------------------------------------------------------------------------------
 
     def lead_frames(self) -> int:
-        """Start the next block while this much audio is still queued: the headroom plus the time the block
-        will take to compute (the slowest of the last few, with a margin), so the ring never drains below
-        the headroom while a block longer than the headroom is being made."""
+        """Start the next block while this much audio is still queued: the headroom plus the time a block
+        takes (the slowest of the last few, with a margin), so the ring never drains below the headroom while
+        one is made. Held while a live input plays: its delay was set from the ring's fill, which it sets."""
+        if self._held_lead and self.live is not None and self.live.plan.feeds():
+            return self._held_lead
         recent = list(self.stats.block_ms)[-8:]
-        compute_s = 1.25 * max(recent) / 1e3 if recent else 0.0
-        return self.headroom_frames + int(compute_s * self.out_rate)
+        lead = self.headroom_frames + int(1.25 * max(recent, default=0.0) / 1e3 * self.out_rate)
+        self._held_lead = lead if recent else 0  # held from when a block's time is known
+        return lead
 
     def _loop(self) -> None:
         behind = 0.0  # real time lost against audio made since the ring was last full (see EngineStats)
@@ -410,14 +414,11 @@ class Engine:
 
     def lead_s(self) -> float:
         """The longest `heard_in_s` gets when a block is made (the loop starts one below this lead)."""
-        return max(self.lead_frames(), self.headroom_frames) / self.out_rate + (
-            self.pipeline_delay_s() + self._device_latency()
-        )
+        ahead = max(self.lead_frames(), self.headroom_frames) / self.out_rate
+        return ahead + self.pipeline_delay_s() + self._device_latency()
 
     def _device_latency(self) -> float:
-        return (
-            float(getattr(self.backend, "output_latency_s", 0.0) or 0.0) if self.backend is not None else 0.0
-        )
+        return float(getattr(self.backend, "output_latency_s", 0.0) or 0.0)  # None: getattr gives 0.0
 
     # --- event log ----------------------------------------------------------------------------------------
 
@@ -449,11 +450,9 @@ class Engine:
     # --- figures ------------------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        ms = list(self.stats.block_ms)
+        ms, block_s = list(self.stats.block_ms), self.stream.model.block_seconds
         med = statistics.median(ms) if ms else 0.0
-        block_s = self.stream.model.block_seconds
-        cb = getattr(self.backend, "stats", None)
-        lat = list(self.stats.latency_ms)
+        cb, lat = getattr(self.backend, "stats", None), list(self.stats.latency_ms)
         return {
             "running": self.running,
             "blocks": self.stats.blocks,

@@ -22,7 +22,7 @@ from lmdm_live import Instrument
 from lmdm_live.audio import FileBackend, JackBackend
 from lmdm_live.audio.file_backend import FileInput
 from lmdm_live.live.engine import Engine
-from lmdm_live.live.inputs import SKETCH_LEAD_DB, Feed, LiveInput, SketchSettings
+from lmdm_live.live.inputs import SKETCH_LEAD_DB, DelaySettings, Feed, LiveInput, SketchSettings
 from lmdm_live.live.stream import LMDMStream, StreamParams
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.conditioners import MiniLMTextEncoder
@@ -264,6 +264,25 @@ class EchoStream(LMDMStream):
         # stream frame bT + i plays input frame j1 - T + i
         k0 = end - n - b * n_total + (j1 - live.T) * live.hop
         return feed.samples(k0, k0 + n)[None, :]
+
+
+def test_the_lead_holds_while_a_live_input_plays(model, tmp_path):
+    """A live input's delay is tied to the ring's fill when it starts. Blocks that then slow down (a busy
+    machine) grew the engine's lead, the ring held more, and the delay grew with it: once 1,569 ms measured
+    against 945 reported. While an input plays the lead holds; without one it follows the blocks."""
+    sr = model.sample_rate
+    sf.write(tmp_path / "in.wav", np.zeros(sr, np.float32), sr)
+    stream = LMDMStream(model, MiniLMTextEncoder(), params=StreamParams.of("dub"))
+    engine = Engine(stream, None, headroom_ms=170.0, out_rate=48000, out_channels=1)
+    engine.stats.block_ms.extend([50.0] * 8)
+    before = engine.lead_frames()
+    assert before == engine.headroom_frames + int(1.25 * 0.050 * 48000)
+    live = engine.live = LiveInput(engine, on_error=pytest.fail)
+    live.set("delay", Feed(FileInput(tmp_path / "in.wav", sr), "in", model.hop), DelaySettings(5))
+    engine.stats.block_ms.extend([400.0] * 8)  # the machine slows down
+    assert engine.lead_frames() == before  # held: the delay stays as it was set
+    live.set("delay", None)
+    assert engine.lead_frames() == engine.headroom_frames + int(1.25 * 0.400 * 48000)  # follows again
 
 
 def test_generative_delay_through_jack(model, tmp_path, jack_server):
