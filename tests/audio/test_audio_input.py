@@ -286,7 +286,8 @@ def test_sounddevice_input_through_jack(jack_server, tmp_path):
     probe = jack.Client("lmdm-test-probe", no_start_server=True, servername=jack_server)
     before = {p.name for p in probe.get_ports()}
     signal = _noise(DEVICE_RATE, 2, seed=5)
-    inp = SoundDeviceInput(DEVICE_RATE, 2, hostapi="JACK", blocksize=256)
+    # read only once the player is done: room for its start, which on a busy machine took over the 2 s default
+    inp = SoundDeviceInput(DEVICE_RATE, 2, hostapi="JACK", blocksize=256, buffer_s=30.0)
     player = None
     try:
         inp.start()
