@@ -51,21 +51,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--no-speed", action="store_true", help="skip timing the streaming decoder")
     k.set_defaults(eval_run=cmd_codec)
 
-    t = esub.add_parser(
-        "tempo",
-        help="how much a model reads its tempo channels: its stage-1 loss with true and with lying ones",
-    )
-    t.add_argument("--model", type=Path, required=True, help="an LMDM file")
-    t.add_argument(
-        "--data", type=Path, required=True, help="a latent set with frame controls (`train latents`)"
-    )
-    t.add_argument("--windows", type=int, default=16, help="windows drawn from the set (one batch)")
-    t.add_argument("--seeds", type=int, default=4, help="noise draws per variant, the same for each")
-    t.add_argument("--targets", type=int, default=8, help="target blocks per window")
-    t.add_argument("--seed", type=int, default=123)
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    t.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
-    t.set_defaults(eval_run=cmd_tempo)
+    for name, what, run in (
+        ("tempo", "tempo channels", cmd_tempo),
+        ("sketch", "sketch channels (on lead-stem windows, as a hum is trained)", cmd_sketch),
+    ):
+        t = esub.add_parser(
+            name, help=f"how much a model reads its {what}: its stage-1 loss with true and with lying ones"
+        )
+        t.add_argument("--model", type=Path, required=True, help="an LMDM file")
+        t.add_argument(
+            "--data", type=Path, required=True, help="a latent set with frame controls (`train latents`)"
+        )
+        t.add_argument("--windows", type=int, default=16, help="windows drawn from the set (one batch)")
+        t.add_argument("--seeds", type=int, default=4, help="noise draws per variant, the same for each")
+        t.add_argument("--targets", type=int, default=8, help="target blocks per window")
+        t.add_argument("--seed", type=int, default=123)
+        t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+        t.add_argument("--out", type=Path, default=None, help="also write the report here (JSON)")
+        t.set_defaults(eval_run=run)
 
     f = esub.add_parser(
         "follow",
@@ -225,16 +228,28 @@ def cmd_codec(args) -> int:
 
 
 def cmd_tempo(args) -> int:
+    from .tempo_use import TempoUseConfig, tempo_use
+
+    return _channel_use(args, tempo_use, TempoUseConfig)
+
+
+def cmd_sketch(args) -> int:
+    from .sketch_use import SketchUseConfig, sketch_use
+
+    return _channel_use(args, sketch_use, SketchUseConfig)
+
+
+def _channel_use(args, measure, config) -> int:
+    """`eval tempo` / `eval sketch`: the loss table, and the report as JSON where asked."""
     import torch
 
     from ..model.bundle import LMDMModel
     from ..train.latent_set import LatentSet
-    from .tempo_use import TempoUseConfig, tempo_use
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TempoUseConfig(windows=args.windows, seeds=args.seeds, targets=args.targets, seed=args.seed)
-    report = tempo_use(LMDMModel.load(args.model), LatentSet.load(args.data), cfg)
+    cfg = config(windows=args.windows, seeds=args.seeds, targets=args.targets, seed=args.seed)
+    report = measure(LMDMModel.load(args.model), LatentSet.load(args.data), cfg)
     for label in ("with context", "no context"):
         losses = "  ".join(f"{k} {v:.4f}" for k, v in report[label].items())
         print(f"{label:>12}: {losses}  (lying channels cost {100 * report['cost'][label]:+.2f} %)")

@@ -69,8 +69,6 @@ def tempo_use(model: LMDMModel, data: LatentSet, cfg: TempoUseConfig = TempoUseC
         raise ValueError(f"model {model.name!r} has no tempo channels")
     if data.controls is None:
         raise ValueError("the latent set has no frame controls (bpm, beat and bar phase) to build tempo from")
-    model.net.eval()
-    lmdm = LMDM(model.dit, model.lmdm)
     c, t = model.lmdm.context_frames, model.lmdm.block_frames
     gen = torch.Generator().manual_seed(cfg.seed)
     ex = ExtrasConfig(p_tempo_off=0.0, p_sketch=0.0, p_accomp=0.0, p_solo=0.0)
@@ -83,10 +81,22 @@ def tempo_use(model: LMDMModel, data: LatentSet, cfg: TempoUseConfig = TempoUseC
         name: (extras if v == (1.0, 0.0) else zeroed if v is None else retempo(extras, model, *v))
         for name, v in VARIANTS.items()
     }
+    report = variant_losses(model, lat, tok, variants, cfg)
+    lying = [name for name, v in VARIANTS.items() if v not in (None, (1.0, 0.0))]
+    report["cost"] = lying_cost(report, lying)
+    return report
+
+
+def variant_losses(model: LMDMModel, lat: Tensor, tok: Tensor, variants: dict[str, Tensor], cfg) -> dict:
+    """{"with context": {variant: loss}, "no context": {...}}: the teacher-forced stage-1 loss of the same
+    windows under each variant of their extra channels, with the same noise and timesteps for all
+    (`cfg.seeds` draws, from `cfg.seed`)."""
+    lmdm = LMDM(model.dit, model.lmdm)
+    model.net.eval()
     report: dict = {}
     for label, p_uncond in (("with context", 0.0), ("no context", 1.0)):
         s1 = Stage1Config(
-            batch=cfg.windows, p_uncond=p_uncond, p_partial=0.0, cfg_dropout=0.0, targets=cfg.targets
+            batch=lat.shape[0], p_uncond=p_uncond, p_partial=0.0, cfg_dropout=0.0, targets=cfg.targets
         )
         losses = {}
         for name, e in variants.items():
@@ -97,9 +107,12 @@ def tempo_use(model: LMDMModel, data: LatentSet, cfg: TempoUseConfig = TempoUseC
                     total += float(chunks_loss(model, lmdm, lat, tok, s1, g, e))
             losses[name] = total / cfg.seeds
         report[label] = losses
-    lying = [name for name, v in VARIANTS.items() if v not in (None, (1.0, 0.0))]
-    report["cost"] = {
+    return report
+
+
+def lying_cost(report: dict, lying: list[str]) -> dict[str, float]:
+    """Per context: the mean relative rise of the `lying` variants' loss over "true"."""
+    return {
         label: sum(report[label][n] for n in lying) / (len(lying) * report[label]["true"]) - 1.0
         for label in ("with context", "no context")
     }
-    return report

@@ -307,6 +307,15 @@ class MelCodec(nn.Module):
         )
         return out.eval().requires_grad_(False)
 
+    def with_griffinlim(self, **changes: object) -> MelCodec:
+        """The same codec with its Griffin-Lim inverse changed (e.g. `iters=16`: half the decode time for
+        a little of the pitch and mel distance; docs/codec.md measures it). The tokens are unchanged."""
+        if self.net is not None:
+            raise ValueError("this codec is inverted by a trained network, not Griffin-Lim")
+        out = MelCodec(replace(self.cfg, griffinlim=replace(self.cfg.griffinlim, **changes)))
+        out.load_state_dict(self.state_dict(), strict=True)
+        return out.eval().requires_grad_(False)
+
     def config(self) -> dict:
         return {"format": CODEC_FORMAT, "type": "mel", **self.cfg.to_dict()}
 

@@ -33,6 +33,8 @@ class GriffinLimConfig:
     def __post_init__(self) -> None:
         if self.lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
 
 
 @dataclass

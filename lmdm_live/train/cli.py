@@ -182,6 +182,12 @@ def add_parser(sub) -> None:
         default=0.0,
         help="share of windows that are the lead stem alone under its solo caption, sketched (0.8) by itself",
     )
+    s1.add_argument(
+        "--p-sketch-blind",
+        type=float,
+        help="share of sketched windows trained with no context before any target, so the model must read "
+        "the sketch (with --targets > 1; default 0, or what a resumed run had)",
+    )
     s1.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
 
     arc = tsub.add_parser("arc", help="LMDM stage 2: ARC-Forcing post-training of a stage-1 model")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -116,6 +117,9 @@ def _run_stage1(args, bar_factory, world: World) -> int:
             extras=extras,
             world=world,
         )
+    blind = getattr(args, "p_sketch_blind", None)
+    if blind is not None:  # a recipe change may come on resume too
+        trainer.cfg = replace(trainer.cfg, p_sketch_blind=blind)
     world.same_step(trainer.step)
     decay_from = getattr(args, "decay_from", None)
     if decay_from is not None:

@@ -42,11 +42,17 @@ class Stage1Config:
     grad_clip: float = 1.0
     seed: int = 0
     targets: int = 1  # Block-Causal: target chunks per window, all trained in one teacher-forced pass
+    # K-target windows with the sketch on: the share trained with nothing before any target, so the sketch
+    # and the caption are all there is to go on (with the context there the next frames follow from it, and
+    # a model trained only so learns to ignore the sketch: docs/training.md)
+    p_sketch_blind: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.lr <= 0:
             raise ValueError("batch must be >= 1 and lr > 0")
-        for name in ("p_uncond", "p_partial", "cfg_dropout"):
+        if self.p_sketch_blind and self.targets < 2:
+            raise ValueError("p_sketch_blind is for K-target windows (targets >= 2)")
+        for name in ("p_uncond", "p_partial", "cfg_dropout", "p_sketch_blind"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in 0..1")
         if self.targets < 1:
@@ -198,6 +204,10 @@ def chunks_loss(
                 target_extras[i, acc] = 0
     frames = torch.cat([latents.new_ones(b, 1, n), latents[..., :n], full[..., :n]], dim=1)
     frames = chunk_dropout(frames, t_len, lmdm.cfg.window_chunks, cfg.p_uncond, cfg.p_partial, gen, rows)
+    if cfg.p_sketch_blind > 0 and model.layout.sketch and extras is not None:
+        blind = rows.take(torch.rand(rows.total, generator=gen) < cfg.p_sketch_blind).to(p.device)
+        sketched = target_extras[:, model.layout.offsets()["sketch"].start].amax(-1) > 0
+        frames = frames * ~(blind & sketched)[:, None, None]
     t = rows.take(sample_t(rows.total * k, cfg.timesteps, gen).view(rows.total, k)).to(p.device, p.dtype)
     x0 = latents[..., c:]
     eps = rows.take(torch.randn((rows.total, *x0.shape[1:]), generator=gen)).to(p.device, p.dtype)

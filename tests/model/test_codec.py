@@ -210,6 +210,27 @@ def test_shipped_codec_round_trips_a_melody_on_pitch(flute):
     assert (clean & through).sum() / clean.sum() >= 0.85
 
 
+def test_fewer_griffinlim_iterations_keep_the_melody_and_travel_in_the_file(flute, tmp_path):
+    """`with_griffinlim(iters=16)` changes only the inverse: the same tokens, another decode that still
+    keeps the melody on its notes, and the setting is saved with the codec."""
+    codec = load_codec(SHIPPED_CODEC)
+    fast = codec.with_griffinlim(iters=16)
+    assert fast.cfg.griffinlim.iters == 16 and codec.cfg.griffinlim.iters == 32
+    x = torch.from_numpy(flute)[None, None]
+    tokens = codec.encode(x)
+    assert torch.equal(fast.encode(x), tokens)
+    y_fast = decode_whole(fast, tokens)
+    assert not torch.allclose(y_fast, decode_whole(codec, tokens))  # the iterations are really fewer
+    target = note_track(melody(67), len(flute) // 512, 512, SR)
+    clean = on_note(flute, target, SR)
+    y = np.pad(y_fast[0, 0].numpy(), (0, max(0, len(flute) - y_fast.shape[-1])))[: len(flute)]
+    assert (clean & on_note(y, target, SR)).sum() / clean.sum() >= 0.85
+    fast.save(tmp_path / "fast.safetensors")
+    assert load_codec(tmp_path / "fast.safetensors").cfg.griffinlim.iters == 16
+    with pytest.raises(ValueError, match="iters"):
+        codec.with_griffinlim(iters=0)
+
+
 @pytest.mark.acceptance
 def test_melody_check_of_every_lead_family_through_the_shipped_codec():
     codec = load_codec(SHIPPED_CODEC)

@@ -9,15 +9,23 @@ import torch
 
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.dit import DiTConfig
+from lmdm_live.model.extras import SKETCH_CHANNELS, sketch_channels
 from lmdm_live.model.lmdm import LMDM, Conditioning, LMDMConfig
 from lmdm_live.model.oobleck import OobleckConfig, OobleckVAE
 from lmdm_live.model.sao import SAODiT
-from lmdm_live.train.stage1 import LatentSet, Stage1Config, Stage1Trainer, chunk_dropout, context_dropout
+from lmdm_live.train.stage1 import (
+    LatentSet,
+    Stage1Config,
+    Stage1Trainer,
+    chunk_dropout,
+    chunks_loss,
+    context_dropout,
+)
 
 IO = 8
 
 
-def small_model(mode: str, seed: int = 0) -> LMDMModel:
+def small_model(mode: str, seed: int = 0, extra: int = 0) -> LMDMModel:
     torch.manual_seed(seed)
     cfg = DiTConfig(
         io_channels=IO,
@@ -27,7 +35,7 @@ def small_model(mode: str, seed: int = 0) -> LMDMModel:
         cond_token_dim=16,
         global_cond_dim=16,
         ff_mult=2,
-        input_add_dim=1 + IO,
+        input_add_dim=1 + IO + extra,
     )
     net = SAODiT(cfg, seconds_dim=16, seconds_max=256.0)
     with torch.no_grad():  # the new input path starts at zero in real fine-tunes; give it weights here
@@ -110,6 +118,37 @@ def test_chunk_dropout_starts_some_target_from_nothing():
     assert torch.equal(chunk_dropout(frames, block, w, 0.0, 0.0, g), frames)
     with pytest.raises(ValueError, match="Block-Causal"):
         Stage1Trainer(small_model("encdec"), Stage1Config(targets=2))
+
+
+@torch.no_grad()
+def test_sketch_blind_windows_have_nothing_but_the_sketch_to_go_on():
+    """p_sketch_blind = 1: a sketched window's targets see nothing before them, so its loss no longer depends
+    on the context; an unsketched window's still does, and so does a sketched one's at p_sketch_blind = 0."""
+    model = small_model("causal", extra=SKETCH_CHANNELS)
+    model.extras = {"sketch": True}
+    lmdm = LMDM(model.dit, model.lmdm)
+    c, t, k = 16, 8, 3
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, IO, c + k * t, generator=g)
+    other = lat.clone()
+    other[..., :c] += 1.0  # another context before the same targets
+    tokens = torch.randn(2, 5, 16, generator=g)
+    n = c + k * t
+    pitch = 60.0 + 5.0 * torch.sin(torch.arange(n) / 3.0)
+    sketched = sketch_channels(pitch, torch.ones(n), torch.full((n,), -20.0), torch.full((n,), 1500.0))
+    sketched = sketched.expand(2, -1, -1)
+
+    def loss(blind: float, x: torch.Tensor, extras: torch.Tensor) -> float:
+        cfg = Stage1Config(
+            batch=2, targets=k, p_uncond=0.0, p_partial=0.0, cfg_dropout=0.0, p_sketch_blind=blind
+        )
+        return float(chunks_loss(model, lmdm, x, tokens, cfg, torch.Generator().manual_seed(1), extras))
+
+    assert loss(1.0, lat, sketched) == loss(1.0, other, sketched)
+    assert loss(1.0, lat, torch.zeros_like(sketched)) != loss(1.0, other, torch.zeros_like(sketched))
+    assert loss(0.0, lat, sketched) != loss(0.0, other, sketched)
+    with pytest.raises(ValueError, match="K-target"):
+        Stage1Config(targets=1, p_sketch_blind=0.5)
 
 
 @pytest.mark.parametrize(
