@@ -17,22 +17,20 @@ from torch import Tensor
 from ..model.bundle import LMDMModel
 from ..train.latent_set import LatentSet
 from ..train.windows import ExtrasConfig, window_batch
-from .tempo_use import lying_cost, variant_losses
+from .tempo_use import TempoUseConfig, lying_cost, variant_losses
 
 FIFTH = 7.0 / 12.0  # the pitch channel is (midi - 60) / 12 where voiced
 LYING = ("another window's", "a fifth up")
 
 
 @dataclass(frozen=True)
-class SketchUseConfig:
-    windows: int = 16  # solo windows drawn from the latent set, one batch
-    seeds: int = 4  # noise/timestep draws per variant (the same draws for every variant)
-    targets: int = 8  # target blocks per window, teacher-forced as in stage 1
-    seed: int = 123
+class SketchUseConfig(TempoUseConfig):
+    """`TempoUseConfig`'s windows, draws and targets; at least two windows, as one lends another its sketch."""
 
     def __post_init__(self) -> None:
-        if self.windows < 2 or self.seeds < 1 or self.targets < 1:
-            raise ValueError("windows must be >= 2 (one lends the other its sketch), seeds and targets >= 1")
+        super().__post_init__()
+        if self.windows < 2:
+            raise ValueError("windows must be >= 2 (one lends the other its sketch)")
 
 
 def sketch_variants(extras: Tensor, model: LMDMModel) -> dict[str, Tensor]:
