@@ -308,7 +308,7 @@ class MelCodec(nn.Module):
         return out.eval().requires_grad_(False)
 
     def with_griffinlim(self, **changes: object) -> MelCodec:
-        """The same codec with its Griffin-Lim inverse changed (e.g. `iters=16`: half the decode time for
+        """The same codec with its Griffin-Lim inverse changed (e.g. `iters=16`: 0.6 of the decode time for
         a little of the pitch and mel distance; docs/codec.md measures it). The tokens are unchanged."""
         if self.net is not None:
             raise ValueError("this codec is inverted by a trained network, not Griffin-Lim")
