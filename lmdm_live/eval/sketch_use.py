@@ -17,15 +17,15 @@ from torch import Tensor
 from ..model.bundle import LMDMModel
 from ..train.latent_set import LatentSet
 from ..train.windows import ExtrasConfig, window_batch
-from .tempo_use import TempoUseConfig, lying_cost, variant_losses
+from .channel_use import ChannelUseConfig, lying_cost, variant_losses
 
 FIFTH = 7.0 / 12.0  # the pitch channel is (midi - 60) / 12 where voiced
 LYING = ("another window's", "a fifth up")
 
 
 @dataclass(frozen=True)
-class SketchUseConfig(TempoUseConfig):
-    """`TempoUseConfig`'s windows, draws and targets; at least two windows, as one lends another its sketch."""
+class SketchUseConfig(ChannelUseConfig):
+    """`ChannelUseConfig`'s windows, draws and targets; at least two windows, as one lends another its sketch."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
