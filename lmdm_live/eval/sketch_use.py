@@ -43,7 +43,13 @@ def sketch_variants(extras: Tensor, model: LMDMModel) -> dict[str, Tensor]:
     fifth[:, sl.start + 1] += FIFTH * extras[:, sl.start + 2]  # channel 1 pitch, channel 2 voiced
     off = extras.clone()
     off[:, sl] = 0.0
-    return {"true": extras, "another window's": other, "a fifth up": fifth, "off": off}
+    layout = model.layout  # a model with tone channels hears each variant's tone too
+    return {
+        "true": extras,
+        "another window's": layout.with_tone(other),
+        "a fifth up": layout.with_tone(fifth),
+        "off": layout.with_tone(off),
+    }
 
 
 def sketch_use(model: LMDMModel, data: LatentSet, cfg: SketchUseConfig = SketchUseConfig()) -> dict:

@@ -40,6 +40,7 @@ from .sao import (
     normalise_sao_keys,
     vae_config_from_sao,
 )
+from .tone import tone_map
 
 PRESETS = ("tiny", "small", "tiny-mel", "saos-random")
 CODEC_PREFIX = "codec."
@@ -75,7 +76,12 @@ class LMDMModel:
 
     @property
     def layout(self) -> ExtrasLayout:
-        layout = ExtrasLayout.from_config(self.extras, self.dit.cfg.io_channels)
+        tm = None
+        if (self.extras or {}).get("tone"):
+            if self.mel_codec is None:
+                raise ValueError(f"model {self.name!r} has tone channels but no log-mel codec to make them")
+            tm = tone_map(self.mel_codec)
+        layout = ExtrasLayout.from_config(self.extras, self.dit.cfg.io_channels, tm)
         if layout.channels > self.dit.cfg.extra_add_channels:
             raise ValueError(
                 f"the extras layout needs {layout.channels} channels, the DiT has {self.dit.cfg.extra_add_channels}"

@@ -142,6 +142,13 @@ def add_parser(sub) -> None:
         help="one basis for every frame of a token (--dim / 4 directions each): no token-boundary grid",
     )
 
+    tn = tsub.add_parser(
+        "tone",
+        help="give a model tone channels: its sketch as the tokens of a plain tone (inputs start at zero)",
+    )
+    tn.add_argument("--model", type=Path, required=True, help="an LMDM on a log-mel codec, with a sketch")
+    tn.add_argument("--out", type=Path, required=True, help="the widened model file (.safetensors)")
+
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
     s1.add_argument(
         "--data", type=Path, nargs="+", required=True, help="latent sets (.safetensors) in one token space"
@@ -246,6 +253,7 @@ def run(args) -> int:
         "decoder": _decoder,
         "latents": _latents,
         "project": _project,
+        "tone": _tone,
         "stage1": _stage1,
         "arc": _arc,
         "keep": _keep,
@@ -477,6 +485,17 @@ def _project(args) -> int:
     from .project import run_project
 
     run_project(args.data, args.vae, args.dim, args.out, args.model, per_frame=args.per_frame)
+    return 0
+
+
+def _tone(args) -> int:
+    from .tone import run_add_tone
+
+    if args.out.exists():
+        print(f"error: {args.out} exists; give another --out", file=sys.stderr)
+        return 2
+    m = run_add_tone(args.model, args.out)
+    print(f"{args.out}: {args.model} with {m.dit.cfg.io_channels} tone channels (zero until trained)")
     return 0
 
 

@@ -157,22 +157,22 @@ def run_project(
         basis, offset, kept = principal_basis(sets, dim, frames=frames)
         codec = base.projected(basis, offset)
         out.mkdir(parents=True, exist_ok=True)
-        _write(codec.save, codec_path)
+        write_whole(codec.save, codec_path)
         how = f" ({dim // frames} a frame)" if frames > 1 else ""
         log(f"{codec_path}: {dim} directions{how} hold {kept:.1%} of the variance")
     for d in data:
         target = out / Path(d).name
         if not target.is_file():
-            _write(project_set(LatentSet.load(d), codec.basis).save, target)
+            write_whole(project_set(LatentSet.load(d), codec.basis).save, target)
             log(f"{target}: projected")
     model_path = out / "model.safetensors"
     if model is not None and not model_path.is_file():
-        _write(project_model(LMDMModel.load(model), codec).save, model_path)
+        write_whole(project_model(LMDMModel.load(model), codec).save, model_path)
         log(f"{model_path}: {model} on the projected tokens")
     return codec
 
 
-def _write(save: Callable[[Path], None], path: Path) -> None:
+def write_whole(save: Callable[[Path], None], path: Path) -> None:
     """save(path) under a temporary name, then renamed (with a checkpoint's .json beside it, if it wrote one)."""
     part = path.with_name(path.stem + ".part.safetensors")
     save(part)
