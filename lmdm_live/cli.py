@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency",
         choices=("normal", "low"),
         default="normal",
-        help="low: less audio queued and at most 4 steps (both cut a change into the block playing)",
+        help="low: less audio queued and half the model's steps, at least 2 (both cut a change into the "
+        "block playing)",
     )
     play.add_argument("--seed", type=int, default=0)
     play.add_argument(

@@ -269,7 +269,6 @@ def run_engine_bench(
     from ..audio import NoAudioDevice, open_backend
     from ..model.precision import model_dtype_name, resolve_dtype
     from .instrument import Instrument
-    from .schedule import LATENCY_PRESETS
 
     tmp = tempfile.TemporaryDirectory()
     try:
@@ -281,11 +280,10 @@ def run_engine_bench(
         m = load_model(model, window, "cpu", resolve_dtype(dtype, "cpu"))
         if be is None:
             be = open_backend("file", path=f"{tmp.name}/engine.wav", sample_rate=m.sample_rate, realtime=True)
-        cap = LATENCY_PRESETS[latency].max_steps
         inst = Instrument(
             m,
             backend=be,
-            steps=min(steps, cap) if steps is not None and cap is not None else steps,
+            steps=steps,  # None: the model's own, as the preset plays them (`LatencyPreset.steps`)
             cfg=cfg,
             headroom_ms=headroom,
             latency=latency,

@@ -105,8 +105,8 @@ class Instrument(SamplerControls):
             window = None if Path(ref).is_file() else LMDMConfig()
             self.model = load_model(ref, window, "cpu", resolve_dtype(dtype, "cpu"))
         # None: the model's own sampler defaults (a trained model records what it plays best with)
-        if steps is None and preset.max_steps is not None:
-            steps = min(self.model.sampler_settings().steps, preset.max_steps)
+        if steps is None:
+            steps = preset.steps(self.model.sampler_settings().steps)
         settings = self.model.sampler_settings(
             steps=steps, cfg=cfg, sampler=sampler, tempo_guidance=tempo_guidance
         )

@@ -14,6 +14,7 @@ from lmdm_live import Instrument
 from lmdm_live.audio import FileBackend
 from lmdm_live.control.repl import NamespaceCompleter, run_repl, run_source, toolbar_text
 from lmdm_live.live.replay import read_log, replay
+from lmdm_live.live.schedule import LATENCY_PRESETS
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.lmdm import LMDMConfig
 
@@ -233,16 +234,25 @@ def test_threads_are_set_while_playing_and_given_back(model, tmp_path):
 
 def test_latency_presets(model, tmp_path):
     """Both presets cut changes into the block playing (their worst case is the time to make a block plus
-    the buffers, with no block to wait for); "low" keeps the tight headroom and caps the steps at 4."""
+    the buffers, with no block to wait for); "low" keeps the tight headroom and halves the model's steps
+    (at least 2; steps asked for are played as asked)."""
     backend = FileBackend(tmp_path / "low.wav", model.sample_rate, channels=2, realtime=False)
     low = Instrument(model, backend=backend, latency="low", start=False, quiet=True)
     normal = Instrument(model, backend="file", out=tmp_path / "n.wav", start=False, quiet=True)
     try:
-        assert low.engine.splice and low.engine.headroom_ms == 85.0 and low.stream.params.sampler.steps == 4
+        own = model.sampler_settings().steps
+        assert low.engine.splice and low.engine.headroom_ms == 85.0
+        assert low.stream.params.sampler.steps == max(2, round(own / 2)) < own
         assert normal.engine.splice and normal.engine.headroom_ms == 170.0
         assert normal.stream.params.sampler.steps == model.sampler_settings().steps
         assert low.latency()["block_ms"] == normal.latency()["block_ms"] == 5.0  # the splice's fade, no block
         assert low.latency()["total_ms"] < normal.latency()["total_ms"]  # less queued
+        asked = Instrument(
+            model, backend="file", out=tmp_path / "a.wav", latency="low", steps=3, start=False, quiet=True
+        )
+        assert asked.stream.params.sampler.steps == 3
+        asked.stop()
+        assert [LATENCY_PRESETS["low"].steps(n) for n in (1, 2, 3, 4, 8)] == [1, 2, 2, 2, 4]
         with pytest.raises(ValueError, match="latency"):
             Instrument(
                 model, backend="file", out=tmp_path / "x.wav", latency="instant", start=False, quiet=True
