@@ -25,6 +25,10 @@ from .mel import MelAnalysis
 
 LOW_MIDI, HIGH_MIDI, STEPS_PER_SEMITONE = 24.0, 108.0, 4
 HARMONICS_UP_TO_HZ = 8000.0
+# the tone's tokens vary by about 4 (std over the hum's range, on the narrowed 44.1 kHz codec), its first
+# direction by 15: a quarter brings them near the other extras' unit scale, so the new input weights'
+# first steps do not swamp what the model already hears
+TONE_GAIN = 0.25
 
 
 class ToneMap:
@@ -53,8 +57,8 @@ class ToneMap:
         return m.t()
 
     def tokens(self, sketch: Tensor) -> Tensor:
-        """Sketch channels (5, n) (`extras.sketch_channels`, times any strength) -> (dim, n) tone tokens,
-        scaled by the on channel: 0 where the sketch is off."""
+        """Sketch channels (5, n) (`extras.sketch_channels`, times any strength) -> (dim, n): the tone's
+        tokens times TONE_GAIN and the on channel (0 where the sketch is off)."""
         on = sketch[0]
         scale = torch.where(on != 0, on, torch.ones_like(on))
         voiced = sketch[2] / scale
@@ -64,7 +68,7 @@ class ToneMap:
         full = m.repeat(self.group, 1)[None]  # a token is `group` frames side by side; each holds the frame
         if self.basis is not None:
             full = torch.einsum("kd,bkt->bdt", self.basis, full)
-        return full[0] * on[None]
+        return full[0] * (TONE_GAIN * on[None])
 
 
 def harmonic_tone(f0: Tensor, n: int, sample_rate: int) -> Tensor:

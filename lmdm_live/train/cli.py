@@ -177,6 +177,13 @@ def add_parser(sub) -> None:
         type=int,
         help="bring the rate down on a cosine from this step to --steps, to a tenth of --lr (default: constant)",
     )
+    s1.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps the rate ramps up over when a run starts from a trained --model with fresh optimizer "
+        "moments (default 100; 0: none)",
+    )
     s1.add_argument("--save-every", type=int, default=200)
     s1.add_argument("--seed", type=int, default=0)
     s1.add_argument("--device", default="cpu")

@@ -252,6 +252,7 @@ class Stage1Trainer:
         model.net.train()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.warm_from: int | None = None  # the step the optimizer's moments restarted at, if they did
+        self.warmup_steps = WARMUP_STEPS
         self.decay: tuple[int, int] | None = None  # (first, last) step of the cosine decay, set per run
         self.objective = data_parallel(model.net, self._loss, self.world)
         self.step = 0
@@ -264,13 +265,13 @@ class Stage1Trainer:
         return loss_fn(self.model, self.lmdm, latents, tokens, self.cfg, gen, extras, rows)
 
     def lr_now(self) -> float:
-        """The configured rate, ramped up linearly over WARMUP_STEPS after the optimizer's moments restarted
+        """The configured rate, ramped up linearly over `warmup_steps` after the optimizer's moments restarted
         (Adam's first bias-corrected steps move every weight by about the whole rate), and brought down on a
         cosine to DECAY_FLOOR of itself over `decay` when a run asks for it (a constant rate leaves the loss
         at the level its gradient noise allows)."""
         rate = self.cfg.lr
         if self.warm_from is not None:
-            rate *= min(1.0, (self.step - self.warm_from + 1) / WARMUP_STEPS)
+            rate *= min(1.0, (self.step - self.warm_from + 1) / self.warmup_steps)
         if self.decay is not None:
             first, last = self.decay
             done = min(max((self.step - first) / max(last - first, 1), 0.0), 1.0)
@@ -328,6 +329,8 @@ class Stage1Trainer:
             "window": asdict(self.model.lmdm),
             "optimizer": meta,
         }
+        if self.warm_from is not None:  # a run stopped inside its warm-up resumes inside it
+            progress["warm_up"] = [self.warm_from, self.warmup_steps]
         write_json_atomic(out / "progress.json", progress)
 
     @classmethod
@@ -346,6 +349,8 @@ class Stage1Trainer:
         trainer.step, trainer.history = progress["step"], list(progress["history"])
         if "optimizer" in progress and (out / "optimizer.safetensors").is_file():
             load_optimizer(trainer.opt, out / "optimizer.safetensors", progress["optimizer"])
+            if "warm_up" in progress:
+                trainer.warm_from, trainer.warmup_steps = progress["warm_up"]
         else:  # a kept resume point (train/keep.py): fresh moments would make the first steps lr-sized
             trainer.warm_from = trainer.step
         return trainer

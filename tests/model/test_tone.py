@@ -16,7 +16,7 @@ from lmdm_live.model.codec import MelCodec, MelCodecConfig
 from lmdm_live.model.extras import ExtrasLayout, sketch_channels
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.model.samplers import SamplerSettings
-from lmdm_live.model.tone import ToneMap, harmonic_tone, tone_map
+from lmdm_live.model.tone import TONE_GAIN, ToneMap, harmonic_tone, tone_map
 from lmdm_live.train.latent_set import LatentSet
 from lmdm_live.train.project import project_model
 from lmdm_live.train.tone import add_tone
@@ -58,9 +58,9 @@ def test_the_tone_is_what_the_codec_hears_of_that_tone(codec, pitch):
     # tokens: each of a token's frames holds that frame, so they are the codec's own, on the mean
     tokens = codec.encode(audio)[0, :, 2:-2].mean(dim=1)
     loud = tokens > tokens.max() - 6 * math.log(10) / codec.cfg.mel.scale
-    made_tokens = tm.tokens(steady(pitch, 3))[:, 0]
+    made_tokens = tm.tokens(steady(pitch, 3))[:, 0] / TONE_GAIN
     assert (made_tokens - tokens)[loud].abs().max() < 0.2  # the frames averaged differ from the table's
-    fifth = tm.tokens(steady(pitch + 7, 3))[:, 0]  # a fifth up is another comb
+    fifth = tm.tokens(steady(pitch + 7, 3))[:, 0] / TONE_GAIN  # a fifth up is another comb
     assert (fifth - tokens)[loud].abs().max() > 0.5
 
 
@@ -78,9 +78,9 @@ def test_loudness_voicing_off_and_strength(codec):
     tm = tone_map(codec)
     assert tone_map(codec) is tm  # built once per codec
     quiet, loud = tm.tokens(steady(60, 3, loud=-30)), tm.tokens(steady(60, 3, loud=-10))
-    above = quiet > tm.floor + 0.5  # bands above the floor in both move by 20 dB's worth
-    assert torch.allclose((loud - quiet)[above], torch.tensor(20 * tm.db_step), atol=1e-4)
-    assert (tm.tokens(steady(60, 3, voiced=0.0)) == tm.floor).all()  # unvoiced: silence
+    above = quiet > (tm.floor + 0.5) * TONE_GAIN  # bands above the floor in both move by 20 dB's worth
+    assert torch.allclose((loud - quiet)[above], torch.tensor(20 * tm.db_step * TONE_GAIN), atol=1e-4)
+    assert torch.allclose(tm.tokens(steady(60, 3, voiced=0.0)), torch.tensor(tm.floor * TONE_GAIN))  # silence
     assert (tm.tokens(torch.zeros(5, 3)) == 0).all()  # sketch off: nothing
     half = tm.tokens(steady(60, 3, strength=0.5))
     assert torch.allclose(half, 0.5 * tm.tokens(steady(60, 3)), atol=1e-5)

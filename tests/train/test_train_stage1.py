@@ -222,8 +222,27 @@ def test_train_cli_runs_and_resumes(tmp_path, capsys):
     assert "resuming" in captured.err and json.loads(captured.out.splitlines()[-1])["step"] == 9
     progress = json.loads((out / "progress.json").read_text())
     assert progress["step"] == 9 and len(progress["history"]) == 9
+    assert progress["warm_up"] == [0, 100]  # started from a trained model file: its rate ramps up
     # a finished run run again (the script after a stop) trains nothing and reports where it stands
     assert main([*argv, "--steps", "9"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert report["step"] == 9 and report["loss_last"] == pytest.approx(progress["history"][-1])
     assert main(["train", "stage1", "--data", str(tmp_path / "nope.safetensors"), "--out", str(out)]) == 2
+
+
+def test_a_warm_up_ramps_the_rate_and_survives_a_resume(tmp_path):
+    """A run started from a trained model (fresh moments) ramps its rate up; stopped inside the ramp, it
+    resumes on it rather than at the whole rate."""
+    data = patterned_set()
+    trainer = Stage1Trainer(small_model("causal"), Stage1Config(batch=4, lr=1e-3, seed=2, targets=3))
+    trainer.warm_from, trainer.warmup_steps = 0, 10
+    rates = []
+    for _ in range(3):
+        rates.append(trainer.lr_now())
+        trainer.train_step(data)
+    assert rates == pytest.approx([1e-4, 2e-4, 3e-4])
+    trainer.save(tmp_path / "ckpt")
+    resumed = Stage1Trainer.resume(tmp_path / "ckpt")
+    assert resumed.lr_now() == pytest.approx(trainer.lr_now()) == pytest.approx(4e-4)
+    resumed.step = 50
+    assert resumed.lr_now() == pytest.approx(1e-3)
