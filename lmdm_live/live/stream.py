@@ -147,6 +147,7 @@ class LMDMStream:
         self._initial = params or StreamParams()
         # a small LRU: a few prompts are played back and forth, and each entry holds every layer's cross K/V
         self._cond_cache: OrderedDict[tuple, Conditioning] = OrderedDict()
+        self._sketching = False  # whether the block being made has a sketch (sketch guidance's row)
         self.reset()
 
     # --- control ------------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class LMDMStream:
         if new is not None:
             self._apply(new)
         p = self.params
+        self._sketching = sketch is not None  # sketch guidance has a sketch to guide toward
         if extras is None:
             extras = self._named_extras(p, sketch, accomp)
         cond = self._conditioning(p)
@@ -322,10 +324,13 @@ class LMDMStream:
 
     def _branches(self, p: StreamParams) -> SamplerSettings:
         """The prompt's sampler, with tempo guidance only where there is a clock to guide toward (a model
-        with tempo channels, and a bpm): without one its row would be the conditional row again."""
+        with tempo channels, and a bpm) and sketch guidance only while a sketch plays: without them their
+        rows would be the conditional row again."""
         s = p.sampler
         if s.tempo_guidance > 0 and not (self.model.layout.tempo and p.bpm is not None):
-            return replace(s, tempo_guidance=0.0)
+            s = replace(s, tempo_guidance=0.0)
+        if s.sketch_guidance > 0 and not (self.model.layout.sketch and self._sketching):
+            s = replace(s, sketch_guidance=0.0)
         return s
 
     def _sampler(self, p: StreamParams) -> SamplerSettings:
@@ -341,7 +346,13 @@ class LMDMStream:
 
     def _conditioning(self, p: StreamParams) -> Conditioning:
         branches = self._branches(p)
-        key = (p.prompts, p.seconds, branches.guided, branches.tempo_guidance > 0)
+        key = (
+            p.prompts,
+            p.seconds,
+            branches.guided,
+            branches.tempo_guidance > 0,
+            branches.sketch_guidance > 0,
+        )
         hit = self._cond_cache.get(key)
         if hit is not None:
             self._cond_cache.move_to_end(key)
@@ -357,8 +368,9 @@ class LMDMStream:
         device = next(net.parameters()).device
         seconds = self.model.seconds_total if p.seconds is None else p.seconds
         cross, glob = net.conditioning(blended.to(device, dtype), [seconds])
-        tempo = self.model.layout.offsets()["tempo"]
-        cond = branch_conditioning(self.model.dit, cross, glob, branches, tempo)
+        off = self.model.layout.offsets()
+        sketch = [off["sketch"], off["tone"]]
+        cond = branch_conditioning(self.model.dit, cross, glob, branches, off["tempo"], sketch)
         self._cond_cache[key] = cond
         while len(self._cond_cache) > COND_CACHE_SIZE:
             self._cond_cache.popitem(last=False)

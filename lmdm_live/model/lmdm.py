@@ -27,6 +27,8 @@ scratch; the tests hold the two equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -441,19 +443,30 @@ class LMDM:
 
 
 def branch_conditioning(
-    dit: DiT, cross: Tensor, glob: Tensor | None, s: SamplerSettings, tempo: slice
+    dit: DiT,
+    cross: Tensor,
+    glob: Tensor | None,
+    s: SamplerSettings,
+    tempo: slice,
+    sketch: Sequence[slice] = (),
 ) -> Conditioning:
     """The rows `s` samples with (samplers.py): the conditional one; CFG's null condition (the whole
-    cross-attention context zeroed, the global condition kept); and for tempo guidance the conditional one
-    again with its tempo channels (`tempo`, a slice of the extra channels) zeroed."""
+    cross-attention context zeroed, the global condition kept); for tempo guidance the conditional one
+    again with its tempo channels (`tempo`, a slice of the extra channels) zeroed; for sketch guidance the
+    same with the sketch's channels (`sketch`: the sketch group and, on a model with them, the tone) zeroed."""
     rows = [cross]
     if s.guided:
         rows.append(torch.zeros_like(cross))
+    dropped = [tempo] if s.tempo_guidance > 0 else []
+    if s.sketch_guidance > 0:
+        dropped.append(list(sketch))
     keep = None
-    if s.tempo_guidance > 0:
-        rows.append(cross)
-        keep = torch.ones(len(rows), dit.cfg.extra_add_channels)
-        keep[-1, tempo] = 0.0
+    if dropped:
+        keep = torch.ones(len(rows) + len(dropped), dit.cfg.extra_add_channels)
+        for i, off in enumerate(dropped):
+            for sl in off if isinstance(off, list) else [off]:
+                keep[len(rows) + i, sl] = 0.0
+        rows += [cross] * len(dropped)
     glob = None if glob is None else glob.expand(len(rows), -1)
     return Conditioning(dit.cross_kv(torch.cat(rows)), glob, keep)
 

@@ -2,12 +2,14 @@
 
 The model predicts the velocity v = eps - x0 at noise level t (x_t = (1-t) x0 + t eps). `denoise(x, t, i)`
 returns v for a batch of `SamplerSettings.rows` rows: the conditional row, then the unconditional one when
-CFG guides, then (tempo guidance) the conditional row with the tempo channels zeroed. Everything else about
-the model (caches, fused first steps) stays behind that callable.
+CFG guides, then (tempo guidance) the conditional row with the tempo channels zeroed, then (sketch
+guidance) the conditional row with the sketch's channels zeroed. Everything else about the model (caches,
+fused first steps) stays behind that callable.
 
 Tempo guidance is classifier-free guidance on the tempo channels alone, v += w (v_c - v_c without tempo):
 a model that hardly reads its tempo channels, because its captions and context carry the tempo too, is
-pushed toward what they add (docs/default-model.md measures it).
+pushed toward what they add (docs/default-model.md measures it). Sketch guidance does the same for a
+hummed sketch (its five channels and the tone's), which the context carries too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SamplerSettings:
     cfg: float = 1.0  # classic CFG scale; 1 = no guidance
     cfg_pp: float | None = None  # CFG++ lambda (used instead of cfg when set)
     tempo_guidance: float = 0.0  # w of guidance on the tempo channels; 0 = off (no third row)
+    sketch_guidance: float = 0.0  # w of guidance on the sketch channels, while one plays; 0 = off
 
     def __post_init__(self) -> None:
         if self.sampler not in ("euler", "pingpong"):
@@ -51,10 +54,9 @@ class SamplerSettings:
             raise ValueError(f"cfg must be in 0..20, got {self.cfg}")
         if self.cfg_pp is not None and not 0.0 <= self.cfg_pp <= 2.0:
             raise ValueError(f"cfg_pp must be in 0..2, got {self.cfg_pp}")
-        if not 0.0 <= self.tempo_guidance <= MAX_TEMPO_GUIDANCE:
-            raise ValueError(
-                f"tempo_guidance must be in 0..{MAX_TEMPO_GUIDANCE:g}, got {self.tempo_guidance}"
-            )
+        for name in ("tempo_guidance", "sketch_guidance"):
+            if not 0.0 <= getattr(self, name) <= MAX_TEMPO_GUIDANCE:
+                raise ValueError(f"{name} must be in 0..{MAX_TEMPO_GUIDANCE:g}, got {getattr(self, name)}")
 
     @property
     def guided(self) -> bool:
@@ -63,8 +65,9 @@ class SamplerSettings:
 
     @property
     def rows(self) -> int:
-        """The batch each model call runs: conditional, [unconditional], [conditional without tempo]."""
-        return 1 + self.guided + (self.tempo_guidance > 0)
+        """The batch each model call runs: conditional, [unconditional], [conditional without tempo],
+        [conditional without the sketch]."""
+        return 1 + self.guided + (self.tempo_guidance > 0) + (self.sketch_guidance > 0)
 
 
 def sample_block(
@@ -88,8 +91,12 @@ def sample_block(
             v_u = v[1:2] if s.guided else v_c
             scale = s.cfg_pp if s.cfg_pp is not None else s.cfg
             v_g = v_u + scale * (v_c - v_u) if s.guided else v_c
+            row = 1 + s.guided
             if s.tempo_guidance > 0:
-                v_g = v_g + s.tempo_guidance * (v_c - v[-1:])
+                v_g = v_g + s.tempo_guidance * (v_c - v[row : row + 1])
+                row += 1
+            if s.sketch_guidance > 0:
+                v_g = v_g + s.sketch_guidance * (v_c - v[row : row + 1])
         x0 = x - t * v_g
         if t_next == 0.0 or i == steps - 1:
             return x0

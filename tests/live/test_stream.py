@@ -255,3 +255,28 @@ def test_tempo_guidance_runs_no_third_row_without_a_clock(text, model):
         )
         s.next_latents()
         assert s.state.cache.batch == 2
+
+
+def test_sketch_guidance_runs_its_row_only_while_a_sketch_plays(text):
+    from lmdm_live.model.extras import sketch_channels
+
+    model = LMDMModel.preset("tiny", lmdm=WINDOW, seed=0, extras={"sketch": True})
+    with torch.no_grad():  # the preset's extra inputs start at zero: give the sketch a say
+        model.dit.to_input_add_embed.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    n = WINDOW.block_frames
+    hum = sketch_channels(
+        torch.full((n,), 62.0), torch.ones(n), torch.full((n,), -20.0), torch.full((n,), 1e3)
+    )
+    plain = SamplerSettings("euler", steps=2, cfg=2.0)
+
+    def play(sampler, sketch):
+        s = LMDMStream(model, text, seed=3, params=StreamParams.of("a melody", sampler=sampler), decode=False)
+        out = torch.cat([s.next_latents(sketch=sketch) for _ in range(3)], dim=2)
+        return out, s.state.cache.batch
+
+    guided = replace(plain, sketch_guidance=4.0)
+    (a, rows_a), (b, rows_b) = play(guided, None), play(plain, None)
+    assert rows_a == rows_b == 2 and torch.equal(a, b)  # no sketch: no row, the same music
+    (c, rows_c), (d, _) = play(guided, hum), play(plain, hum)
+    assert rows_c == 3  # conditional, unconditional, and the conditional without its sketch
+    assert float((c - d).norm() / d.norm()) > 0.05  # pushed further toward what the sketch adds

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.cache import KVCache
 from lmdm_live.model.dit import DiT, DiTConfig, apply_rope
 from lmdm_live.model.lmdm import (
     LMDM,
     Conditioning,
     LMDMConfig,
+    branch_conditioning,
     chunk_mask,
     encdec_mask,
     query_tokens_per_block,
@@ -287,6 +289,46 @@ def test_tempo_guidance_extrapolates_from_the_row_without_tempo(cfg):
     assert torch.allclose(out, guided + w * (a - c), atol=1e-4)
     with pytest.raises(ValueError, match="tempo_guidance"):
         SamplerSettings(tempo_guidance=-1.0)
+
+
+def test_sketch_guidance_extrapolates_from_its_own_row_after_tempos():
+    # rows: conditional (a), unconditional (b), without tempo (c), without the sketch (d)
+    a, b, c, d = (torch.randn(1, 4, 6) for _ in range(4))
+    targets = [a, b, c, d]
+
+    def denoise(x, t, i):
+        return torch.cat([(x[k : k + 1] - y) / t for k, y in enumerate(targets)])
+
+    s = SamplerSettings(sampler="euler", steps=3, cfg=2.0, tempo_guidance=4.0, sketch_guidance=6.0)
+    assert s.rows == 4
+    out = sample_block(
+        lambda x, t, i: denoise(x.expand(4, -1, -1), t, i), torch.randn(1, 4, 6), s, torch.Generator()
+    )
+    assert torch.allclose(out, b + 2.0 * (a - b) + 4.0 * (a - c) + 6.0 * (a - d), atol=1e-4)
+    sketch_only = SamplerSettings(sampler="euler", steps=3, cfg=2.0, sketch_guidance=6.0)
+    targets[:] = [a, b, d]
+    out = sample_block(
+        lambda x, t, i: denoise(x.expand(3, -1, -1), t, i),
+        torch.randn(1, 4, 6),
+        sketch_only,
+        torch.Generator(),
+    )
+    assert torch.allclose(out, b + 2.0 * (a - b) + 6.0 * (a - d), atol=1e-4)
+    with pytest.raises(ValueError, match="sketch_guidance"):
+        SamplerSettings(sketch_guidance=60.0)
+
+
+def test_guidance_rows_drop_their_own_channels():
+    model = LMDMModel.preset("tiny", lmdm=LMDMConfig(mode="causal", context_frames=8, block_frames=4),
+                             extras={"tempo": True, "sketch": True})  # fmt: skip
+    off = model.layout.offsets()
+    cross = torch.randn(1, 3, model.dit.cfg.cond_token_dim)
+    s = SamplerSettings(cfg=2.0, tempo_guidance=3.0, sketch_guidance=5.0)
+    cond = branch_conditioning(model.dit, cross, None, s, off["tempo"], [off["sketch"], off["tone"]])
+    keep = cond.extras_keep
+    assert keep.shape[0] == 4 and (keep[:2] == 1).all()
+    assert (keep[2, off["tempo"]] == 0).all() and (keep[2, off["sketch"]] == 1).all()
+    assert (keep[3, off["sketch"]] == 0).all() and (keep[3, off["tempo"]] == 1).all()
 
 
 def test_logsnr_schedule():
