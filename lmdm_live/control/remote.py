@@ -318,7 +318,7 @@ class RemoteInstrument(Instrument):
         if not self.link.send(message(address, *args)):
             raise ValueError(f"the link to {self.host} is down: {address} was not sent")
 
-    def sketch(self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False) -> None:
+    def sketch(self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = True) -> None:
         self._forward("/lmdm/sketch", str(source), float(strength), int(filter))
 
     def sketch_off(self) -> None:

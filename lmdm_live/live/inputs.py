@@ -9,8 +9,9 @@ hearing stream sample k + offset; `LiveInput.latency()` reports it per mode (the
 from making a block to hearing it, is part of it, measured from the ring's fill when the offset is set).
 
 - sketch: a `SketchTracker` over the input gives pitch, voicing, loudness and centroid on the frame grid.
-  Delay: the lead + the tracker's latency + one block (or no block with `hold`: the newest analysed frame
-  is held over the rest of the block).
+  Delay: the lead + the tracker's latency, the newest analysed frame held over the rest of the block
+  (`hold`, the default: 590 ms on the 44.1 kHz model through JACK), or + one block more with every frame
+  of the block analysed (`hold=False`: 830 ms).
 - jam: the input's VAE latents are the accompaniment channels, visible up to `t_f` frames past the block
   start (negative: only the past, for less delay). Delay: the lead + t_f frames. The encoder is not
   causal, so windows are encoded with `margin` frames of left context; frames still lacking that much
@@ -73,7 +74,7 @@ class SketchSettings:
 
     strength: float = 1.0
     median: int = 5
-    hold: bool = False
+    hold: bool = True
     timbre: str = "prompt"
 
     def __post_init__(self) -> None:

@@ -311,7 +311,7 @@ class Instrument(SamplerControls):
     # --- live input: sketch, jam, generative delay -----------------------------------------------------------
 
     def sketch(
-        self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = False, timbre: str = "prompt"
+        self, source: Any, strength: float = 1.0, filter: int = 5, hold: bool = True, timbre: str = "prompt"
     ) -> None:
         """Steer the music with a hummed, sung or played line (an input spec, see `open_input`, or an
         `AudioInput`): its pitch and voicing, and with timbre="input" its loudness and brightness too.
