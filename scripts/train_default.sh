@@ -89,6 +89,25 @@ STAGE1B_DECAY_FROM="${STAGE1B_DECAY_FROM:-11500}"
     --p-sketch-blind "${P_SKETCH_BLIND:-0.25}" \
     --out "$P/stage1" --steps "$STAGE1B_STEPS" --decay-from "$STAGE1B_DECAY_FROM" --save-every 100 --device "$DEVICE"
 
+# 4b. tone channels: the sketch handed over as the codec's tokens of a plain tone at its pitch (`train tone`,
+#     training.md 4a), added to the step-13,000 model at zero weights and trained on, with more solo and
+#     sketched windows: with the pitch as one number the model never read it. From a model file the rate
+#     warms up over 100 steps, then holds to TONE_DECAY_FROM and falls on a cosine to a tenth.
+#     `checkpoints/default-stage1t` keeps its last step (set TONE_STEPS higher to go on from it)
+T="$P/tone"
+KEPT_T=checkpoints/default-stage1t
+if [[ ! -f "$T/stage1/progress.json" && -f "$KEPT_T/progress.json" ]]; then
+    mkdir -p "$T/stage1" && cp "$KEPT_T"/model.safetensors "$KEPT_T"/model.json "$KEPT_T"/progress.json "$T/stage1/"
+fi
+[[ -f "$T/stage1/progress.json" || -f "$T/init.safetensors" ]] || \
+    $L train tone --model "$P/stage1/model.safetensors" --out "$T/init.safetensors"
+TONE_STEPS="${TONE_STEPS:-3000}"
+TONE_DECAY_FROM="${TONE_DECAY_FROM:-2200}"
+"${S1[@]}" train stage1 --data "${PLAT[@]}" --model "$T/init.safetensors" --mode causal \
+    --context 68 --block 4 --targets 8 --batch 8 --lr 1.5e-4 --p-sketch 0.5 --p-solo 0.35 \
+    --p-sketch-blind "${P_SKETCH_BLIND:-0.25}" \
+    --out "$T/stage1" --steps "$TONE_STEPS" --decay-from "$TONE_DECAY_FROM" --save-every 100 --device "$DEVICE"
+
 # 5. the evaluation classifier: held-out renders of the 23 styles (step 1), also heard through the codec;
 #    its data is all "valid": the report is on the test split of the prompts the model is judged on.
 #    With NPROC > 1 it trains beside ARC-Forcing (step 6), which runs in one process.
@@ -100,7 +119,7 @@ C=""
 if [[ "$NPROC" -gt 1 ]]; then classifier & C=$!; fi
 
 # 6. ARC-Forcing through the streaming cache (the stage-1 checkpoint stays: it is the no-ARC baseline)
-$L train arc --data "${PLAT[@]}" --model "$P/stage1/model.safetensors" --out "$P/arc" \
+$L train arc --data "${PLAT[@]}" --model "$T/stage1/model.safetensors" --out "$T/arc" \
     --steps "$ARC_STEPS" --batch 4 --rollout 4 --sampler-steps 4 --lr 1e-5 --save-every 5 --device "$DEVICE"
 if [[ -n "$C" ]]; then wait "$C"; else classifier; fi
 
@@ -111,17 +130,20 @@ if [[ -n "$C" ]]; then wait "$C"; else classifier; fi
 #    run side by side when NPROC > 1. A finished evaluation is skipped.
 PLAY_STEPS="${PLAY_STEPS:-4}"
 TEMPO_GUIDANCE="${TEMPO_GUIDANCE:-20}"
-[[ -f "$P/follow.json" ]] || $L eval follow --model "$P/stage1/model.safetensors" --steps "$PLAY_STEPS" \
-    --cfg 3 --dtype int8 --tempo-guidance 0 5 10 20 --out "$P/follow.json" > /dev/null
-EV=(--model "$P/arc/model.safetensors" --compare "$P/stage1/model.safetensors" --label "ARC-Forcing"
+# guidance on a hummed sketch while one plays (a fourth row then): 20 took the hum test from one held pitch
+# to r 0.33 at 1,000 tone steps, where 10 gave 0.07 and 35 no more (default-model.md)
+SKETCH_GUIDANCE="${SKETCH_GUIDANCE:-20}"
+[[ -f "$T/follow.json" ]] || $L eval follow --model "$T/stage1/model.safetensors" --steps "$PLAY_STEPS" \
+    --cfg 3 --dtype int8 --tempo-guidance 0 5 10 20 --out "$T/follow.json" > /dev/null
+EV=(--model "$T/arc/model.safetensors" --compare "$T/stage1/model.safetensors" --label "ARC-Forcing"
     --compare-label "stage 1 only" --classifier "$RUNS/clf" --data "$RUNS/styles3" --window 10
     --steps "$PLAY_STEPS" --tempo-guidance "$TEMPO_GUIDANCE" --dtype int8)
 adherence() {
-    [[ -f "$P/eval_adherence/metrics.json" ]] || $L eval model "${EV[@]}" --out "$P/eval_adherence" \
+    [[ -f "$T/eval_adherence/metrics.json" ]] || $L eval model "${EV[@]}" --out "$T/eval_adherence" \
         --seconds 30 --max-prompts 20 --transitions 10 --transition-seconds 24
 }
 drift() {
-    [[ -f "$P/eval_drift/metrics.json" ]] || $L eval model "${EV[@]}" --out "$P/eval_drift" \
+    [[ -f "$T/eval_drift/metrics.json" ]] || $L eval model "${EV[@]}" --out "$T/eval_drift" \
         --seconds 300 --max-prompts 4 --transitions 0
 }
 if [[ "$NPROC" -gt 1 ]]; then
@@ -135,13 +157,14 @@ else
 fi
 
 # 8. ship, only when asked (SHIP=1) after the figures of step 7 were read against the model card's bars:
-#    the ARC-Forcing model, set to play PLAY_STEPS steps and TEMPO_GUIDANCE by default, decoded with
+#    the ARC-Forcing model, set to play PLAY_STEPS steps, TEMPO_GUIDANCE and SKETCH_GUIDANCE by default, decoded with
 #    GL_ITERS Griffin-Lim iterations (16 keep the codec's pitch bars at 0.6 of the decode time: codec.md), at
 #    its calibrated level, and the classifier
-[[ "${SHIP:-0}" == 1 ]] || { echo "evaluations in $P/eval_*; SHIP=1 to ship"; exit 0; }
+[[ "${SHIP:-0}" == 1 ]] || { echo "evaluations in $T/eval_*; SHIP=1 to ship"; exit 0; }
 mkdir -p lmdm_live/assets/classifier
 .venv/bin/python -c "from lmdm_live.model.bundle import LMDMModel as M
-m = M.load('$P/arc/model.safetensors'); m.sampler = {**m.sampler, 'steps': $PLAY_STEPS, 'tempo_guidance': $TEMPO_GUIDANCE}
+m = M.load('$T/arc/model.safetensors')
+m.sampler = {**m.sampler, 'steps': $PLAY_STEPS, 'tempo_guidance': $TEMPO_GUIDANCE, 'sketch_guidance': $SKETCH_GUIDANCE}
 m.mel_codec = m.mel_codec.with_griffinlim(iters=${GL_ITERS:-16})
 m.name = 'lmdm-default'; m.save('lmdm_live/assets/default.lmdm.safetensors')"
 #    its level: the gain that brings its median loudness, as played, to the test renders' (`eval level`)
