@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 from deaf import assert_flat, deafened
+from melodies import melody_set
 
 from lmdm_live.cli import main
 from lmdm_live.eval.sketch_use import FIFTH, SketchUseConfig, sketch_use, sketch_variants
 from lmdm_live.model.bundle import LMDMModel
 from lmdm_live.model.extras import sketch_channels
 from lmdm_live.model.lmdm import LMDMConfig
-from lmdm_live.train.latent_set import LatentSet
 
 WINDOW = LMDMConfig(mode="causal", context_frames=8, block_frames=4)
 CFG = SketchUseConfig(windows=4, seeds=2, targets=2)
@@ -22,24 +22,6 @@ CFG = SketchUseConfig(windows=4, seeds=2, targets=2)
 @pytest.fixture(scope="module")
 def model() -> LMDMModel:
     return LMDMModel.preset("tiny", lmdm=WINDOW, seed=0, extras={"sketch": True})
-
-
-def latent_set(model: LMDMModel, n: int = 6, frames: int = 48, leads: bool = True) -> LatentSet:
-    """Mixes with their lead stems; each lead a melody of its own, voiced but for a rest."""
-    g = torch.Generator().manual_seed(0)
-    io, dim = model.dit.cfg.io_channels, model.dit.cfg.cond_token_dim
-    controls = []
-    for i in range(n):
-        t = torch.arange(frames, dtype=torch.float32)
-        pitch = 60.0 + i + 4.0 * torch.sin(t / (3.0 + i))
-        voiced = (t % 12 < 9).float()
-        rows = [torch.full((frames,), 100.0), t % 1, t / 4 % 1, pitch, voiced]
-        rows += [torch.full((frames,), -20.0), torch.full((frames,), 1500.0)] * 2
-        controls.append(torch.stack(rows))
-    latents = [torch.randn(io, frames, generator=g) for _ in range(n)]
-    lead = [torch.randn(io, frames, generator=g) for _ in range(n)] if leads else None
-    solo = torch.randn(n, 5, dim, generator=g) if leads else None
-    return LatentSet(latents, torch.randn(n, 5, dim, generator=g), controls, lead=lead, solo_tokens=solo)
 
 
 def test_the_lying_sketches_are_what_they_say(model):
@@ -68,7 +50,7 @@ def test_the_lying_sketches_are_what_they_say(model):
 
 
 def test_a_lying_sketch_costs_only_a_model_that_reads_it(model):
-    data = latent_set(model)
+    data = melody_set(model)
     report = sketch_use(model, data, CFG)
     assert set(report["with context"]) == {"true", "another window's", "a fifth up", "off"}
     assert abs(report["cost"]["with context"]) > 1e-4  # a random model's loss moves when its inputs do
@@ -79,13 +61,13 @@ def test_a_lying_sketch_costs_only_a_model_that_reads_it(model):
 
 def test_eval_sketch_cli(model, tmp_path, capsys):
     model.save(tmp_path / "m.lmdm.safetensors")
-    latent_set(model).save(tmp_path / "lat.safetensors")
+    melody_set(model).save(tmp_path / "lat.safetensors")
     args = ["eval", "sketch", "--model", str(tmp_path / "m.lmdm.safetensors"), "--data"]
     args += [str(tmp_path / "lat.safetensors"), "--windows", "4", "--seeds", "1", "--targets", "2"]
     assert main([*args, "--out", str(tmp_path / "s.json")]) == 0
     assert "lying channels cost" in capsys.readouterr().out
     assert set(json.loads((tmp_path / "s.json").read_text())["cost"]) == {"with context", "no context"}
-    latent_set(model, leads=False).save(tmp_path / "mixes.safetensors")
+    melody_set(model, leads=False).save(tmp_path / "mixes.safetensors")
     assert main([*args[:5], str(tmp_path / "mixes.safetensors"), *args[6:]]) == 2
     assert "no lead stems" in capsys.readouterr().err
     plain = LMDMModel.preset("tiny", lmdm=WINDOW, seed=0)

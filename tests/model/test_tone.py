@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from deaf import deafened
+from melodies import melody_set
 
 from lmdm_live.cli import main
 from lmdm_live.eval.sketch_use import SketchUseConfig, sketch_use, sketch_variants
@@ -17,7 +18,6 @@ from lmdm_live.model.extras import ExtrasLayout, sketch_channels
 from lmdm_live.model.lmdm import LMDMConfig
 from lmdm_live.model.samplers import SamplerSettings
 from lmdm_live.model.tone import TONE_GAIN, ToneMap, harmonic_tone, tone_map
-from lmdm_live.train.latent_set import LatentSet
 from lmdm_live.train.project import project_model
 from lmdm_live.train.tone import add_tone
 
@@ -110,23 +110,6 @@ def test_layout_makes_the_tone_from_the_sketch(narrow):
     assert "tone" not in ExtrasLayout(sketch=True, latent_dim=DIM).to_dict()  # old files stay as they were
 
 
-def latent_set(model: LMDMModel, n: int = 6, frames: int = 40) -> LatentSet:
-    """Mixes with lead stems; each lead a melody of its own, voiced but for a rest."""
-    g = torch.Generator().manual_seed(1)
-    io, dim = model.dit.cfg.io_channels, model.dit.cfg.cond_token_dim
-    controls = []
-    for i in range(n):
-        t = torch.arange(frames, dtype=torch.float32)
-        pitch = 58.0 + i + 4.0 * torch.sin(t / (3.0 + i))
-        rows = [torch.full((frames,), 100.0), t % 1, t / 4 % 1, pitch, (t % 12 < 9).float()]
-        rows += [torch.full((frames,), -20.0), torch.full((frames,), 1500.0)] * 2
-        controls.append(torch.stack(rows))
-    lat = [torch.randn(io, frames, generator=g) for _ in range(n)]
-    lead = [torch.randn(io, frames, generator=g) for _ in range(n)]
-    tok = torch.randn(n, 5, dim, generator=g)
-    return LatentSet(lat, tok, controls, lead=lead, solo_tokens=torch.randn(n, 5, dim, generator=g))
-
-
 def same(a: dict, b: dict) -> None:
     """Two reports alike to float rounding (a wider input matrix sums in another order)."""
     assert a.keys() == b.keys()
@@ -135,7 +118,7 @@ def same(a: dict, b: dict) -> None:
 
 
 def test_add_tone_plays_as_before_then_hears_pitch_through_the_tone(narrow, tmp_path):
-    data = latent_set(narrow)
+    data = melody_set(narrow, frames=40)
     cfg = SketchUseConfig(windows=4, seeds=2, targets=2)
     before = sketch_use(narrow, data, cfg)
     widened = add_tone(narrow)
