@@ -6,9 +6,9 @@
     tone    z   the sketch as tokens: what a plain tone at its pitch and loudness encodes to (`tone.py`),
                 made from the sketch channels wherever they are built; 0 where the sketch is off
 
-One layout in the model config (`"extras": {"tempo": true, "sketch": true, "accomp": true, "tone": true}`) is read by
-training and by the stream alike, so a channel means the same thing in both. Models without the key (SAOS
-conversions, the old presets) have no named extras and are fed zeros.
+One layout in the model config (`"extras": {"tempo": true, "sketch": true, "accomp": true, "tone": true}`)
+is read by training and by the stream alike, so a channel means the same thing in both. Models without
+the key (SAOS conversions, the old presets) have no named extras and are fed zeros.
 """
 
 from __future__ import annotations

@@ -457,14 +457,16 @@ def branch_conditioning(
     rows = [cross]
     if s.guided:
         rows.append(torch.zeros_like(cross))
-    dropped = [tempo] if s.tempo_guidance > 0 else []
+    dropped: list[Sequence[slice]] = []  # per guidance row, the extra channels it runs without
+    if s.tempo_guidance > 0:
+        dropped.append([tempo])
     if s.sketch_guidance > 0:
-        dropped.append(list(sketch))
+        dropped.append(sketch)
     keep = None
     if dropped:
         keep = torch.ones(len(rows) + len(dropped), dit.cfg.extra_add_channels)
-        for i, off in enumerate(dropped):
-            for sl in off if isinstance(off, list) else [off]:
+        for i, slices in enumerate(dropped):
+            for sl in slices:
                 keep[len(rows) + i, sl] = 0.0
         rows += [cross] * len(dropped)
     glob = None if glob is None else glob.expand(len(rows), -1)
