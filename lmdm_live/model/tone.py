@@ -35,6 +35,8 @@ class ToneMap:
     """Sketch channels (5, n) -> tone tokens (codec dim, n) for one log-mel codec."""
 
     def __init__(self, codec) -> None:
+        if codec.cfg.inverse == "autoencoder":
+            raise ValueError("tone channels are log-mel tokens; this codec's tokens are an autoencoder's")
         mel_cfg = codec.cfg.mel
         # the projection only (the codec itself is not held: the cache below is keyed by it, weakly)
         self.basis = codec.basis.clone() if codec.cfg.project else None

@@ -196,3 +196,14 @@ def test_the_stream_hears_the_melody_through_the_tone(narrow, text):
     with torch.no_grad():
         model.dit.to_input_add_embed.weight[:, first:].normal_(0, 0.05)
     assert not torch.allclose(block(60), block(67), atol=1e-4)
+
+
+def test_a_codec_whose_tokens_are_not_log_mel_has_no_tone():
+    from dataclasses import replace
+
+    from lmdm_live.model.vocoder import VocoderConfig
+
+    small = VocoderConfig(dim=16, depth=1, latent_dim=8)
+    learnt = MelCodec(replace(MelCodecConfig(), inverse="autoencoder", vocoder=small)).eval()
+    with pytest.raises(ValueError, match="autoencoder"):
+        ToneMap(learnt)
