@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .progress import progress_bar
+
 
 def add_parser(sub) -> None:
     train = sub.add_parser("train", help="render data and train models (each stage resumes where it stopped)")
@@ -142,13 +144,9 @@ def add_parser(sub) -> None:
         help="one basis for every frame of a token (--dim / 4 directions each): no token-boundary grid",
     )
 
-    tn = tsub.add_parser(
-        "tone",
-        help="give a model tone channels: its sketch as the tokens of a plain tone (inputs start at zero)",
-    )
-    tn.add_argument("--model", type=Path, required=True, help="an LMDM on a log-mel codec, with a sketch")
-    tn.add_argument("--out", type=Path, required=True, help="the widened model file (.safetensors)")
+    from .tone import add_tone_parser
 
+    add_tone_parser(tsub)
     s1 = tsub.add_parser("stage1", help="LMDM stage 1: block-AR training on pre-encoded latents")
     s1.add_argument(
         "--data", type=Path, nargs="+", required=True, help="latent sets (.safetensors) in one token space"
@@ -233,25 +231,6 @@ def add_parser(sub) -> None:
     keep.add_argument("--out", type=Path, required=True, help="where to write the resume point")
 
 
-def _bar(description: str):
-    """A progress bar; silent (bar and messages) on every torchrun rank but 0."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .distributed import world_from_env
-
-    quiet = not world_from_env().main
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=Console(quiet=True) if quiet else None,
-        disable=quiet,
-    )
-
-
 def run(args) -> int:
     return {
         "data": _data,
@@ -282,7 +261,7 @@ def _data(args) -> int:
     cfg = RenderConfig(
         args.sample_rate, args.hop, args.seconds, args.seed, soundfont=args.soundfont, kind=args.kind
     )
-    with _bar("render" if args.from_folder is None else "import") as bar:
+    with progress_bar("render" if args.from_folder is None else "import") as bar:
         task = bar.add_task("", total=None, info="")
 
         def tick(i: int, n: int) -> None:
@@ -354,7 +333,7 @@ def _fit_ae(args, trainer, clips, held, also_save=None) -> int:
     if not evals and main:
         evals.append({"step": trainer.step, "seconds": 0.0, **trainer.evaluate(held_batch)})
     t0 = time.time()
-    with _bar(args.stage) as bar:
+    with progress_bar(args.stage) as bar:
         task = bar.add_task("", total=args.steps, completed=trainer.step, info="")
         while trainer.step < args.steps:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + trainer.step)
@@ -405,7 +384,7 @@ def _codec(args) -> int:
         flush=True,
     )
     interactive = sys.stdout.isatty()
-    with _bar(f"codec {args.kind}") as bar:
+    with progress_bar(f"codec {args.kind}") as bar:
         task = bar.add_task("", total=int(cfg.minutes * 60), completed=int(trainer.trained_s), info="")
 
         def tick(stats: dict) -> None:
@@ -471,7 +450,7 @@ def _latents(args) -> int:
     from .latents import encode_dataset
 
     splits = tuple(s.strip() for s in args.split.split(","))
-    with _bar("encode") as bar:
+    with progress_bar("encode") as bar:
         task = bar.add_task("", total=None, info="")
         vae_out = args.out.with_name(args.out.name.removesuffix(".safetensors") + ".vae.safetensors")
         ls = encode_dataset(
@@ -496,23 +475,18 @@ def _project(args) -> int:
 
 
 def _tone(args) -> int:
-    from .tone import run_add_tone
+    from .tone import run_tone_command
 
-    if args.out.exists():
-        print(f"error: {args.out} exists; give another --out", file=sys.stderr)
-        return 2
-    m = run_add_tone(args.model, args.out)
-    print(f"{args.out}: {args.model} with {m.dit.cfg.io_channels} tone channels (zero until trained)")
-    return 0
+    return run_tone_command(args)
 
 
 def _stage1(args) -> int:
     from .runs import run_stage1
 
-    return run_stage1(args, _bar)
+    return run_stage1(args, progress_bar)
 
 
 def _arc(args) -> int:
     from .runs import run_arc
 
-    return run_arc(args, _bar)
+    return run_arc(args, progress_bar)

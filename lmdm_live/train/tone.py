@@ -7,6 +7,7 @@ exactly as before until training teaches it to read them: stage 1 goes on from w
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -50,3 +51,22 @@ def run_add_tone(model: Path, out: Path) -> LMDMModel:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_whole(widened.save, out)
     return widened
+
+
+def add_tone_parser(tsub) -> None:
+    """`lmdm-live train tone --model M --out W`."""
+    tn = tsub.add_parser(
+        "tone",
+        help="give a model tone channels: its sketch as the tokens of a plain tone (inputs start at zero)",
+    )
+    tn.add_argument("--model", type=Path, required=True, help="an LMDM on a log-mel codec, with a sketch")
+    tn.add_argument("--out", type=Path, required=True, help="the widened model file (.safetensors)")
+
+
+def run_tone_command(args) -> int:
+    if args.out.exists():
+        print(f"error: {args.out} exists; give another --out", file=sys.stderr)
+        return 2
+    m = run_add_tone(args.model, args.out)
+    print(f"{args.out}: {args.model} with {m.dit.cfg.io_channels} tone channels (zero until trained)")
+    return 0
