@@ -322,6 +322,9 @@ class OSCControl:
     def _tempo_guidance(self, c: Call) -> None:
         self.inst.tempo_guidance(param_arg(c.args[0], "tempo_guidance"), at=c.at)
 
+    def _sketch_guidance(self, c: Call) -> None:
+        self.inst.sketch_guidance(param_arg(c.args[0], "sketch_guidance"), at=c.at)
+
     def _steps(self, c: Call) -> None:
         self.inst.steps(param_arg(c.args[0], "steps"), at=c.at)
 

@@ -96,6 +96,7 @@ ROUTES: dict[str, Route] = {
     "/lmdm/cfg": Route("_cfg", 1, 1, PARAMS["cfg"].usage()),
     "/lmdm/cfg_pp": Route("_cfg_pp", 1, 1, PARAMS["cfg_pp"].usage() + ' | s:"off"'),
     "/lmdm/tempo_guidance": Route("_tempo_guidance", 1, 1, PARAMS["tempo_guidance"].usage()),
+    "/lmdm/sketch_guidance": Route("_sketch_guidance", 1, 1, PARAMS["sketch_guidance"].usage()),
     "/lmdm/steps": Route("_steps", 1, 1, PARAMS["steps"].usage()),
     "/lmdm/sampler": Route("_sampler", 1, 1, 's:"euler"|"pingpong"'),
     "/lmdm/seed": Route("_seed", 1, 1, "i:seed"),

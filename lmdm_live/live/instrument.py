@@ -423,6 +423,7 @@ class Instrument(SamplerControls):
             cfg=self._params.sampler.cfg,
             cfg_pp=self._params.sampler.cfg_pp,
             tempo_guidance=self._params.sampler.tempo_guidance,
+            sketch_guidance=self._params.sampler.sketch_guidance,
             steps=self._params.sampler.steps,
             sampler=self._params.sampler.sampler,
             seed=self._seed,

@@ -48,6 +48,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("cfg",    "scale",  False,  0.0,  20.0,         "scale",  (1.0, 7.0, "lin"),    True,  "classifier-free guidance (1 = off)"),
     Param("cfg_pp", "lambda", False,  0.0,  2.0,          "lambda", (0.0, 1.5, "lin"),    True,  "CFG++ lambda (or 'off')"),
     Param("tempo_guidance", "w", False, 0.0, 50.0,       "w",      (0.0, 20.0, "lin"),   True,  "guidance on the tempo channels (0 = off)"),
+    Param("sketch_guidance", "w", False, 0.0, 50.0,      "w",      (0.0, 20.0, "lin"),   True,  "guidance on a hummed sketch while one plays (0 = off)"),
     Param("steps",  "steps",  True,   1.0,  100.0,        "steps",  (1.0, 16.0, "lin"),   True,  "denoising steps per block"),
     Param("gain",   "gain",   False,  0.0,  4.0,          "x",      (0.0, 1.5, "lin"),    True,  "output gain, ramped over one block"),
     Param("seed",   "seed",   True,   0.0,  2.0**31 - 1,  "",       (0.0, 127.0, "lin"),  True,  "noise seed"),

@@ -1,4 +1,4 @@
-"""The instrument's sampler controls: guidance, tempo guidance, steps and the sampler. Each builds a new
+"""The instrument's sampler controls: guidance, tempo and sketch guidance, steps and the sampler. Each builds a new
 parameter snapshot with one sampler setting changed and hands it to the instrument's `_set`, which applies
 it now or at the quantised time `at`."""
 
@@ -43,6 +43,15 @@ class SamplerControls:
             return self._params.sampler.tempo_guidance
         p = PARAMS["tempo_guidance"]
         self._sampler(at, tempo_guidance=check_number(w, "tempo_guidance", p.lo, p.hi))
+        return None
+
+    def sketch_guidance(self, w: float | None = None, at: Any = "now") -> float | None:
+        """Guidance on a hummed sketch (0 = off; the model card gives the model's own): pushes the music
+        toward the sketch's melody. Costs a row per model call while a sketch plays, none otherwise."""
+        if w is None:
+            return self._params.sampler.sketch_guidance
+        p = PARAMS["sketch_guidance"]
+        self._sampler(at, sketch_guidance=check_number(w, "sketch_guidance", p.lo, p.hi))
         return None
 
     def steps(self, n: int | None = None, at: Any = "now") -> int | None:

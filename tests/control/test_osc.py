@@ -307,8 +307,10 @@ def test_status_reply_carries_the_values(rig):
     c.send("/lmdm/cfg", 2.5)
     c.send("/lmdm/gain", 0.75)
     c.send("/lmdm/tempo_guidance", 6.0)
+    c.send("/lmdm/sketch_guidance", 7.0)
     inst.wait_blocks(4)
     status = no_errors(c)
+    assert inst.sketch_guidance() == 7.0
     expected = {
         "prompt": "ambient choir",
         "cfg": 2.5,

@@ -39,10 +39,12 @@ def test_setters_validate_and_reach_the_stream(inst):
     inst.cfg(2.5)
     inst.steps(3)
     inst.tempo_guidance(8)
+    inst.sketch_guidance(12)
     inst.wait_blocks(3)
     assert inst.stream.params.prompts == (("acid", 1.0), ("strings", 0.5))
     assert inst.stream.params.sampler.cfg == 2.5 and inst.stream.params.sampler.steps == 3
     assert inst.stream.params.sampler.tempo_guidance == 8.0
+    assert inst.stream.params.sampler.sketch_guidance == 12.0
     for bad in (
         lambda: inst.cfg(-1),
         lambda: inst.steps(0),
@@ -55,13 +57,14 @@ def test_setters_validate_and_reach_the_stream(inst):
         lambda: inst.bpm(0),
         lambda: inst.tempo_guidance(-1),
         lambda: inst.tempo_guidance(True),
+        lambda: inst.sketch_guidance(51),
     ):
         with pytest.raises(ValueError):
             bad()
     assert inst.cfg() == 2.5 and inst.steps() == 3 and inst.gain() == 1.0  # nothing changed
-    assert inst.tempo_guidance() == 8.0
+    assert inst.tempo_guidance() == 8.0 and inst.sketch_guidance() == 12.0
     st = inst.status()
-    assert st["tempo_guidance"] == 8.0
+    assert st["tempo_guidance"] == 8.0 and st["sketch_guidance"] == 12.0
     for key in ("prompt", "cfg", "steps", "x_realtime", "ring_ms", "underruns", "faults", "latency_ms_last"):
         assert key in st, key
     lat = inst.latency()
