@@ -66,6 +66,11 @@ LMDM {
 		^this.prSend('/lmdm/tempo_guidance', [this.prFloat(weight)], at, latency)
 	}
 
+	// guidance on a hummed sketch (0 = off): how hard the music is held to the sketch's melody
+	sketchGuidance { |weight, at, latency|
+		^this.prSend('/lmdm/sketch_guidance', [this.prFloat(weight)], at, latency)
+	}
+
 	sampler { |name, at, latency| ^this.prSend('/lmdm/sampler', [this.prText(name)], at, latency) }
 
 	seed { |n, at, latency| ^this.prSend('/lmdm/seed', [this.prInt(n)], at, latency) }

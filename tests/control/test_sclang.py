@@ -212,7 +212,7 @@ def test_every_method_sends_its_address_with_typed_arguments(tmp_path):
 l = LMDM("127.0.0.1", {port});
 l.prompt("dub techno"); l.prompt(\\acid, \\bar);
 l.prompts(["acid", 1, "strings", 0.5], \\beat); l.prompts((choir: 0.25));
-l.cfg(3); l.cfg(2.5, \\block); l.cfgpp(0.5); l.cfgpp(\\off); l.tempoGuidance(20); l.steps(4.0); l.steps(2.5); l.sampler(\\pingpong);
+l.cfg(3); l.cfg(2.5, \\block); l.cfgpp(0.5); l.cfgpp(\\off); l.tempoGuidance(20); l.sketchGuidance(12); l.steps(4.0); l.steps(2.5); l.sampler(\\pingpong);
 l.seed(7); l.drop; l.drop(4, \\bar); l.gain(1); l.mute(\\bar); l.unmute; l.hush; l.reset(\\beat);
 l.bpm(124); l.patch("dub"); l.record("take.wav"); l.recordStop;
 l.play([\\prompt, \\acid, \\cfg, 3, \\steps, 4.0, \\cps, 1]);
@@ -250,6 +250,7 @@ SystemClock.sched(0.5, {{ 0.exit; nil }});  // nil: a number would reschedule it
         ("/lmdm/cfg_pp", [0.5], ",f"),
         ("/lmdm/cfg_pp", ["off"], ",s"),
         ("/lmdm/tempo_guidance", [20.0], ",f"),
+        ("/lmdm/sketch_guidance", [12.0], ",f"),
         ("/lmdm/steps", [4], ",i"),
         ("/lmdm/steps", [2.5], ",f"),  # not an integer: sent as is, for the instrument to refuse
         ("/lmdm/sampler", ["pingpong"], ",s"),
