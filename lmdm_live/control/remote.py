@@ -43,6 +43,7 @@ MIRRORED = {
     "cfg",
     "cfg_pp",
     "tempo_guidance",
+    "sketch_guidance",
     "steps",
     "sampler",
     "seed",
