@@ -63,7 +63,8 @@ def melodies(model: LMDMModel, n: int = 24, frames: int = 48) -> LatentSet:
         rows = [torch.full((frames,), 100.0), torch.zeros(frames), torch.zeros(frames), pitch, voiced]
         rows += [loud, torch.full((frames,), 1500.0)] * 2
         controls.append(torch.stack(rows))
-        leads.append(tm.tokens(sketch_channels(pitch, voiced, loud, torch.full((frames,), 1500.0))) / 10)
+        tone = tm.tokens(sketch_channels(pitch, voiced, loud, torch.full((frames,), 1500.0)))
+        leads.append(tone * 0.4)  # a tenth of the tone's own tokens (they come in at a quarter)
     lat = [torch.randn(DIM, frames, generator=g) for _ in range(n)]
     tok = torch.zeros(n, 5, 16)
     return LatentSet(lat, tok, controls, lead=leads, solo_tokens=tok.clone())
@@ -85,7 +86,7 @@ def test_tone_channels_teach_a_melody_the_sketch_alone_does_not():
         report = sketch_use(model, data, SketchUseConfig(windows=8, seeds=2, targets=2))
         losses[tone] = report["no context"]
     # without its context, all a model has is the sketch: with the tone it plays the melody closer, and a
-    # melody moved a fifth costs it several times more (120 steps: 45 % against 13 %)
+    # melody moved a fifth costs it over twice as much (120 steps: 30 % against 13 %)
     assert losses[True]["true"] < 0.95 * losses[False]["true"], losses
     fifth = {k: v["a fifth up"] / v["true"] - 1 for k, v in losses.items()}
     assert fifth[True] > 2 * max(fifth[False], 0.01), fifth
