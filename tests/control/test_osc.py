@@ -289,7 +289,11 @@ def test_every_setter_changes_the_instrument(rig):
     c.send("/lmdm/cfg", 6.0, "@bar")
     c.send("/lmdm/hush")
     no_errors(c)
-    assert inst.gain() == 0.0 and [ch.kind for ch in inst.engine._pending] in ([], ["gain"])
+    assert inst.gain() == 0.0
+    # nothing hushed waits; a remake of queued blocks may queue again the changes they had applied
+    assert not [
+        ch for ch in list(inst.engine._pending) if ch.kind == "params" and ch.value.sampler.cfg == 6.0
+    ]
     inst.wait_blocks(3)
     inst.stop()
     events = read_log(rig.log)
