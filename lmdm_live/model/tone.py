@@ -45,7 +45,6 @@ class ToneMap:
         # ln power per dB, in the normalised log-mel's units: a tone L dB louder adds L * db_step
         self.db_step = math.log(10.0) / 10.0 / mel_cfg.scale
         self.table = tone_table(MelAnalysis(mel_cfg))  # (P, n_mels) at 0 dBFS RMS
-        self.dim = codec.dim
 
     def log_mel(self, pitch_midi: Tensor, voiced: Tensor, loudness_db: Tensor) -> Tensor:
         """(n,) curves -> (n_mels, n) the tone's normalised log-mel (the floor where unvoiced)."""
